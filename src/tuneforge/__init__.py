@@ -1,0 +1,14 @@
+"""tuneforge: fine-tune pre-trained models with new task heads.
+
+    import tuneforge
+    result = tuneforge.fine_tune("examples/demo.yaml")
+    result.metrics["test"]["accuracy"], result.model_dir
+"""
+from .errors import DataError, RecipeError, RunDirError, TuneforgeError
+from .inference import evaluate, predict
+from .recipe import Recipe, load_recipe
+from .run import RunResult, fine_tune, validate
+
+__version__ = "0.1.0"
+__all__ = ["fine_tune", "validate", "evaluate", "predict", "load_recipe", "Recipe", "RunResult",
+           "TuneforgeError", "RecipeError", "DataError", "RunDirError"]

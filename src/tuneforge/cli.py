@@ -1,0 +1,99 @@
+"""Command line: parses arguments and calls the Python API; no logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained models with new task heads.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune as a recipe says")
+    t.add_argument("recipe", help="recipe YAML file")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=3e-5 method.name=head")
+    t.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+    t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+
+    v = sub.add_parser("validate", help="check recipe, data and model without training")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*")
+
+    e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help="labelled file with the run's columns")
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="predict with a finished run")
+    pr.add_argument("run_dir")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="file with the run's text column(s)")
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--text-pair", action="append", help="second text of a pair, one per --text")
+    pr.add_argument("--output", help="write predictions as JSONL here instead of printing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import TuneforgeError
+
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except TuneforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the latest checkpoint is kept: continue with `tuneforge train RECIPE --resume`",
+              file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    import tuneforge
+    from .report import console, metrics_table
+
+    out = console()
+    if args.command == "train":
+        result = tuneforge.fine_tune(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite,
+                                     console=out)
+        if args.json:
+            print(json.dumps(result.to_json(), indent=1))
+        return 0
+    if args.command == "validate":
+        report = tuneforge.validate(args.recipe, args.overrides)
+        out.print("[green]recipe and data are valid[/]")
+        out.print(f"  rows: {report['rows']}  labels: {report['labels'] or '(regression)'}")
+        out.print(f"  truncated rows: {report['truncated']}")
+        out.print(f"  layer groups: {', '.join(report['layer_groups'])}")
+        out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")
+        return 0
+    if args.command == "evaluate":
+        metrics = tuneforge.evaluate(args.run_dir, args.data)
+        if args.json:
+            print(json.dumps(metrics, indent=1))
+        else:
+            out.print(metrics_table({os.path.basename(args.data): metrics}))
+        return 0
+    if args.command == "predict":
+        records = tuneforge.predict(args.run_dir, data=args.data, texts=args.text, text_pairs=args.text_pair)
+        if args.output:
+            from .inference import write_predictions
+            write_predictions(records, args.output)
+            out.print(f"{len(records)} predictions written to {args.output}")
+        else:
+            for r in records:
+                print(json.dumps(r))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The engine: one training loop, optimizer and schedule, evaluation, checkpoints, callbacks."""

@@ -1,0 +1,170 @@
+"""Callbacks on the loop's hooks: keep-best, early stopping, gradual unfreezing, JSONL/TensorBoard logs, progress."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .checkpoint import save_weights
+
+
+class KeepBest:
+    """Track the best validation metric and keep those weights on disk (atomically)."""
+
+    def __init__(self, metric: str, higher_is_better: bool, min_delta: float, path: Path):
+        self.metric, self.higher, self.min_delta, self.path = metric, higher_is_better, min_delta, path
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best + self.min_delta if self.higher else value < best - self.min_delta
+
+    def on_evaluate(self, loop, metrics: dict) -> None:
+        s = loop.state
+        if self.metric not in metrics:
+            raise KeyError(f"training.metric: {self.metric!r} is not among the validation metrics "
+                           f"({', '.join(k for k in metrics if k != 'eval_seconds')})")
+        value = metrics[self.metric]
+        if self.improved(value, s.best_metric):
+            s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(loop.model, self.path)
+        else:
+            s.bad_evals += 1
+
+
+class EarlyStopping:
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_evaluate(self, loop, metrics: dict) -> None:
+        if loop.state.bad_evals >= self.patience:
+            loop.state.should_stop = True
+
+
+class GradualUnfreezing:
+    """Top-down unfreezing (ULMFiT): the head first, then one more group every epoch or every N steps."""
+
+    def __init__(self, plan, every, apply_stage):
+        self.plan, self.every, self.apply_stage = plan, every, apply_stage
+
+    def stage_for(self, state) -> int:
+        raw = state.epoch if self.every == "epoch" else state.global_step // self.every
+        return min(raw, self.plan.num_stages - 1)
+
+    def _update(self, loop) -> None:
+        stage = self.stage_for(loop.state)
+        if stage != loop.state.stage:
+            loop.state.stage = stage
+        self.apply_stage(stage)
+
+    def on_train_start(self, loop):
+        self._update(loop)
+
+    def on_epoch_start(self, loop):
+        self._update(loop)
+
+    def on_step_end(self, loop):
+        if self.every != "epoch" and self.stage_for(loop.state) != loop.state.stage:
+            self._update(loop)
+            loop.set_train_mode()
+
+
+class JsonlLogger:
+    """Appends one JSON object per logged step and per evaluation to metrics.jsonl."""
+
+    def __init__(self, path: Path, log_every: int):
+        self.path, self.log_every = path, log_every
+        self._loss_sum, self._count, self._t0, self._examples0 = 0.0, 0, time.perf_counter(), 0
+
+    def _write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_start(self, loop):
+        self._t0, self._examples0 = time.perf_counter(), loop.state.examples_seen
+
+    def on_step_end(self, loop):
+        s = loop.state
+        self._loss_sum += loop.last_loss
+        self._count += 1
+        if s.global_step % self.log_every == 0 or s.global_step == loop.total_steps:
+            elapsed = max(time.perf_counter() - self._t0, 1e-9)
+            self._write({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / loop.steps_per_epoch,
+                         "split": "train", "loss": self._loss_sum / self._count,
+                         "lr": loop.scheduler.get_last_lr()[-1],
+                         "samples_per_s": (s.examples_seen - self._examples0) / elapsed})
+            self._loss_sum, self._count = 0.0, 0
+            self._t0, self._examples0 = time.perf_counter(), s.examples_seen
+
+    def on_evaluate(self, loop, metrics):
+        self._write({"step": loop.state.global_step, "epoch": loop.state.epoch, "split": "validation", **metrics})
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """On resume, drop records written after the checkpoint: the resumed run writes them again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class TensorBoardLogger:
+    """Scalars for TensorBoard, when the tensorboard package is installed (else this callback is not added)."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_step_end(self, loop):
+        s = loop.state
+        self.writer.add_scalar("train/loss", loop.last_loss, s.global_step)
+        self.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[-1], s.global_step)
+
+    def on_evaluate(self, loop, metrics):
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"validation/{k}", v, loop.state.global_step)
+
+    def on_train_end(self, loop):
+        self.writer.close()
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class ProgressBar:
+    """A rich progress bar: loss, learning rate, samples/s, ETA."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.progress = None
+
+    def on_train_start(self, loop):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=loop.total_steps, completed=loop.state.global_step, info="")
+        self._t0, self._ex0 = time.perf_counter(), loop.state.examples_seen
+
+    def on_step_end(self, loop):
+        s = loop.state
+        rate = (s.examples_seen - self._ex0) / max(time.perf_counter() - self._t0, 1e-9)
+        info = f"loss {loop.last_loss:.4f}  lr {loop.scheduler.get_last_lr()[-1]:.2e}  {rate:.0f} samples/s  epoch {s.epoch + 1}"
+        self.progress.update(self.task, completed=s.global_step, info=info)
+
+    def on_evaluate(self, loop, metrics):
+        keys = ["loss", "accuracy", "f1_macro", "f1_micro", "mse", "pearson"]
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+        self.progress.console.print(f"  step {loop.state.global_step}  validation: {shown}")
+
+    def on_train_end(self, loop):
+        if self.progress:
+            self.progress.stop()

@@ -1,0 +1,80 @@
+"""Checkpoints written atomically: into `NAME.tmp`, then renamed, so a crash never leaves a half one as latest.
+
+Weights go to safetensors; optimizer, scheduler and RNG states to torch files read back with
+`weights_only=True`; the loop's position (epoch, step in epoch, unfreezing stage, best metric) to JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def _state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights): save each tensor once, contiguous.
+    out, seen = {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().clone() if t.device.type != "cpu" else t.detach().contiguous()
+    return out
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_state_dict_for_save(model), str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights are saved once; anything else missing means the checkpoint is not this model's.
+    tied = {n for n in missing if n.endswith("decoder.weight") or n.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"{path}: does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]})")
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = root / f"{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_weights(model, tmp / "model.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.exists():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and not p.name.endswith(".tmp") and (p / "loop_state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    load_weights(model, path / "model.safetensors")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+    return json.loads((path / "loop_state.json").read_text())

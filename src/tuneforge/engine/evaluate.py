@@ -1,0 +1,54 @@
+"""Evaluation reduced batch by batch; batches sorted by length so little is spent on padding."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..data.collate import EncodedSplit, collate
+
+
+def autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold: float, batch_size: int,
+                   pad_id: int, precision: str = "fp32") -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    metrics = task.make_metrics(num_labels, threshold)
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    loss_sum, n = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        batch = collate(split, order[start:start + batch_size], pad_id)
+        with autocast(precision):
+            logits = model(**model_inputs(batch)).logits
+        logits = logits.float()
+        loss_sum += float(task.loss_sum(logits, batch["labels"]))
+        n += len(batch["labels"])
+        metrics.update(logits, batch["labels"])
+    model.train(was_training)
+    return {"loss": loss_sum / max(n, 1), **metrics.compute()}
+
+
+@torch.no_grad()
+def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int, precision: str = "fp32") -> torch.Tensor:
+    """Logits for every row, in the split's order."""
+    model.eval()
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    out = [None] * len(split)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate(split, idx, pad_id)
+        with autocast(precision):
+            logits = model(**model_inputs(batch)).logits.float()
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    return torch.stack(out) if out else torch.empty(0)

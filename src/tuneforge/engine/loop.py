@@ -1,0 +1,137 @@
+"""The one training loop. Plain PyTorch; hooks: on_train_start, on_epoch_start, on_step_end, on_evaluate,
+on_epoch_end, on_save, on_train_end.
+
+Exactness matters more than brevity here:
+- the loss of each micro-batch is a *sum* divided by the examples of the whole accumulated step, so
+  accumulating 4x8 gives the gradient of one batch of 32;
+- the data order of epoch e is a permutation drawn from (data_seed, e) alone, so a resumed run can skip
+  to the exact step it stopped at; dropout draws from the global RNG, saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.collate import EncodedSplit, collate
+from .checkpoint import save_checkpoint
+from .evaluate import autocast, model_inputs, run_evaluation
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0            # epochs finished
+    step_in_epoch: int = 0    # optimizer steps finished in the current epoch
+    global_step: int = 0
+    stage: int = 0            # gradual-unfreezing stage
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    examples_seen: int = 0
+    should_stop: bool = False
+    history: list = field(default_factory=list)  # validation metrics per evaluation
+
+
+def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class Loop:
+    def __init__(self, *, model, optimizer, scheduler, task, train: EncodedSplit, validation: EncodedSplit | None,
+                 cfg, num_labels: int, threshold: float, pad_id: int, data_seed: int, run_dir: Path,
+                 callbacks: list, set_train_mode, state: LoopState | None = None):
+        self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
+        self.train_split, self.validation, self.cfg = train, validation, cfg
+        self.num_labels, self.threshold, self.pad_id, self.data_seed = num_labels, threshold, pad_id, data_seed
+        self.run_dir, self.callbacks, self.set_train_mode = run_dir, callbacks, set_train_mode
+        self.state = state or LoopState()
+        self.micro_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.last_loss = float("nan")
+
+    def fire(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn:
+                fn(self, *args)
+
+    def run(self) -> LoopState:
+        s, cfg = self.state, self.cfg
+        self.fire("on_train_start")
+        while s.epoch < cfg.epochs and s.global_step < self.total_steps and not s.should_stop:
+            self.fire("on_epoch_start")
+            self.set_train_mode()
+            order = epoch_order(len(self.train_split), self.data_seed, s.epoch)
+            micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+            for step_batches in steps[s.step_in_epoch:]:
+                self._optimizer_step(step_batches)
+                s.global_step += 1
+                s.step_in_epoch += 1
+                self.fire("on_step_end")
+                due_eval = isinstance(cfg.eval_every, int) and s.global_step % cfg.eval_every == 0
+                if due_eval:
+                    self.evaluate()
+                last = s.global_step >= self.total_steps or s.should_stop
+                if cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0 and not last \
+                        and s.step_in_epoch < len(steps):
+                    self.save()
+                if last:
+                    break
+            ended_epoch = s.step_in_epoch >= len(steps)
+            if ended_epoch:
+                s.epoch, s.step_in_epoch = s.epoch + 1, 0
+            evaluated_now = bool(s.history) and s.history[-1]["step"] == s.global_step
+            if not evaluated_now and ((cfg.eval_every == "epoch" and ended_epoch) or s.global_step >= self.total_steps):
+                self.evaluate()
+            self.fire("on_epoch_end")
+            self.save()
+        self.fire("on_train_end")
+        return s
+
+    def _optimizer_step(self, step_batches: list[list[int]]) -> None:
+        # Normalize by the examples of the whole accumulated step, not per micro-batch.
+        n_examples = sum(len(b) for b in step_batches)
+        total = 0.0
+        for indices in step_batches:
+            batch = collate(self.train_split, indices, self.pad_id)
+            with autocast(self.cfg.precision):
+                logits = self.model(**model_inputs(batch)).logits
+            loss = self.task.loss_sum(logits, batch["labels"]) / n_examples
+            loss.backward()
+            total += float(loss.detach())
+        if self.cfg.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = total
+        self.state.examples_seen += n_examples
+
+    def evaluate(self) -> dict | None:
+        if self.validation is None:
+            return None
+        started = time.perf_counter()
+        metrics = run_evaluation(self.model, self.validation, self.task, self.num_labels, self.threshold,
+                                 self.cfg.eval_batch_size, self.pad_id, self.cfg.precision)
+        metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+        self.state.history.append({"step": self.state.global_step, "epoch": self.state.epoch, **metrics})
+        self.fire("on_evaluate", metrics)
+        self.set_train_mode()
+        return metrics
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
+                               self.scheduler,
+                               {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
+                               self.cfg.keep_checkpoints)
+        self.fire("on_save", path)
+        return path

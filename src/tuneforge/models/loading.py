@@ -1,0 +1,70 @@
+"""Load a pre-trained encoder with a new task head, and reload a finished run's model."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..assets import resolve_model_path
+from ..errors import TuneforgeError
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path
+    new_parameters: list[str]  # weights not in the checkpoint: the head trained from scratch
+
+
+def _quiet_transformers():
+    # transformers reports newly initialized weights as a warning; tuneforge reports them itself.
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
+                            head_seed: int, trust_remote_code: bool = False) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TuneforgeError(f"model.name {name!r}: could not load tokenizer/config from {path}: {e}") from None
+    config.num_labels = num_outputs
+    config.problem_type = problem_type
+    if id2label:
+        config.id2label = {int(i): n for i, n in id2label.items()}
+        config.label2id = {n: int(i) for i, n in id2label.items()}
+    # The head's initialization draws from the global RNG: seed it here, apart from the data order.
+    torch.manual_seed(head_seed)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True,
+            output_loading_info=True)
+    except (OSError, EnvironmentError) as e:
+        raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
+    except ValueError as e:
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no sequence-classification head "
+                             f"in transformers: {e}") from None
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+
+
+def load_run_model(model_dir: Path):
+    """A saved run's model and tokenizer (plain Hugging Face format)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    if not (model_dir / "config.json").exists():
+        raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,283 @@
+"""The recipe schema: five independent choices (model, task, data, method, training) plus output.
+
+Typed with pydantic; every problem is reported at once with the user's value and a fix, and unknown
+keys get the nearest valid key suggested.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    name: str = Field("minilm-l6", description="alias of a packaged model (minilm-l6, mpnet-base) or a local Hugging Face folder")
+    max_length: int = Field(128, gt=0, description="tokens per text (or text pair); longer inputs are truncated")
+    trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
+
+
+TaskType = Literal["classification", "multi-label", "regression", "pair-classification"]
+
+
+class TaskSpec(_Section):
+    type: TaskType = "classification"
+    threshold: float = Field(0.5, gt=0, lt=1, description="multi-label: probability above which a label is predicted")
+
+
+class DataSpec(_Section):
+    dataset: Optional[Literal["rotten-tomatoes"]] = Field(None, description="a packaged dataset instead of files")
+    train: Optional[str] = None
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from train (stratified) when no validation file")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="carved from train (stratified) when no test file")
+    split_seed: int = 42
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    label_separator: str = Field(",", description="multi-label labels given as one string are split on this")
+    labels: Optional[list[str]] = Field(None, description="label names in id order; default: sorted labels of train")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training rows (after splitting)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.dataset is None and self.train is None:
+            raise ValueError("give data.train (a file) or data.dataset (a packaged dataset, e.g. rotten-tomatoes)")
+        if self.dataset is not None and self.train is not None:
+            raise ValueError(f"give data.train ({self.train!r}) or data.dataset ({self.dataset!r}), not both")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.validation_fraction + data.test_fraction leave under 10% for training; lower them")
+        return self
+
+
+MethodName = Literal["full", "head", "freeze", "gradual"]
+
+
+class MethodSpec(_Section):
+    name: MethodName = Field("full", description="full | head (head only) | freeze (embeddings / first N layers / patterns) | gradual (top-down unfreezing)")
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="freeze the first N transformer blocks (with method freeze)")
+    freeze_patterns: list[str] = Field(default_factory=list, description="glob patterns of parameter names to freeze")
+    unfreeze_every: Union[Literal["epoch"], int] = Field("epoch", description="gradual: unfreeze one more group every epoch or every N optimizer steps")
+    layer_lr_decay: Optional[float] = Field(None, gt=0, le=1, description="layer-wise LR decay: group k below the head gets lr * decay**k")
+    group_lr: dict[str, float] = Field(default_factory=dict, description="explicit learning rate per layer group (embeddings, layer.0, ..., head)")
+
+    @field_validator("unfreeze_every")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError(f"must be 'epoch' or a positive number of steps, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.name != "freeze" and (self.freeze_layers or self.freeze_embeddings or self.freeze_patterns):
+            raise ValueError(
+                f"freeze_embeddings/freeze_layers/freeze_patterns apply to method 'freeze', but method.name is {self.name!r}; "
+                "set method.name: freeze")
+        if self.name == "freeze" and not (self.freeze_layers or self.freeze_embeddings or self.freeze_patterns):
+            raise ValueError("method 'freeze' freezes nothing; set freeze_embeddings, freeze_layers or freeze_patterns")
+        return self
+
+
+class EarlyStoppingSpec(_Section):
+    patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(3, ge=1)
+    max_steps: Optional[int] = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, gt=0, description="examples per forward pass")
+    grad_accum: int = Field(1, gt=0, description="forward passes per optimizer step; the effective batch is batch_size * grad_accum")
+    eval_batch_size: int = Field(64, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    head_lr: Optional[float] = Field(None, gt=0, description="learning rate of the new head (default: lr)")
+    weight_decay: float = Field(0.01, ge=0, description="not applied to biases and norm weights")
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_steps: Optional[int] = Field(None, ge=0, description="overrides warmup_ratio")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    eval_every: Union[Literal["epoch"], int] = "epoch"
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: Optional[int] = Field(None, gt=0, description="also checkpoint every N optimizer steps (always at each epoch end)")
+    keep_checkpoints: int = Field(1, ge=1)
+    metric: Optional[str] = Field(None, description="validation metric that picks the best model (default: task's)")
+    early_stopping: Optional[EarlyStoppingSpec] = None
+    restore_best: bool = True
+    seed: int = 42
+    head_seed: Optional[int] = Field(None, description="seed of the new head's initialization (default: seed)")
+    data_seed: Optional[int] = Field(None, description="seed of the data order (default: seed)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    progress: bool = True
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError(f"must be 'epoch' or a positive number of steps, got {v}")
+        return v
+
+
+class OutputSpec(_Section):
+    dir: str = "runs/run"
+
+
+class Recipe(_Section):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    data: DataSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _pairs(self):
+        if self.task.type == "pair-classification" and not self.data.text_pair_column:
+            raise ValueError("task 'pair-classification' needs data.text_pair_column (the second text's column)")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading, overrides, error messages
+
+def _valid_keys(model_cls: type[BaseModel]) -> list[str]:
+    return list(model_cls.model_fields)
+
+
+def _section_class(loc: tuple) -> Optional[type[BaseModel]]:
+    cls: Any = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        cls = sub
+    return cls
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _section_class(loc[:-1])
+        valid = _valid_keys(parent) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
+    if err["type"] == "missing":
+        return f"{key}: required but missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        return f"{key}: {msg} (got {err['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError([f"the recipe must be a mapping of sections (model, task, data, method, training, output), got {type(data).__name__}"], source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError([_format_error(err) for err in e.errors()], source) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.lr=3e-5` -> (['training', 'lr'], 3e-5). The value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError([f"override {text!r}: expected key=value, e.g. training.lr=3e-5"], "command line")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError([f"override {text!r}: empty key"], "command line")
+    parsed = yaml.safe_load(value) if value.strip() else None
+    # YAML 1.1 reads "5e-5" as a string; users mean a number.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return path, parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _floatify(node):
+    """YAML 1.1 leaves `5e-5` (no dot) as a string; turn such strings into floats."""
+    if isinstance(node, dict):
+        return {k: _floatify(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floatify(v) for v in node]
+    if isinstance(node, str):
+        import re
+        if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", node.strip()):
+            return float(node)
+    return node
+
+
+def load_recipe(source: Union[str, Path, dict, Recipe], overrides: Optional[list[str]] = None) -> Recipe:
+    """Read a recipe from a YAML file, a dict or a Recipe, apply `key=value` overrides, validate."""
+    overrides = list(overrides or [])
+    if isinstance(source, Recipe):
+        if not overrides:
+            return source
+        data, name = source.model_dump(mode="json"), "recipe"
+    elif isinstance(source, dict):
+        data, name = source, "recipe"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError([f"no recipe file at {str(path)!r}; check the path"], str(path))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError([f"not valid YAML: {e}"], str(path)) from None
+        name = str(path)
+        # Relative data paths in a recipe file are relative to the recipe's folder.
+        data = _resolve_data_paths(data, path.parent)
+    data = apply_overrides(_floatify(data), overrides)
+    return parse_recipe(data, name)
+
+
+def _resolve_data_paths(data: Any, base: Path) -> Any:
+    if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+        return data
+    section = dict(data["data"])
+    for key in ("train", "validation", "test"):
+        value = section.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            candidate = base / value
+            if candidate.exists() or not Path(value).exists():
+                section[key] = str(candidate)
+    return {**data, "data": section}

@@ -1,0 +1,30 @@
+"""Run reports: the console, the end-of-run summary table."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def metrics_table(metrics: dict, title: str = "metrics") -> Table:
+    names = sorted({k for m in metrics.values() for k in m if k != "eval_seconds"},
+                   key=lambda k: (k != "accuracy", k != "loss", k))
+    table = Table(title=title)
+    table.add_column("metric")
+    for split in metrics:
+        table.add_column(split, justify="right")
+    for name in names:
+        table.add_row(name, *(f"{metrics[s][name]:.4f}" if name in metrics[s] else "" for s in metrics))
+    return table
+
+
+def print_summary(console: Console, result) -> None:
+    if result.metrics:
+        console.print(metrics_table(result.metrics))
+    pct = 100 * result.trainable_parameters / max(result.total_parameters, 1)
+    console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({pct:.2f}%)")
+    console.print(f"steps: {result.steps}; training time: {result.train_seconds:.1f} s; best step: {result.best_step}")
+    console.print(f"model saved to: {result.model_dir}")

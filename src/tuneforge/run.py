@@ -1,0 +1,247 @@
+"""`fine_tune(recipe)`: the whole run, from recipe to a saved Hugging Face model, metrics and summary."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .data.collate import encode
+from .data.dataset import load_examples
+from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
+                               TensorBoardLogger, tensorboard_available, truncate_jsonl)
+from .engine.checkpoint import list_checkpoints, load_checkpoint, load_weights
+from .engine.evaluate import run_evaluation
+from .engine.loop import Loop, LoopState
+from .engine.optim import make_optimizer, make_scheduler, warmup_steps
+from .errors import RecipeError, RunDirError
+from .methods import apply_plan, build_param_groups, build_plan, count_parameters, set_frozen_modules_eval
+from .methods.param_groups import group_learning_rates
+from .models import find_layer_groups, load_for_classification
+from .recipe import Recipe, load_recipe
+from .report import console as default_console, print_summary
+from .tasks import get_task
+
+RecipeLike = Union[str, Path, dict, Recipe]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_dir: Path
+    metrics: dict                      # split -> metric -> value
+    trainable_parameters: int
+    total_parameters: int
+    train_seconds: float
+    best_step: Optional[int]
+    steps: int
+    files: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["run_dir"], d["model_dir"] = str(self.run_dir), str(self.model_dir)
+        d["files"] = {k: str(v) for k, v in self.files.items()}
+        return d
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[Path]:
+    """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`."""
+    finished = (run_dir / "summary.json").exists()
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        is_run = (run_dir / "recipe.yaml").exists()
+        if overwrite:
+            if not is_run:
+                raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and holds no tuneforge run "
+                                  "(no recipe.yaml); refusing to delete it even with --overwrite. Choose another output.dir")
+            shutil.rmtree(run_dir)
+        elif resume and checkpoints and not finished:
+            saved = (run_dir / "recipe.yaml").read_text() if is_run else ""
+            if saved and saved != recipe.to_yaml():
+                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
+                                  "resume with the same recipe, or start over with --overwrite")
+            return checkpoints[-1]
+        elif finished:
+            raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
+                              "or set output.dir to a new folder")
+        elif checkpoints:
+            raise RunDirError(f"{run_dir} holds an unfinished run (latest checkpoint {checkpoints[-1].name}); "
+                              "pass --resume to continue it or --overwrite to start over")
+        elif is_run:
+            shutil.rmtree(run_dir)  # a run that died before its first checkpoint: nothing to keep
+        else:
+            raise RunDirError(f"output.dir {str(run_dir)!r} exists, is not empty and holds no tuneforge run; "
+                              "choose another output.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resume: bool = False,
+              overwrite: bool = False, callbacks: Optional[list] = None, console=None) -> RunResult:
+    """Fine-tune as the recipe says; returns metrics and the paths written."""
+    recipe = load_recipe(recipe, overrides)
+    console = console or default_console()
+    t, d = recipe.training, recipe.data
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    head_seed = t.head_seed if t.head_seed is not None else t.seed
+    data_seed = t.data_seed if t.data_seed is not None else t.seed
+    run_dir = Path(recipe.output.dir)
+    task = get_task(recipe.task.type)
+
+    splits, space, origin = load_examples(d, recipe.task.type)
+    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite)
+    _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+
+    loaded = load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
+                                     space.id2label if space.names else None, head_seed, recipe.model.trust_remote_code)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    torch.manual_seed(t.seed)  # dropout's RNG, apart from head initialization and data order
+    groups = find_layer_groups(model)
+    plan = build_plan(recipe.method, groups)
+    apply_plan(model, plan, 0)
+    rates = group_learning_rates(groups, t.lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
+    param_groups = build_param_groups(model, groups, rates, t.weight_decay)
+    optimizer = make_optimizer(param_groups)
+
+    encoded = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space) for k, v in splits.items()}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train, validation = encoded["train"], encoded.get("validation")
+    metric = t.metric or task.default_metric
+
+    def set_train_mode():
+        model.train()
+        set_frozen_modules_eval(model, plan, loop.state.stage)
+
+    best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
+    cbs: list = [KeepBest(metric, task.higher_is_better(metric),
+                          t.early_stopping.min_delta if t.early_stopping else 0.0, best_path)]
+    if t.early_stopping:
+        cbs.append(EarlyStopping(t.early_stopping.patience))
+    if plan.gradual:
+        cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
+    cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
+    if tensorboard_available():
+        cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+    if t.progress:
+        cbs.append(ProgressBar(console))
+    cbs.extend(callbacks or [])
+
+    loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=train, validation=validation,
+                cfg=t, num_labels=len(space.names), threshold=recipe.task.threshold, pad_id=pad_id,
+                data_seed=data_seed, run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode)
+    loop.scheduler = make_scheduler(optimizer, t.schedule, warmup_steps(loop.total_steps, t.warmup_ratio, t.warmup_steps),
+                                    loop.total_steps)
+    names_now = [g["name"] for g in param_groups]
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from, model, optimizer, loop.scheduler)
+        if saved.get("param_groups") not in (None, names_now):
+            raise RunDirError(f"{resume_from}: its optimizer groups {saved['param_groups']} differ from this recipe's")
+        saved.pop("param_groups", None)
+        loop.state = LoopState(**saved)
+        truncate_jsonl(run_dir / "metrics.jsonl", loop.state.global_step)
+        console.print(f"resuming from {resume_from} (step {loop.state.global_step})")
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan)
+    started = time.perf_counter()
+    loop.run()
+    train_seconds = time.perf_counter() - started
+
+    if t.restore_best and validation is not None and best_path.exists():
+        load_weights(model, best_path)
+    final_stage_trainable, total = count_parameters(model)
+    metrics = {}
+    for name in ("validation", "test"):
+        if name in encoded:
+            metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
+                                           t.eval_batch_size, pad_id, t.precision)
+
+    model_dir = run_dir / "model"
+    _save_model(model, tokenizer, model_dir)
+    result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
+                       total_parameters=total, train_seconds=round(train_seconds, 2), best_step=loop.state.best_step,
+                       steps=loop.state.global_step,
+                       files={"model": model_dir, "recipe": run_dir / "recipe.yaml", "metrics": run_dir / "metrics.jsonl",
+                              "summary": run_dir / "summary.json"})
+    summary = {**result.to_json(), "labels": space.names, "data": origin,
+               "rows": {k: len(v) for k, v in splits.items()},
+               "truncated": {k: v.truncated for k, v in encoded.items()},
+               "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
+    _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+    print_summary(console, result)
+    return result
+
+
+def _save_model(model, tokenizer, model_dir: Path) -> None:
+    """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed."""
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for p in model.parameters():  # saved models should load as ordinary trainable models
+        p.requires_grad_(True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+
+
+def _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan):
+    trainable, total = count_parameters(model)
+    rows = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    console.print(f"[bold]tuneforge[/] {recipe.task.type} · model {recipe.model.name} ({loaded.path}) · "
+                  f"method {recipe.method.name}")
+    console.print(f"  data: {rows} rows; " + "; ".join(f"{k} from {v}" for k, v in origin.items()))
+    cut = {k: v.truncated for k, v in encoded.items() if v.truncated}
+    if cut:
+        console.print(f"  truncated to {recipe.model.max_length} tokens: " + ", ".join(f"{k} {n}" for k, n in cut.items()))
+    console.print(f"  layer groups: {', '.join(groups.order)}; new head weights: {', '.join(loaded.new_parameters) or 'none'}")
+    stage_note = " (at the first unfreezing stage)" if plan.gradual else ""
+    console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
+    console.print(f"  run directory: {run_dir}")
+
+
+def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
+    """Check recipe, data and model without training; raise on the first class of problems, return a report."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from .assets import resolve_model_path
+
+    recipe = load_recipe(recipe, overrides)
+    task = get_task(recipe.task.type)
+    splits, space, origin = load_examples(recipe.data, recipe.task.type)
+    path = resolve_model_path(recipe.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    config.num_labels = task.num_outputs(len(space.names))
+    with torch.device("meta"):  # structure only: no memory, no weights read
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    groups = find_layer_groups(model)
+    plan = build_plan(recipe.method, groups)
+    apply_plan(model, plan, 0)
+    group_learning_rates(groups, recipe.training.lr, recipe.training.head_lr, recipe.method.layer_lr_decay,
+                         recipe.method.group_lr)
+    trainable, total = count_parameters(model)
+    truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated
+                 for k, v in splits.items()}
+    if recipe.training.metric:
+        probe = task.make_metrics(max(len(space.names), 1), recipe.task.threshold).compute()
+        if recipe.training.metric not in {"loss", *probe}:
+            raise RecipeError([f"training.metric: {recipe.training.metric!r} is not a metric of task "
+                               f"{recipe.task.type!r}; choose one of {', '.join(['loss', *probe])}"])
+    return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names,
+            "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
+            "total_parameters": total, "model_path": str(path)}

@@ -1,0 +1,74 @@
+"""Tasks: what the data looks like, which head, which loss and metrics.
+
+One entry per task in TASKS. A task's loss returns the *sum* over examples; the loop divides by the number
+of examples in the whole accumulated batch, so accumulating 4x8 equals one batch of 32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    problem_type: str  # the transformers config value, so pipelines post-process correctly
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_metrics: Callable[[int, float], object]
+    default_metric: str
+    higher_is_better: Callable[[str], bool]
+    predict: Callable[[torch.Tensor, float], torch.Tensor]
+
+    def num_outputs(self, num_labels: int) -> int:
+        return 1 if self.problem_type == "regression" else num_labels
+
+
+def _ce_sum(logits, labels):
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def _bce_sum(logits, labels):
+    # Summed over labels, then over rows: each row counts once in the normalization by examples.
+    return F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
+
+
+def _mse_sum(logits, labels):
+    return F.mse_loss(logits.float().reshape(-1), labels.reshape(-1), reduction="sum")
+
+
+_LOWER_IS_BETTER = {"loss", "mse", "mae"}
+
+
+def _higher(metric: str) -> bool:
+    return metric not in _LOWER_IS_BETTER
+
+
+_classification = Task(
+    name="classification", problem_type="single_label_classification", loss_sum=_ce_sum,
+    make_metrics=lambda k, t: ClassificationMetrics(k), default_metric="accuracy",
+    higher_is_better=_higher, predict=lambda logits, t: logits.argmax(-1),
+)
+
+TASKS: dict[str, Task] = {
+    "classification": _classification,
+    "pair-classification": _classification,
+    "multi-label": Task(
+        name="multi-label", problem_type="multi_label_classification", loss_sum=_bce_sum,
+        make_metrics=lambda k, t: MultiLabelMetrics(k, t), default_metric="f1_micro",
+        higher_is_better=_higher, predict=lambda logits, t: (torch.sigmoid(logits) > t).long(),
+    ),
+    "regression": Task(
+        name="regression", problem_type="regression", loss_sum=_mse_sum,
+        make_metrics=lambda k, t: RegressionMetrics(), default_metric="mse",
+        higher_is_better=_higher, predict=lambda logits, t: logits.reshape(-1),
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    return TASKS[name]
