@@ -45,6 +45,12 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _shown(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "an empty cell"
+    return repr(value)
+
+
 def _label_text(value: Any) -> Optional[str]:
     """A single class label as its name: 1 -> '1', 1.0 -> '1', True -> 'True', ' pos ' -> 'pos'."""
     if isinstance(value, (bool, np.bool_)):
@@ -77,7 +83,7 @@ def _row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_c
             if col is None:
                 continue
             if _is_missing(value):
-                problems.append(f"{src}, column {col!r}: missing text (got {value!r}); fill it or drop the row")
+                problems.append(f"{src}, column {col!r}: missing text (got {_shown(value)}); fill it or drop the row")
                 ok = False
             elif not isinstance(value, str):
                 problems.append(f"{src}, column {col!r}: expected text, got {type(value).__name__} {value!r}")
@@ -96,7 +102,7 @@ def _row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_c
 def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[str]]:
     if task == "regression":
         if _is_missing(value):
-            return None, f"missing label (got {value!r})"
+            return None, f"missing label (got {_shown(value)})"
         if isinstance(value, bool):
             return None, f"expected a number, got {value!r}"
         try:
@@ -112,7 +118,7 @@ def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[s
         elif isinstance(value, str):
             items = [p for p in value.split(separator)] if value.strip() else []
         elif _is_missing(value):
-            return None, f"missing labels (got {value!r}); use an empty list or empty string for 'no label'"
+            return None, f"missing labels (got {_shown(value)}); use an empty list or empty string for 'no label'"
         else:
             items = [value]
         names = [_label_text(v) for v in items]
@@ -120,7 +126,7 @@ def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[s
             return None, f"labels must be names or integers, got {value!r}"
         return sorted(set(names)), None
     if _is_missing(value):
-        return None, f"missing label (got {value!r})"
+        return None, f"missing label (got {_shown(value)})"
     name = _label_text(value)
     if name is None:
         return None, f"expected one label (a name or an integer), got {type(value).__name__} {value!r}"

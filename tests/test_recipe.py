@@ -1,0 +1,76 @@
+import pytest
+
+from tuneforge import RecipeError, load_recipe
+from tuneforge.recipe import parse_override
+
+
+def base(**extra):
+    return {"data": {"train": "train.csv"}, **extra}
+
+
+def test_defaults_fill_every_section():
+    r = load_recipe(base())
+    assert r.model.name == "minilm-l6" and r.method.name == "full" and r.training.schedule == "linear"
+
+
+def test_unknown_key_suggests_the_nearest_valid_key():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(base(training={"learning_rate": 1e-4, "epoch": 3}))
+    text = str(e.value)
+    assert "training.epoch: unknown key; did you mean 'training.epochs'?" in text
+    assert "training.learning_rate: unknown key" in text
+
+
+def test_all_problems_are_reported_at_once_with_the_value_seen():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(base(training={"epochs": 0, "lr": -1, "schedule": "exp"}, modle={}))
+    problems = e.value.problems
+    assert len(problems) == 4
+    joined = "\n".join(problems)
+    assert "training.epochs" in joined and "got 0" in joined
+    assert "training.lr" in joined and "got -1" in joined
+    assert "training.schedule" in joined and "'exp'" in joined
+    assert "modle: unknown key; did you mean 'model'?" in joined
+
+
+def test_overrides_are_typed_and_dotted():
+    r = load_recipe(base(), ["training.lr=3e-5", "method.name=head", "training.eval_every=50", "data.labels=[a, b]"])
+    assert r.training.lr == pytest.approx(3e-5)
+    assert r.method.name == "head" and r.training.eval_every == 50 and r.data.labels == ["a", "b"]
+    assert parse_override("training.warmup_steps=0") == (["training", "warmup_steps"], 0)
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("data: {train: t.csv}\ntraining: {lr: 5e-5}\n")
+    assert load_recipe(f).training.lr == pytest.approx(5e-5)
+
+
+def test_relative_data_paths_follow_the_recipe_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "train.csv").write_text("text,label\na,b\n")
+    f = tmp_path / "sub" / "r.yaml"
+    f.write_text("data: {train: train.csv}\n")
+    assert load_recipe(f).data.train == str(tmp_path / "sub" / "train.csv")
+
+
+def test_inconsistent_method_options_are_explained():
+    with pytest.raises(RecipeError, match="set method.name: freeze"):
+        load_recipe(base(method={"name": "full", "freeze_layers": 2}))
+    with pytest.raises(RecipeError, match="freezes nothing"):
+        load_recipe(base(method={"name": "freeze"}))
+
+
+def test_pair_task_needs_the_pair_column():
+    with pytest.raises(RecipeError, match="text_pair_column"):
+        load_recipe(base(task={"type": "pair-classification"}))
+
+
+def test_missing_recipe_file_names_the_path(tmp_path):
+    with pytest.raises(RecipeError, match="no recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(RecipeError, match="expected key=value"):
+        load_recipe(base(), ["training.lr"])
