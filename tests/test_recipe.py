@@ -74,3 +74,11 @@ def test_missing_recipe_file_names_the_path(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(RecipeError, match="expected key=value"):
         load_recipe(base(), ["training.lr"])
+
+
+def test_step_counts_must_be_positive():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(base(training={"eval_every": 0}, method={"name": "gradual", "unfreeze_every": -1}))
+    assert sorted(e.value.problems) == [
+        "method.unfreeze_every: must be 'epoch' or a positive number of steps, got -1",
+        "training.eval_every: must be 'epoch' or a positive number of steps, got 0"]

@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 
+def _epoch_or_steps(v):
+    if isinstance(v, int) and v <= 0:
+        raise ValueError(f"must be 'epoch' or a positive number of steps, got {v}")
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -72,12 +78,7 @@ class MethodSpec(_Section):
     layer_lr_decay: Optional[float] = Field(None, gt=0, le=1, description="layer-wise LR decay: group k below the head gets lr * decay**k")
     group_lr: dict[str, float] = Field(default_factory=dict, description="explicit learning rate per layer group (embeddings, layer.0, ..., head)")
 
-    @field_validator("unfreeze_every")
-    @classmethod
-    def _positive(cls, v):
-        if isinstance(v, int) and v <= 0:
-            raise ValueError(f"must be 'epoch' or a positive number of steps, got {v}")
-        return v
+    _every = field_validator("unfreeze_every")(classmethod(lambda cls, v: _epoch_or_steps(v)))
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -122,12 +123,7 @@ class TrainingSpec(_Section):
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     progress: bool = True
 
-    @field_validator("eval_every")
-    @classmethod
-    def _positive(cls, v):
-        if isinstance(v, int) and v <= 0:
-            raise ValueError(f"must be 'epoch' or a positive number of steps, got {v}")
-        return v
+    _every = field_validator("eval_every")(classmethod(lambda cls, v: _epoch_or_steps(v)))
 
 
 class OutputSpec(_Section):

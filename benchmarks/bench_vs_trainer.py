@@ -1,0 +1,154 @@
+"""tuneforge's loop vs the Hugging Face Trainer: same model, data, batch and sequence length.
+
+    python benchmarks/bench_vs_trainer.py [--steps 40] [--repeats 3] [--batch-size 32] [--max-length 128]
+
+Full fine-tuning of the packaged all-MiniLM-L6-v2 on the Rotten Tomatoes training snippets (real,
+variable-length text), dynamic padding on both sides, fp32, each library's default AdamW. Every run is
+its own process (so peak RSS is its own), runs are interleaved (tuneforge, Trainer, tuneforge, ...), and
+samples/s is timed over the optimizer steps after the first `--warmup` ones. Prints medians and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class _StepTimer:
+    def __init__(self, warmup: int):
+        self.warmup, self.times = warmup, []
+
+    def tick(self):
+        self.times.append(time.perf_counter())
+
+    def samples_per_s(self, batch: int) -> float:
+        t = self.times[self.warmup:]
+        return (len(t) - 1) * batch / (t[-1] - t[0])
+
+
+def run_tuneforge(args) -> dict:
+    import tuneforge
+    from tuneforge.assets import rotten_tomatoes
+
+    timer = _StepTimer(args.warmup)
+
+    class Tick:
+        def on_train_start(self, loop):
+            timer.tick()  # step 0 boundary
+
+        def on_step_end(self, loop):
+            timer.tick()
+
+    with tempfile.TemporaryDirectory() as out:
+        tuneforge.fine_tune({
+            "model": {"name": "minilm-l6", "max_length": args.max_length},
+            "data": {"train": str(rotten_tomatoes()["train"]), "validation_fraction": 0.0},
+            "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 5e-5, "progress": False,
+                         "seed": 0, "warmup_ratio": 0.0, "log_every": 1000},
+            "output": {"dir": out + "/run"},
+        }, console=_null_console())
+    return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
+            "optimizer": "torch.optim.AdamW(fused=True)"}
+
+
+def _null_console():
+    from rich.console import Console
+    return Console(file=open(os.devnull, "w"))
+
+
+def run_trainer(args) -> dict:
+    import pandas as pd
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+    from transformers.utils import logging as hf_logging
+
+    from tuneforge.assets import resolve_model_path, rotten_tomatoes
+
+    hf_logging.set_verbosity_error()
+    path = resolve_model_path("minilm-l6")
+    df = pd.read_csv(rotten_tomatoes()["train"])
+    labels = sorted(df["label"].unique())
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = tok(df["text"].tolist(), truncation=True, max_length=args.max_length)
+    rows = [{"input_ids": i, "token_type_ids": t, "attention_mask": a, "labels": labels.index(y)}
+            for i, t, a, y in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], df["label"])]
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    timer = _StepTimer(args.warmup)
+
+    class Tick(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            timer.tick()
+
+        def on_step_end(self, a, state, control, **kw):
+            timer.tick()
+
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                                  learning_rate=5e-5, save_strategy="no", report_to="none", use_cpu=True,
+                                  logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=DataCollatorWithPadding(tok),
+                          callbacks=[Tick()])
+        trainer.train()
+        optimizer = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__
+    return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
+            "optimizer": f"{optimizer} ({targs.optim})"}
+
+
+IMPLS = {"tuneforge": run_tuneforge, "trainer": run_trainer}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5, help="optimizer steps not timed")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--child", choices=sorted(IMPLS))
+    ap.add_argument("--out", help="also write the results as JSON here")
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(IMPLS[args.child](args)), flush=True)
+        return
+    results = {k: [] for k in IMPLS}
+    for r in range(args.repeats):
+        for impl in IMPLS:  # interleaved, so drift in machine load hits both alike
+            cmd = [sys.executable, __file__, "--child", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{impl} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            res = json.loads(line[7:])
+            results[impl].append(res)
+            print(f"run {r + 1} {impl:9s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
+                  f"({res['optimizer']})", flush=True)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("samples_per_s", "peak_rss_mb")} for k, v in results.items()}
+    speed = med["tuneforge"]["samples_per_s"] / med["trainer"]["samples_per_s"]
+    memory = med["tuneforge"]["peak_rss_mb"] / med["trainer"]["peak_rss_mb"]
+    print(f"\nmedian of {args.repeats} interleaved runs, {args.steps} steps of batch {args.batch_size}, max_length {args.max_length}:")
+    print("| implementation | samples/s | peak RSS (MB) |\n|---|---|---|")
+    for k in IMPLS:
+        print(f"| {k} | {med[k]['samples_per_s']:.1f} | {med[k]['peak_rss_mb']:.0f} |")
+    print(f"ratio tuneforge / Trainer: speed {speed:.2f}x, peak RSS {memory:.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "runs": results, "median": med, "speed_ratio": speed, "rss_ratio": memory}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
