@@ -60,7 +60,7 @@ def run_tuneforge(args) -> dict:
             "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 5e-5, "progress": False,
                          "seed": 0, "warmup_ratio": 0.0, "log_every": 1000},
             "output": {"dir": out + "/run"},
-        }, console=_null_console())
+        }, console=_null_console(), callbacks=[Tick()])
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
             "optimizer": "torch.optim.AdamW(fused=True)"}
 

@@ -33,3 +33,23 @@ def test_packaged_minilm_fine_tunes_and_round_trips(tmp_path):
     assert r.metrics["validation"]["accuracy"] > 0.6
     clf = pipeline("text-classification", model=str(r.model_dir), device="cpu")
     assert clf("A moving, beautifully acted film.")[0]["label"] in {"fresh", "rotten"}
+
+
+def _mpnet_installed() -> bool:
+    from tuneforge.assets import MPNET_PARTS, _find_in_site
+    return all(_find_in_site(p) for p in MPNET_PARTS)
+
+
+@pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2 parts not installed (make mpnet)")
+def test_mpnet_alias_unpacks_once_and_loads(tmp_path, monkeypatch):
+    from tuneforge.assets import resolve_model_path
+    from tuneforge.models import find_layer_groups, load_for_classification
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
+    path = resolve_model_path("mpnet-base")
+    assert (path / "model.safetensors").stat().st_size > 400_000_000
+    assert resolve_model_path("mpnet-base") == path  # reused, not unpacked again
+    loaded = load_for_classification("mpnet-base", 2, "single_label_classification", {0: "a", 1: "b"}, 0)
+    groups = find_layer_groups(loaded.model)
+    assert groups.num_blocks == 12 and groups.blocks_prefix == "mpnet.encoder.layer"
+    assert sum(p.numel() for p in loaded.model.parameters()) > 100_000_000
