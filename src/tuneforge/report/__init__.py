@@ -6,7 +6,9 @@ from rich.table import Table
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    import sys
+    # Logs and pipes get 120 columns instead of rich's 80, so metric lines and the progress bar stay whole.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:
