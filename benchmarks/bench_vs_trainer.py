@@ -40,7 +40,7 @@ class _StepTimer:
         return (len(t) - 1) * batch / (t[-1] - t[0])
 
 
-def run_tuneforge(args) -> dict:
+def run_tuneforge(args, grouped: bool = False) -> dict:
     import tuneforge
     from tuneforge.assets import rotten_tomatoes
 
@@ -58,7 +58,7 @@ def run_tuneforge(args) -> dict:
             "model": {"name": "minilm-l6", "max_length": args.max_length},
             "data": {"train": str(rotten_tomatoes()["train"]), "validation_fraction": 0.0},
             "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 5e-5, "progress": False,
-                         "seed": 0, "warmup_ratio": 0.0, "log_every": 1000},
+                         "seed": 0, "warmup_ratio": 0.0, "log_every": 1000, "group_by_length": grouped},
             "output": {"dir": out + "/run"},
         }, console=_null_console(), callbacks=[Tick()])
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
@@ -70,7 +70,7 @@ def _null_console():
     return Console(file=open(os.devnull, "w"))
 
 
-def run_trainer(args) -> dict:
+def run_trainer(args, grouped: bool = False) -> dict:
     import pandas as pd
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainerCallback, TrainingArguments)
@@ -99,7 +99,8 @@ def run_trainer(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
                                   learning_rate=5e-5, save_strategy="no", report_to="none", use_cpu=True,
-                                  logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                                  logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                                  train_sampling_strategy="group_by_length" if grouped else "random")
         trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=DataCollatorWithPadding(tok),
                           callbacks=[Tick()])
         trainer.train()
@@ -108,7 +109,13 @@ def run_trainer(args) -> dict:
             "optimizer": f"{optimizer} ({targs.optim})"}
 
 
-IMPLS = {"tuneforge": run_tuneforge, "trainer": run_trainer}
+IMPLS = {
+    "tuneforge": run_tuneforge,
+    "trainer": run_trainer,
+    # Both libraries can batch rows of similar length together; off by default in both.
+    "tuneforge-grouped": lambda args: run_tuneforge(args, grouped=True),
+    "trainer-grouped": lambda args: run_trainer(args, grouped=True),
+}
 
 
 def main() -> None:
@@ -119,6 +126,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--child", choices=sorted(IMPLS))
+    ap.add_argument("--only", nargs="*", choices=sorted(IMPLS), help="run only these (ratios need all four)")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     if args.child:
@@ -126,7 +134,7 @@ def main() -> None:
         return
     results = {k: [] for k in IMPLS}
     for r in range(args.repeats):
-        for impl in IMPLS:  # interleaved, so drift in machine load hits both alike
+        for impl in (args.only or IMPLS):  # interleaved, so drift in machine load hits both alike
             cmd = [sys.executable, __file__, "--child", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -135,19 +143,24 @@ def main() -> None:
                 sys.exit(f"{impl} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
             res = json.loads(line[7:])
             results[impl].append(res)
-            print(f"run {r + 1} {impl:9s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
+            print(f"run {r + 1} {impl:17s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
                   f"({res['optimizer']})", flush=True)
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("samples_per_s", "peak_rss_mb")} for k, v in results.items()}
-    speed = med["tuneforge"]["samples_per_s"] / med["trainer"]["samples_per_s"]
-    memory = med["tuneforge"]["peak_rss_mb"] / med["trainer"]["peak_rss_mb"]
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("samples_per_s", "peak_rss_mb")}
+           for k, v in results.items() if v}
     print(f"\nmedian of {args.repeats} interleaved runs, {args.steps} steps of batch {args.batch_size}, max_length {args.max_length}:")
     print("| implementation | samples/s | peak RSS (MB) |\n|---|---|---|")
-    for k in IMPLS:
+    for k in med:
         print(f"| {k} | {med[k]['samples_per_s']:.1f} | {med[k]['peak_rss_mb']:.0f} |")
-    print(f"ratio tuneforge / Trainer: speed {speed:.2f}x, peak RSS {memory:.2f}x")
+    ratios = {}
+    for ours, theirs, label in (("tuneforge", "trainer", "defaults"), ("tuneforge-grouped", "trainer-grouped", "both grouping by length")):
+        if ours in med and theirs in med:
+            ratios[label] = {"speed": med[ours]["samples_per_s"] / med[theirs]["samples_per_s"],
+                             "peak_rss": med[ours]["peak_rss_mb"] / med[theirs]["peak_rss_mb"]}
+            print(f"ratio tuneforge / Trainer ({label}): speed {ratios[label]['speed']:.2f}x, "
+                  f"peak RSS {ratios[label]['peak_rss']:.2f}x")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "runs": results, "median": med, "speed_ratio": speed, "rss_ratio": memory}, f, indent=1)
+            json.dump({"args": vars(args), "runs": results, "median": med, "ratios": ratios}, f, indent=1)
 
 
 if __name__ == "__main__":

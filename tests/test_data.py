@@ -102,6 +102,13 @@ def test_multilabel_labels_from_lists_and_strings(tmp_path):
     assert [e.label for e in ex] == [["x", "y"], ["y", "z"], []]
 
 
+def test_tsv_quotes_are_plain_characters(tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text('text\tlabel\n"Quoted start of a review\tpos\nsecond\tneg\nthird "x"\tpos\n')
+    ex = read_examples_from_file(path, "classification", "text", None, "label")
+    assert [e.text for e in ex] == ['"Quoted start of a review', "second", 'third "x"']
+
+
 def test_integer_labels_become_names(tmp_path):
     path = write_rows(tmp_path / "i.json", [{"text": "a", "label": 1}, {"text": "b", "label": 0}])
     assert [e.label for e in read_examples_from_file(path, "classification", "text", None, "label")] == ["1", "0"]

@@ -60,7 +60,7 @@ def test_finished_run_is_never_overwritten_without_the_flag(tiny_bert, sentiment
 def test_a_foreign_folder_is_never_deleted(tiny_bert, sentiment_files, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(tuneforge.RunDirError, match="holds no tuneforge run"):
+    with pytest.raises(tuneforge.RunDirError, match="was not made by tuneforge"):
         tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "mine"), overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
@@ -131,3 +131,62 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert "training.epoch: unknown key; did you mean 'training.epochs'?" in err and "Traceback" not in err
     assert main(["train", str(f), "training.epochs=2", "model.nam=x"]) == 2
     assert "model.nam: unknown key; did you mean 'model.name'?" in capsys.readouterr().err
+
+
+def test_a_users_own_recipe_yaml_does_not_make_a_folder_a_run(tiny_bert, sentiment_files, tmp_path):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "recipe.yaml").write_text("mine")
+    (tmp_path / "project" / "notes.csv").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(tuneforge.RunDirError, match="was not made by tuneforge"):
+            tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "project"), overwrite=overwrite)
+    assert sorted(p.name for p in (tmp_path / "project").iterdir()) == ["notes.csv", "recipe.yaml"]
+
+
+def test_problems_found_with_the_model_fail_before_anything_is_written(tiny_bert, sentiment_files, tmp_path):
+    cases = {
+        "training.metric: 'f1_macr' is not a metric": {"training": {"metric": "f1_macr"}},
+        "model.max_length: 500 is more than": {"model": {"max_length": 500}},
+        "early_stopping needs validation data": {"training": {"early_stopping": {"patience": 1}},
+                                                 "data": {"validation_fraction": 0.0}},
+    }
+    for i, (message, sections) in enumerate(cases.items()):
+        files = {k: v for k, v in sentiment_files.items() if k != "validation"} if "data" in sections else sentiment_files
+        recipe = tiny_recipe(tiny_bert, files, tmp_path / f"run{i}", **sections)
+        with pytest.raises(tuneforge.RecipeError, match=message):
+            tuneforge.fine_tune(recipe)
+        with pytest.raises(tuneforge.RecipeError, match=message):
+            tuneforge.validate(recipe)
+        assert not (tmp_path / f"run{i}").exists()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_recipe_is_broken(tiny_bert, sentiment_files, tmp_path):
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1})
+    tuneforge.fine_tune(recipe)
+    with pytest.raises(tuneforge.TuneforgeError):
+        tuneforge.fine_tune(recipe, ["model.name=/no/such/model"], overwrite=True)
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_gradual_unfreezing_that_stops_short_is_reported(tiny_bert, sentiment_files, tmp_path):
+    report = tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run",
+                                            method={"name": "gradual"}, training={"epochs": 2}))
+    assert report["warnings"] == ["gradual unfreezing reaches 2 of 4 stages in this run: embeddings, layer.0 never "
+                                  "train. Unfreeze more often (method.unfreeze_every) or train longer"]
+
+
+def test_continue_from_a_fine_tuned_run_with_another_label_set(tiny_bert, sentiment_files, tmp_path):
+    first = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "first", training={"epochs": 1}))
+    rows = [{"text": t, "label": l} for t, l in [("good film", "pos"), ("bad plot", "neg"), ("the movie", "meh")] * 8]
+    three = write_rows(tmp_path / "three.csv", rows)
+    second = tuneforge.fine_tune(tiny_recipe(first.model_dir, {"train": three}, tmp_path / "second",
+                                             training={"epochs": 1}, data={"validation_fraction": 0.25}))
+    summary = json.loads((second.run_dir / "summary.json").read_text())
+    assert {"classifier.weight", "classifier.bias"} <= set(summary["new_head_parameters"])
+    assert summary["labels"] == ["meh", "neg", "pos"]
+
+
+def test_predict_checks_text_pairs(tiny_bert, sentiment_files, tmp_path):
+    r = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}))
+    with pytest.raises(tuneforge.DataError, match="single texts, not pairs"):
+        tuneforge.predict(r.run_dir, texts=["a"], text_pairs=["b"])

@@ -68,7 +68,8 @@ def test_head_seed_and_data_seed_act_separately(tiny_bert, sentiment_files, tmp_
 
 @pytest.mark.parametrize("method", [{"name": "full"}, {"name": "gradual", "unfreeze_every": 2}])
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_bert, sentiment_files, tmp_path, method):
-    training = {"checkpoint_every": 2, "epochs": 2}  # 6 steps per epoch; checkpoint at step 4, stop at 5
+    # 6 steps per epoch; checkpoint at step 4, stop at 5; the log's 3-step window spans the checkpoint
+    training = {"checkpoint_every": 2, "epochs": 2, "log_every": 3}
     full = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "full", method=method, training=training))
     recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "cut", method=method, training=training)
     with pytest.raises(KeyboardInterrupt):
@@ -136,3 +137,30 @@ def test_step_based_eval_and_logs(tiny_bert, sentiment_files, tmp_path):
     train = [x for x in recs if x["split"] == "train"]
     assert [x["step"] for x in train] == [2, 4, 6, 8, 10, 12] and all(x["samples_per_s"] > 0 for x in train)
     assert list((r.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_group_by_length_cuts_padding_and_keeps_every_row():
+    from tuneforge.engine.loop import epoch_order, group_by_length
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,), generator=g).tolist()
+    order = epoch_order(1000, 7, 0)
+    grouped = group_by_length(order, lengths, batch_size=16)
+    assert sorted(grouped) == list(range(1000))
+    assert grouped == group_by_length(epoch_order(1000, 7, 0), lengths, batch_size=16)  # a function of the seed
+
+    def padded(o):
+        return sum(max(lengths[i] for i in o[k:k + 16]) * len(o[k:k + 16]) for k in range(0, len(o), 16))
+
+    assert padded(grouped) < 0.7 * padded(order)
+
+
+def test_group_by_length_trains_and_resumes_exactly(tiny_bert, sentiment_files, tmp_path):
+    training = {"group_by_length": True, "checkpoint_every": 2}
+    full = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "full", training=training))
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "cut", training=training)
+    with pytest.raises(KeyboardInterrupt):
+        tuneforge.fine_tune(recipe, callbacks=[InterruptAt(7)])
+    resumed = tuneforge.fine_tune(recipe, resume=True)
+    assert resumed.metrics == full.metrics
+    assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))

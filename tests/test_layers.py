@@ -31,5 +31,7 @@ def test_groups_are_found_from_structure(arch):
     assert sorted(assigned) == sorted(every)  # each parameter in exactly one group
     assert any("word_embeddings" in n for n in groups.params["embeddings"])
     assert all(n.startswith(prefix + ".1.") for n in groups.params["layer.1"])
+    if arch == "mpnet":  # shared by all blocks: input-side, not head
+        assert "mpnet.encoder.relative_attention_bias.weight" in groups.params["embeddings"]
     head_out = [n for n in groups.params["head"] if n.endswith("weight")][-1]
     assert dict(model.named_parameters())[head_out].shape[0] == 3  # the new classifier is in the head

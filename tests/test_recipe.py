@@ -71,6 +71,10 @@ def test_missing_recipe_file_names_the_path(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
 
 
+def test_declared_labels_may_be_integers():
+    assert load_recipe(base(data={"train": "t.csv", "labels": [1, 0]})).data.labels == ["1", "0"]
+
+
 def test_bad_override_syntax():
     with pytest.raises(RecipeError, match="expected key=value"):
         load_recipe(base(), ["training.lr"])

@@ -74,6 +74,8 @@ def _dispatch(args) -> int:
         out.print(f"  truncated rows: {report['truncated']}")
         out.print(f"  layer groups: {', '.join(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")
+        for w in report["warnings"]:
+            out.print(f"[yellow]warning:[/] {w}")
         return 0
     if args.command == "evaluate":
         metrics = tuneforge.evaluate(args.run_dir, args.data)

@@ -62,6 +62,10 @@ def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence
     else:
         if pair_col and text_pairs is None:
             raise DataError([f"this model reads text pairs; give the second text too (column {pair_col!r})"])
+        if not pair_col and text_pairs is not None:
+            raise DataError(["this model reads single texts, not pairs; drop the second texts (--text-pair)"])
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise DataError([f"{len(texts)} text(s) but {len(text_pairs)} second text(s); give one --text-pair per --text"])
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
         examples = [TextExample(text=t, text_pair=p, source=f"text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
     split = encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space)

@@ -51,7 +51,12 @@ class DataSpec(_Section):
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     label_separator: str = Field(",", description="multi-label labels given as one string are split on this")
-    labels: Optional[list[str]] = Field(None, description="label names in id order; default: sorted labels of train")
+    labels: Optional[list[Union[str, int]]] = Field(None, description="label names in id order; default: sorted labels of train")
+
+    @field_validator("labels")
+    @classmethod
+    def _names(cls, v):
+        return None if v is None else [str(x) for x in v]
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training rows (after splitting)")
 
@@ -102,6 +107,7 @@ class TrainingSpec(_Section):
     batch_size: int = Field(32, gt=0, description="examples per forward pass")
     grad_accum: int = Field(1, gt=0, description="forward passes per optimizer step; the effective batch is batch_size * grad_accum")
     eval_batch_size: int = Field(64, gt=0)
+    group_by_length: bool = Field(False, description="batch rows of similar length together (less padding, faster)")
     lr: float = Field(5e-5, gt=0)
     head_lr: Optional[float] = Field(None, gt=0, description="learning rate of the new head (default: lr)")
     weight_decay: float = Field(0.01, ge=0, description="not applied to biases and norm weights")

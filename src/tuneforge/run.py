@@ -49,35 +49,41 @@ class RunResult:
         return d
 
 
-def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[Path]:
-    """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`."""
-    finished = (run_dir / "summary.json").exists()
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
+RUN_MARKER = ".tuneforge-run"  # written by tuneforge into every run directory; only such folders are ever deleted
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console) -> Optional[Path]:
+    """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`,
+    and never delete a folder tuneforge did not create."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
     if run_dir.exists() and any(run_dir.iterdir()):
-        is_run = (run_dir / "recipe.yaml").exists()
+        if not (run_dir / RUN_MARKER).exists():
+            raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge "
+                              f"(no {RUN_MARKER} file); nothing in it is touched, even with --overwrite. "
+                              "Choose another output.dir")
+        finished = (run_dir / "summary.json").exists()
+        checkpoints = list_checkpoints(run_dir / "checkpoints")
         if overwrite:
-            if not is_run:
-                raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and holds no tuneforge run "
-                                  "(no recipe.yaml); refusing to delete it even with --overwrite. Choose another output.dir")
             shutil.rmtree(run_dir)
-        elif resume and checkpoints and not finished:
-            saved = (run_dir / "recipe.yaml").read_text() if is_run else ""
-            if saved and saved != recipe.to_yaml():
-                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
-                                  "resume with the same recipe, or start over with --overwrite")
-            return checkpoints[-1]
         elif finished:
             raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
                               "or set output.dir to a new folder")
+        elif resume and checkpoints:
+            saved = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
+            if saved != recipe.to_yaml():
+                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
+                                  "resume with the same recipe, or start over with --overwrite")
+            return checkpoints[-1]
         elif checkpoints:
             raise RunDirError(f"{run_dir} holds an unfinished run (latest checkpoint {checkpoints[-1].name}); "
                               "pass --resume to continue it or --overwrite to start over")
-        elif is_run:
-            shutil.rmtree(run_dir)  # a run that died before its first checkpoint: nothing to keep
         else:
-            raise RunDirError(f"output.dir {str(run_dir)!r} exists, is not empty and holds no tuneforge run; "
-                              "choose another output.dir")
+            # A run stopped before its first checkpoint: nothing to continue from.
+            console.print(f"{run_dir}: an earlier run stopped before its first checkpoint; starting over")
+            shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
     return None
 
 
@@ -101,9 +107,6 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     task = get_task(recipe.task.type)
 
     splits, space, origin = load_examples(d, recipe.task.type)
-    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite)
-    _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-
     loaded = load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
                                      space.id2label if space.names else None, head_seed, recipe.model.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -111,6 +114,12 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     groups = find_layer_groups(model)
     plan = build_plan(recipe.method, groups)
     apply_plan(model, plan, 0)
+    warnings = check_run(recipe, task, space, splits, model.config, tokenizer, plan)
+    # Only now, with recipe, data and model all checked, may an old run be replaced.
+    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console)
+    _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
     rates = group_learning_rates(groups, t.lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
     param_groups = build_param_groups(model, groups, rates, t.weight_decay)
     optimizer = make_optimizer(param_groups)
@@ -214,6 +223,41 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     console.print(f"  run directory: {run_dir}")
 
 
+def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> list[str]:
+    """Checks that need the data and the model; raise RecipeError for errors, return warnings."""
+    import math
+
+    problems, warnings = [], []
+    t = recipe.training
+    metric = t.metric or task.default_metric
+    names = ["loss", *task.make_metrics(max(len(space.names), 1), recipe.task.threshold).compute()]
+    if metric not in names:
+        problems.append(f"training.metric: {metric!r} is not a metric of task {recipe.task.type!r}; "
+                        f"choose one of {', '.join(names)}")
+    if t.early_stopping and "validation" not in splits:
+        problems.append("training.early_stopping needs validation data: give data.validation or a "
+                        "data.validation_fraction above 0")
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    if limits and recipe.model.max_length > min(limits):
+        problems.append(f"model.max_length: {recipe.model.max_length} is more than {recipe.model.name!r} takes "
+                        f"({min(limits)} tokens); use at most {min(limits)}")
+    if problems:
+        raise RecipeError(problems)
+    if plan.gradual:
+        every = recipe.method.unfreeze_every
+        rows = len(splits["train"])
+        steps = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum) * t.epochs
+        if t.max_steps:
+            steps = min(steps, t.max_steps)
+        reached = min(t.epochs, plan.num_stages) if every == "epoch" else min((steps - 1) // every + 1, plan.num_stages)
+        if reached < plan.num_stages:
+            never = plan.groups.order[: plan.num_stages - reached]
+            warnings.append(f"gradual unfreezing reaches {reached} of {plan.num_stages} stages in this run: "
+                            f"{', '.join(never)} never train. Unfreeze more often (method.unfreeze_every) or train longer")
+    return warnings
+
+
 def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     """Check recipe, data and model without training; raise on the first class of problems, return a report."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -234,14 +278,10 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     apply_plan(model, plan, 0)
     group_learning_rates(groups, recipe.training.lr, recipe.training.head_lr, recipe.method.layer_lr_decay,
                          recipe.method.group_lr)
+    warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
     truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated
                  for k, v in splits.items()}
-    if recipe.training.metric:
-        probe = task.make_metrics(max(len(space.names), 1), recipe.task.threshold).compute()
-        if recipe.training.metric not in {"loss", *probe}:
-            raise RecipeError([f"training.metric: {recipe.training.metric!r} is not a metric of task "
-                               f"{recipe.task.type!r}; choose one of {', '.join(['loss', *probe])}"])
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
-            "total_parameters": total, "model_path": str(path)}
+            "total_parameters": total, "model_path": str(path), "warnings": warnings}

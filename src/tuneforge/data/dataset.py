@@ -238,10 +238,9 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
         splits.update(parts)
         for k, f in carve.items():
             origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
+    space = build_label_space(task, splits["train"], spec.labels)  # from all rows, before limit_train
     if spec.limit_train:
         splits["train"] = splits["train"][: spec.limit_train]
-
-    space = build_label_space(task, splits["train"], spec.labels)
     for name, examples in splits.items():
         check_labels(task, examples, space, problems)
     if problems:

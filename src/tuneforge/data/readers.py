@@ -1,6 +1,7 @@
 """Readers: one function per file format, each returning a DataFrame with the file's own types."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     # Everything as text: a label column "1"/"0" stays a label, and empty cells stay visible as "".
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+    # TSV has no quoting: a text that starts with '"' must not swallow the rows after it.
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, quoting=quoting)
 
 
 def _read_json(path: Path) -> pd.DataFrame:

@@ -75,7 +75,7 @@ class JsonlLogger:
 
     def __init__(self, path: Path, log_every: int):
         self.path, self.log_every = path, log_every
-        self._loss_sum, self._count, self._t0, self._examples0 = 0.0, 0, time.perf_counter(), 0
+        self._t0, self._examples0 = time.perf_counter(), 0
 
     def _write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -86,15 +86,16 @@ class JsonlLogger:
 
     def on_step_end(self, loop):
         s = loop.state
-        self._loss_sum += loop.last_loss
-        self._count += 1
+        # The averaging window lives in the loop state, so it survives a checkpoint and resume.
+        s.log_loss_sum += loop.last_loss
+        s.log_steps += 1
         if s.global_step % self.log_every == 0 or s.global_step == loop.total_steps:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
             self._write({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / loop.steps_per_epoch,
-                         "split": "train", "loss": self._loss_sum / self._count,
+                         "split": "train", "loss": s.log_loss_sum / s.log_steps,
                          "lr": loop.scheduler.get_last_lr()[-1],
                          "samples_per_s": (s.examples_seen - self._examples0) / elapsed})
-            self._loss_sum, self._count = 0.0, 0
+            s.log_loss_sum, s.log_steps = 0.0, 0
             self._t0, self._examples0 = time.perf_counter(), s.examples_seen
 
     def on_evaluate(self, loop, metrics):
@@ -105,7 +106,14 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     """On resume, drop records written after the checkpoint: the resumed run writes them again."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the process was killed
+            continue
+        if record.get("step", 0) <= max_step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 

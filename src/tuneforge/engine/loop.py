@@ -32,12 +32,27 @@ class LoopState:
     bad_evals: int = 0
     examples_seen: int = 0
     should_stop: bool = False
+    log_loss_sum: float = 0.0  # training-loss window of the JSONL log since its last line
+    log_steps: int = 0
     history: list = field(default_factory=list)  # validation metrics per evaluation
 
 
 def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def group_by_length(order: list[int], lengths: list[int], batch_size: int, window: int = 50) -> list[int]:
+    """Sort each window of `window` batches of the random order by length, longest first.
+
+    Batches then hold rows of similar length, so dynamic padding pads little; the order stays a function
+    of the random permutation alone, so resume and accumulation are unaffected.
+    """
+    size = batch_size * window
+    out: list[int] = []
+    for start in range(0, len(order), size):
+        out.extend(sorted(order[start:start + size], key=lambda i: -lengths[i]))
+    return out
 
 
 class Loop:
@@ -55,6 +70,7 @@ class Loop:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.last_loss = float("nan")
+        self.lengths = [len(ids) for ids in train.input_ids]
 
     def fire(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -69,6 +85,8 @@ class Loop:
             self.fire("on_epoch_start")
             self.set_train_mode()
             order = epoch_order(len(self.train_split), self.data_seed, s.epoch)
+            if cfg.group_by_length:
+                order = group_by_length(order, self.lengths, cfg.batch_size)
             micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
             for step_batches in steps[s.step_in_epoch:]:

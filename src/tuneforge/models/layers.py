@@ -1,8 +1,9 @@
 """Layer groups of an architecture, found from its structure rather than from names of one model.
 
-Groups, from the input up: `embeddings` (base-model parameters before the blocks), `layer.0` ...
-`layer.{N-1}` (the repeated blocks: the largest ModuleList of same-class modules), and `head` (everything
-above the last block: pooler, final norm, the task head trained from scratch).
+Groups, from the input up: `embeddings` (base-model parameters before the blocks, and parameters the
+blocks share, such as MPNet's relative attention bias), `layer.0` ... `layer.{N-1}` (the repeated blocks:
+the largest ModuleList of same-class modules), and `head` (everything above the last block: pooler, final
+norm, the task head trained from scratch).
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def find_layer_groups(model: nn.Module) -> LayerGroups:
     prefix, blocks = _find_blocks(model)
     n = len(blocks)
+    # Inside an encoder wrapper (bert.encoder, mpnet.encoder, deberta.encoder), a parameter beside the block
+    # list is shared by the blocks (relative position tables); it is input-side, not head. When the blocks
+    # sit directly in the base model (GPT-2, Llama), what follows them is the final norm: head.
+    parent = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+    base_prefix = getattr(model, "base_model_prefix", "")
+    shared_prefix = parent + "." if parent and parent != base_prefix else None
     params: dict[str, list[str]] = {"embeddings": [], **{f"layer.{i}": [] for i in range(n)}, "head": []}
     seen_blocks = False
     for name, _ in model.named_parameters():
@@ -50,7 +57,7 @@ def find_layer_groups(model: nn.Module) -> LayerGroups:
             index = int(name[len(prefix) + 1:].split(".", 1)[0])
             params[f"layer.{index}"].append(name)
             seen_blocks = True
-        elif not seen_blocks:
+        elif not seen_blocks or (shared_prefix and name.startswith(shared_prefix)):
             params["embeddings"].append(name)
         else:
             params["head"].append(name)

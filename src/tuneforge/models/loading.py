@@ -45,16 +45,25 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
         config.label2id = {n: int(i) for i, n in id2label.items()}
     # The head's initialization draws from the global RNG: seed it here, apart from the data order.
     torch.manual_seed(head_seed)
+    load = lambda **kw: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
+        path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kw)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True,
-            output_loading_info=True)
+        try:
+            model, info = load()
+        except RuntimeError as e:
+            if "size mismatch" not in str(e) and "ignore_mismatched_sizes" not in str(e):
+                raise
+            # A fine-tuned checkpoint with another label set: its head is replaced by a new one (reported).
+            torch.manual_seed(head_seed)
+            model, info = load(ignore_mismatched_sizes=True)
     except (OSError, EnvironmentError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
     except ValueError as e:
         raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no sequence-classification head "
                              f"in transformers: {e}") from None
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys", [])]
+    new = sorted(set(info.get("missing_keys", [])) | set(mismatched))
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=new)
 
 
 def load_run_model(model_dir: Path):
