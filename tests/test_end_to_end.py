@@ -19,7 +19,7 @@ def test_run_directory_and_pipeline_round_trip(tiny_bert, sentiment_files, tmp_p
         assert (r.run_dir / name).exists(), name
     config = AutoConfig.from_pretrained(r.model_dir)
     assert config.id2label == {0: "neg", 1: "pos"} and config.label2id == {"neg": 0, "pos": 1}
-    assert r.metrics["test"]["accuracy"] > 0.5  # learnable toy data; mainly checks the metric exists
+    assert r.metrics["test"]["accuracy"] >= 0.75  # the toy data is learnable: a word decides the label
     texts = ["the film was good", "a dull plot", "the actor was superb", "boring scene"]
     clf = pipeline("text-classification", model=str(r.model_dir), device="cpu")
     from_pipeline = clf(texts)
@@ -190,3 +190,10 @@ def test_predict_checks_text_pairs(tiny_bert, sentiment_files, tmp_path):
     r = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}))
     with pytest.raises(tuneforge.DataError, match="single texts, not pairs"):
         tuneforge.predict(r.run_dir, texts=["a"], text_pairs=["b"])
+
+
+def test_gradual_reach_counts_max_steps(tiny_bert, sentiment_files, tmp_path):
+    # 6 steps per epoch, but max_steps 5 ends inside the first epoch: only the head ever trains.
+    report = tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "gradual"},
+                                            training={"epochs": 3, "max_steps": 5}))
+    assert report["warnings"][0].startswith("gradual unfreezing reaches 1 of 4 stages")

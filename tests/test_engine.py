@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 import tuneforge
 from tuneforge.engine.callbacks import EarlyStopping, KeepBest
+from tuneforge.engine.checkpoint import list_checkpoints, load_weights, save_weights
 from tuneforge.engine.loop import LoopState
 
 from conftest import tiny_recipe
@@ -44,7 +45,7 @@ def test_accumulation_equals_the_large_batch(tiny_bert_no_dropout, sentiment_fil
 def test_same_recipe_and_seeds_give_identical_results(tiny_bert, sentiment_files, tmp_path):
     r1 = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "a"))
     r2 = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "b"))
-    assert r1.metrics == {k: {**v} for k, v in r2.metrics.items()}
+    assert r1.metrics == r2.metrics
     assert_same_weights(weights(r1.run_dir), weights(r2.run_dir))
 
 
@@ -91,6 +92,11 @@ def test_checkpoints_are_written_atomically_and_pruned(tiny_bert, sentiment_file
     names = sorted(p.name for p in (r.run_dir / "checkpoints").iterdir())
     assert names == ["best", "step-00000011", "step-00000012"]
     assert not list(r.run_dir.rglob("*.tmp"))
+    # a checkpoint cut short by a crash (still under its .tmp name) is never taken as the latest
+    half = r.run_dir / "checkpoints" / "step-00000099.tmp"
+    half.mkdir()
+    (half / "loop_state.json").write_text("{}")
+    assert list_checkpoints(r.run_dir / "checkpoints")[-1].name == "step-00000012"
     state = json.loads((r.run_dir / "checkpoints" / "step-00000012" / "loop_state.json").read_text())
     assert state["global_step"] == 12 and state["epoch"] == 2
 
@@ -105,13 +111,13 @@ def test_best_model_is_restored(tiny_bert, sentiment_files, tmp_path):
 
 
 class FakeLoop:
-    def __init__(self, path):
+    def __init__(self):
         self.state = LoopState()
         self.model = torch.nn.Linear(2, 2)
 
 
 def test_early_stopping_after_patience(tmp_path):
-    loop = FakeLoop(tmp_path)
+    loop = FakeLoop()
     keep = KeepBest("accuracy", True, 0.0, tmp_path / "best.safetensors")
     stop = EarlyStopping(patience=2)
     for step, acc in enumerate([0.5, 0.6, 0.55, 0.6, 0.59], start=1):
@@ -164,3 +170,20 @@ def test_group_by_length_trains_and_resumes_exactly(tiny_bert, sentiment_files, 
     resumed = tuneforge.fine_tune(recipe, resume=True)
     assert resumed.metrics == full.metrics
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
+
+
+def test_tied_weights_are_saved_once_and_restored(tmp_path):
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 3)
+            self.out = torch.nn.Linear(3, 5, bias=False)
+            self.out.weight = self.emb.weight
+
+    a, b = Tied(), Tied()
+    save_weights(a, tmp_path / "w.safetensors")
+    assert set(load_file(str(tmp_path / "w.safetensors"))) == {"emb.weight"}
+    load_weights(b, tmp_path / "w.safetensors")
+    assert torch.equal(b.out.weight, a.emb.weight) and b.out.weight is b.emb.weight
+    with pytest.raises(RuntimeError, match="does not match the model"):
+        load_weights(torch.nn.Linear(3, 5), tmp_path / "w.safetensors")

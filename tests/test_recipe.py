@@ -86,3 +86,8 @@ def test_step_counts_must_be_positive():
     assert sorted(e.value.problems) == [
         "method.unfreeze_every: must be 'epoch' or a positive number of steps, got -1",
         "training.eval_every: must be 'epoch' or a positive number of steps, got 0"]
+
+
+def test_override_strings_that_float_would_parse_stay_strings():
+    r = load_recipe(base(), ["data.text_column=nan", "model.name=inf", "training.lr=1e-4"])
+    assert r.data.text_column == "nan" and r.model.name == "inf" and r.training.lr == pytest.approx(1e-4)

@@ -49,7 +49,7 @@ def _mpnet() -> Path:
         return target
     parts = []
     for name in MPNET_PARTS:
-        folder = _package_dir(name.replace("-", "_")) or _find_in_site(name)
+        folder = _find_in_site(name)  # dash-named folders: not importable, so not findable by find_spec
         chunk = folder / "input" / f"all-mpnet-base-v2.zip.{name[-3:]}" if folder else None
         if chunk is None or not chunk.exists():
             raise TuneforgeError(

@@ -6,6 +6,7 @@ keys get the nearest valid key suggested.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -211,13 +212,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise RecipeError([f"override {text!r}: empty key"], "command line")
     parsed = yaml.safe_load(value) if value.strip() else None
-    # YAML 1.1 reads "5e-5" as a string; users mean a number.
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return path, parsed
+    return path, _floatify(parsed)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -242,7 +237,6 @@ def _floatify(node):
     if isinstance(node, list):
         return [_floatify(v) for v in node]
     if isinstance(node, str):
-        import re
         if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", node.strip()):
             return float(node)
     return node

@@ -17,7 +17,7 @@ from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, Ke
                                TensorBoardLogger, tensorboard_available, truncate_jsonl)
 from .engine.checkpoint import list_checkpoints, load_checkpoint, load_weights
 from .engine.evaluate import run_evaluation
-from .engine.loop import Loop, LoopState
+from .engine.loop import Loop, LoopState, count_steps
 from .engine.optim import make_optimizer, make_scheduler, warmup_steps
 from .errors import RecipeError, RunDirError
 from .methods import apply_plan, build_param_groups, build_plan, count_parameters, set_frozen_modules_eval
@@ -25,7 +25,7 @@ from .methods.param_groups import group_learning_rates
 from .models import find_layer_groups, load_for_classification
 from .recipe import Recipe, load_recipe
 from .report import console as default_console, print_summary
-from .tasks import get_task
+from .tasks import get_task, higher_is_better
 
 RecipeLike = Union[str, Path, dict, Recipe]
 
@@ -134,7 +134,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         set_frozen_modules_eval(model, plan, loop.state.stage)
 
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
-    cbs: list = [KeepBest(metric, task.higher_is_better(metric),
+    cbs: list = [KeepBest(metric, higher_is_better(metric),
                           t.early_stopping.min_delta if t.early_stopping else 0.0, best_path)]
     if t.early_stopping:
         cbs.append(EarlyStopping(t.early_stopping.patience))
@@ -225,8 +225,6 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
 
 def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> list[str]:
     """Checks that need the data and the model; raise RecipeError for errors, return warnings."""
-    import math
-
     problems, warnings = [], []
     t = recipe.training
     metric = t.metric or task.default_metric
@@ -245,12 +243,10 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
     if problems:
         raise RecipeError(problems)
     if plan.gradual:
-        every = recipe.method.unfreeze_every
-        rows = len(splits["train"])
-        steps = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum) * t.epochs
-        if t.max_steps:
-            steps = min(steps, t.max_steps)
-        reached = min(t.epochs, plan.num_stages) if every == "epoch" else min((steps - 1) // every + 1, plan.num_stages)
+        # The stage the last optimizer step trains at, by the schedule the loop itself uses.
+        per_epoch, total = count_steps(len(splits["train"]), t)
+        last = LoopState(epoch=(total - 1) // per_epoch, global_step=total - 1)
+        reached = GradualUnfreezing(plan, recipe.method.unfreeze_every, None).stage_for(last) + 1
         if reached < plan.num_stages:
             never = plan.groups.order[: plan.num_stages - reached]
             warnings.append(f"gradual unfreezing reaches {reached} of {plan.num_stages} stages in this run: "
@@ -276,8 +272,6 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     groups = find_layer_groups(model)
     plan = build_plan(recipe.method, groups)
     apply_plan(model, plan, 0)
-    group_learning_rates(groups, recipe.training.lr, recipe.training.head_lr, recipe.method.layer_lr_decay,
-                         recipe.method.group_lr)
     warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
     truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated

@@ -39,9 +39,12 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    # A second pass without truncation only to count what was cut: users should know.
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
+    # Users should know what was cut. Only rows that reached the limit can have been; re-tokenize just those.
+    at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length]
+    truncated = 0
+    if at_limit:
+        full = tokenizer([texts[i] for i in at_limit], [pairs[i] for i in at_limit] if pairs else None)["input_ids"]
+        truncated = sum(len(ids) > max_length for ids in full)
     return EncodedSplit(
         input_ids=enc["input_ids"],
         token_type_ids=enc.get("token_type_ids"),
@@ -50,21 +53,16 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
     )
 
 
+def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
 def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     rows = [split.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        input_ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-        attention[j, : len(r)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention}
+    batch = {"input_ids": _pad(rows, width, pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], width, 0)}
     if split.token_type_ids is not None:
-        tt = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(indices):
-            t = split.token_type_ids[i]
-            tt[j, : len(t)] = torch.tensor(t, dtype=torch.long)
-        batch["token_type_ids"] = tt
+        batch["token_type_ids"] = _pad([split.token_type_ids[i] for i in indices], width, 0)
     if split.labels is not None:
         batch["labels"] = split.labels[torch.as_tensor(list(indices), dtype=torch.long)]
     return batch

@@ -21,10 +21,7 @@ class KeepBest:
 
     def on_evaluate(self, loop, metrics: dict) -> None:
         s = loop.state
-        if self.metric not in metrics:
-            raise KeyError(f"training.metric: {self.metric!r} is not among the validation metrics "
-                           f"({', '.join(k for k in metrics if k != 'eval_seconds')})")
-        value = metrics[self.metric]
+        value = metrics[self.metric]  # the name was checked against the task before training
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,31 +16,32 @@ from safetensors.torch import load_file, save_file
 CHECKPOINT_PREFIX = "step-"
 
 
-def _state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage (tied weights): save each tensor once, contiguous.
-    out, seen = {}, {}
+def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Each tensor once (safetensors refuses shared storage), and the names that alias an earlier one."""
+    out, seen, aliases = {}, set(), set()
     for name, t in model.state_dict().items():
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key in seen:
+            aliases.add(name)
             continue
-        seen[key] = name
-        out[name] = t.detach().contiguous().clone() if t.device.type != "cpu" else t.detach().contiguous()
-    return out
+        seen.add(key)
+        out[name] = t.detach().cpu().contiguous()
+    return out, aliases
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_state_dict_for_save(model), str(tmp))
+    save_file(_unique_state(model)[0], str(tmp))
     os.replace(tmp, path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied weights are saved once; anything else missing means the checkpoint is not this model's.
-    tied = {n for n in missing if n.endswith("decoder.weight") or n.endswith("lm_head.weight")}
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{path}: does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    # Tied weights were saved once and are filled through their alias; anything else missing, or any
+    # unexpected name, means the file is not this model's.
+    missing = set(missing) - _unique_state(model)[1]
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: does not match the model (missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]})")
 
 

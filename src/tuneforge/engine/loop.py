@@ -37,6 +37,13 @@ class LoopState:
     history: list = field(default_factory=list)  # validation metrics per evaluation
 
 
+def count_steps(rows: int, cfg) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps in the run) for `rows` training rows."""
+    per_epoch = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum)
+    total = per_epoch * cfg.epochs
+    return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
 def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -64,13 +71,10 @@ class Loop:
         self.num_labels, self.threshold, self.pad_id, self.data_seed = num_labels, threshold, pad_id, data_seed
         self.run_dir, self.callbacks, self.set_train_mode = run_dir, callbacks, set_train_mode
         self.state = state or LoopState()
-        self.micro_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg)
         self.last_loss = float("nan")
-        self.lengths = [len(ids) for ids in train.input_ids]
+        self.lengths = [len(ids) for ids in train.input_ids] if cfg.group_by_length else []
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips grad None
 
     def fire(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -126,8 +130,7 @@ class Loop:
             loss.backward()
             total += float(loss.detach())
         if self.cfg.max_grad_norm:
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

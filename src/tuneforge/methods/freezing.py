@@ -54,9 +54,6 @@ def _freeze(spec, groups):
         raise RecipeError([f"method.freeze_layers: {spec.freeze_layers} is more than the model's {n} blocks; "
                            f"use at most {n} (or method: head)"])
     frozen = (["embeddings"] if spec.freeze_embeddings else []) + [f"layer.{i}" for i in range(spec.freeze_layers)]
-    if spec.freeze_layers and not spec.freeze_embeddings:
-        # Freezing blocks above trainable embeddings is allowed but rarely meant: say nothing, do as told.
-        pass
     return FreezePlan(groups, frozen, patterns=list(spec.freeze_patterns))
 
 

@@ -1,12 +1,13 @@
 """Run reports: the console, the end-of-run summary table."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 
 def console() -> Console:
-    import sys
     # Logs and pipes get 120 columns instead of rich's 80, so metric lines and the progress bar stay whole.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 

@@ -21,8 +21,6 @@ class Task:
     loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     make_metrics: Callable[[int, float], object]
     default_metric: str
-    higher_is_better: Callable[[str], bool]
-    predict: Callable[[torch.Tensor, float], torch.Tensor]
 
     def num_outputs(self, num_labels: int) -> int:
         return 1 if self.problem_type == "regression" else num_labels
@@ -44,14 +42,13 @@ def _mse_sum(logits, labels):
 _LOWER_IS_BETTER = {"loss", "mse", "mae"}
 
 
-def _higher(metric: str) -> bool:
+def higher_is_better(metric: str) -> bool:
     return metric not in _LOWER_IS_BETTER
 
 
 _classification = Task(
     name="classification", problem_type="single_label_classification", loss_sum=_ce_sum,
     make_metrics=lambda k, t: ClassificationMetrics(k), default_metric="accuracy",
-    higher_is_better=_higher, predict=lambda logits, t: logits.argmax(-1),
 )
 
 TASKS: dict[str, Task] = {
@@ -60,12 +57,10 @@ TASKS: dict[str, Task] = {
     "multi-label": Task(
         name="multi-label", problem_type="multi_label_classification", loss_sum=_bce_sum,
         make_metrics=lambda k, t: MultiLabelMetrics(k, t), default_metric="f1_micro",
-        higher_is_better=_higher, predict=lambda logits, t: (torch.sigmoid(logits) > t).long(),
     ),
     "regression": Task(
         name="regression", problem_type="regression", loss_sum=_mse_sum,
         make_metrics=lambda k, t: RegressionMetrics(), default_metric="mse",
-        higher_is_better=_higher, predict=lambda logits, t: logits.reshape(-1),
     ),
 }
 
