@@ -5,10 +5,13 @@
     result.metrics["test"]["accuracy"], result.model_dir
 """
 from .errors import DataError, RecipeError, RunDirError, TuneforgeError
-from .inference import evaluate, predict
+from .inference import Predictor, evaluate, predict
+from .merge import MergeError, MergeReport, merge
 from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
+from .studies import CompareResult, compare
 
 __version__ = "0.1.0"
-__all__ = ["fine_tune", "validate", "evaluate", "predict", "load_recipe", "Recipe", "RunResult",
-           "TuneforgeError", "RecipeError", "DataError", "RunDirError"]
+__all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
+           "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
+           "RunDirError", "MergeError"]

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="labelled file with the run's columns")
+    e.add_argument("--adapter", help="evaluate with another adapter run on the same base (a run directory, its "
+                   "adapter folder, or the name of a run beside RUN_DIR)")
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="predict with a finished run")
@@ -37,7 +39,29 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="file with the run's text column(s)")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     pr.add_argument("--text-pair", action="append", help="second text of a pair, one per --text")
+    pr.add_argument("--adapter", action="append", metavar="NAME_OR_DIR",
+                    help="predict with this adapter run on RUN_DIR's base model (a run directory, its adapter folder, "
+                    "or the name of a run beside RUN_DIR); repeat to predict with several, switching without "
+                    "reloading the base")
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing")
+
+    m = sub.add_parser("merge", help="fold a LoRA/DoRA/(IA)3 adapter into the base model, checked on held-out inputs")
+    m.add_argument("run_dir")
+    m.add_argument("--out", help="folder for the merged model (default: RUN_DIR/merged)")
+    m.add_argument("--data", help="file of inputs to check the merge on (default: the run's validation data)")
+    m.add_argument("--examples", type=int, default=64, help="inputs to check the merge on (default 64)")
+    m.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance on logits (default 1e-4)")
+    m.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the largest logit (default 1e-4)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing merged model")
+
+    c = sub.add_parser("compare", help="run several methods on the same data, budget and seeds, and tabulate them")
+    c.add_argument("recipe")
+    c.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    c.add_argument("--methods", required=True,
+                   help="comma-separated: full, head, freeze:N, gradual, lora[:R], dora[:R], ia3, prefix[:N], "
+                   "prompt[:N], bottleneck[:SIZE]; options as name:key=value:..., e.g. lora:r=16:alpha=32:lr=5e-4")
+    c.add_argument("--seeds", type=int, default=1, help="seeds per method: the recipe's seed, seed+1, ... (default 1)")
+    c.add_argument("--out", help="study folder (default: the recipe's output.dir + '-compare')")
     return p
 
 
@@ -78,14 +102,20 @@ def _dispatch(args) -> int:
             out.print(f"[yellow]warning:[/] {w}")
         return 0
     if args.command == "evaluate":
-        metrics = tuneforge.evaluate(args.run_dir, args.data)
+        metrics = tuneforge.evaluate(args.run_dir, args.data, adapter=args.adapter)
         if args.json:
             print(json.dumps(metrics, indent=1))
         else:
             out.print(metrics_table({os.path.basename(args.data): metrics}))
         return 0
     if args.command == "predict":
-        records = tuneforge.predict(args.run_dir, data=args.data, texts=args.text, text_pairs=args.text_pair)
+        predictor = tuneforge.Predictor(args.run_dir)
+        names = [predictor.add_adapter(a) for a in args.adapter] if args.adapter else [predictor.active]
+        records = []
+        for name in names:
+            if name is not None:
+                predictor.use(name)
+            records.extend(predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair))
         if args.output:
             from .inference import write_predictions
             write_predictions(records, args.output)
@@ -93,6 +123,14 @@ def _dispatch(args) -> int:
         else:
             for r in records:
                 print(json.dumps(r))
+        return 0
+    if args.command == "merge":
+        tuneforge.merge(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, examples=args.examples,
+                        atol=args.atol, rtol=args.rtol, console=out)
+        return 0
+    if args.command == "compare":
+        tuneforge.compare(args.recipe, args.methods, seeds=args.seeds, overrides=args.overrides, study_dir=args.out,
+                          console=out)
         return 0
     raise AssertionError(args.command)
 

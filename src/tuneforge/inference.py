@@ -2,29 +2,76 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from .adapters import adapter_kind, attach_saved_adapter, load_bottleneck_state, read_adapter_method
+from .assets import resolve_model_path
 from .data.collate import encode
 from .data.dataset import LabelSpace, TextExample, check_labels, read_examples_from_file
 from .engine.evaluate import run_evaluation, run_prediction
 from .errors import DataError, RunDirError
-from .models import load_run_model
+from .models import load_for_classification, load_run_model
 from .recipe import Recipe, load_recipe
 from .tasks import get_task
 
 
-def _open_run(run_dir: str | Path):
+@dataclass
+class OpenRun:
+    """A finished run loaded for use: its recipe, model (with its adapter, if any), tokenizer and labels."""
+    run_dir: Path
+    recipe: Recipe
+    model: torch.nn.Module
+    tokenizer: object
+    space: LabelSpace
+    adapter_dir: Optional[Path] = None  # None: a full model in run_dir/model
+
+
+def _read_run(run_dir: str | Path) -> tuple[Path, Recipe]:
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
         raise RunDirError(f"{run_dir}: not a tuneforge run directory (no recipe.yaml)")
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    return run_dir, load_recipe(run_dir / "recipe.yaml")
+
+
+def _run_labels(run_dir: Path, recipe: Recipe) -> LabelSpace:
+    if not (run_dir / "summary.json").exists():
+        raise RunDirError(f"{run_dir}: the run has not finished (no summary.json); finish it with "
+                          "`tuneforge train RECIPE --resume`")
+    labels = json.loads((run_dir / "summary.json").read_text()).get("labels") or []
+    return LabelSpace(list(labels) if recipe.task.type != "regression" else [])
+
+
+def load_base_for(recipe: Recipe, space: LabelSpace):
+    """The run's base model with a head of the run's shape (its weights come from the adapter)."""
+    task = get_task(recipe.task.type)
+    t = recipe.training
+    return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
+                                   space.id2label if space.names else None,
+                                   t.head_seed if t.head_seed is not None else t.seed, recipe.model.trust_remote_code)
+
+
+def _open_run(run_dir: str | Path) -> OpenRun:
+    run_dir, recipe = _read_run(run_dir)
+    adapter_dir = run_dir / "adapter"
+    if adapter_kind(adapter_dir):
+        space = _run_labels(run_dir, recipe)
+        loaded = load_base_for(recipe, space)
+        model = attach_saved_adapter(loaded.model, adapter_dir, name=_adapter_name(run_dir))
+        model.eval()
+        return OpenRun(run_dir, recipe, model, loaded.tokenizer, space, adapter_dir)
     model, tokenizer = load_run_model(run_dir / "model")
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     names = [id2label[i] for i in range(len(id2label))] if recipe.task.type != "regression" else []
-    return run_dir, recipe, model, tokenizer, LabelSpace(names)
+    return OpenRun(run_dir, recipe, model, tokenizer, LabelSpace(names))
+
+
+def _adapter_name(run_dir: Path) -> str:
+    # PEFT adapter names become module keys: no dots.
+    return (run_dir.resolve().name or "adapter").replace(".", "_")
 
 
 def _columns(recipe: Recipe):
@@ -34,32 +81,133 @@ def _columns(recipe: Recipe):
     return d.text_column, d.text_pair_column, d.label_column
 
 
-def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None) -> dict[str, float]:
+def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None,
+             adapter: Optional[str] = None) -> dict[str, float]:
     """Metrics of a finished run on a labelled file with the run's columns."""
-    run_dir, recipe, model, tokenizer, space = _open_run(run_dir)
-    text_col, pair_col, label_col = _columns(recipe)
-    examples = read_examples_from_file(data, recipe.task.type, text_col, pair_col, label_col,
-                                       recipe.data.label_separator)
-    problems: list[str] = []
-    check_labels(recipe.task.type, examples, space, problems)
-    if problems:
-        raise DataError(problems)
-    split = encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space)
-    task = get_task(recipe.task.type)
-    return run_evaluation(model, split, task, len(space.names), recipe.task.threshold,
-                          batch_size or recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
+    predictor = Predictor(run_dir)
+    if adapter:
+        predictor.use(predictor.add_adapter(adapter))
+    return predictor.evaluate(data, batch_size)
 
 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
-            text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None) -> list[dict]:
-    """Predictions for a file (labels not needed) or for texts: label, score (and all scores)."""
-    run_dir, recipe, model, tokenizer, space = _open_run(run_dir)
-    text_col, pair_col, _ = _columns(recipe)
-    if (data is None) == (texts is None):
-        raise ValueError("give either data (a file) or texts")
-    if data is not None:
-        examples = read_examples_from_file(data, recipe.task.type, text_col, pair_col, None, recipe.data.label_separator)
-    else:
+            text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
+            adapter: Optional[str] = None) -> list[dict]:
+    """Predictions for a file (labels not needed) or for texts: label, score (and all scores).
+    `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
+    predictor = Predictor(run_dir)
+    if adapter:
+        predictor.use(predictor.add_adapter(adapter))
+    return predictor.predict(data, texts, text_pairs, batch_size)
+
+
+@dataclass
+class _AdapterEntry:
+    recipe: Recipe
+    space: LabelSpace
+    folder: Path
+    method: str
+    state: Optional[dict] = None  # bottleneck adapters: their weights, copied in on switching
+
+
+class Predictor:
+    """A finished run ready to predict. Adapters trained on the same base model can be added and switched
+    between without loading the base again: PEFT keeps each adapter (and its head) beside the others and
+    activates one; bottleneck adapters' weights are copied into the one set of adapter modules."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run = _open_run(run_dir)
+        self.adapters: dict[str, _AdapterEntry] = {}
+        self.active: Optional[str] = None
+        if self.run.adapter_dir is not None:
+            name = _adapter_name(self.run.run_dir)
+            self.adapters[name] = self._entry(self.run.run_dir, self.run.recipe, self.run.space, self.run.adapter_dir)
+            self.active = name
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.adapters[self.active].recipe if self.active else self.run.recipe
+
+    @property
+    def space(self) -> LabelSpace:
+        return self.adapters[self.active].space if self.active else self.run.space
+
+    def _entry(self, run_dir, recipe, space, folder) -> _AdapterEntry:
+        method = read_adapter_method(folder)
+        state = load_bottleneck_state(folder) if method == "bottleneck" else None
+        return _AdapterEntry(recipe, space, folder, method, state)
+
+    def resolve(self, name_or_dir: str | Path) -> tuple[Path, Path]:
+        """(run directory, adapter folder) of an adapter given as a run directory, an adapter folder, or the
+        name of a run directory beside this run's."""
+        candidates = [Path(name_or_dir), self.run.run_dir.parent / str(name_or_dir)]
+        for c in candidates:
+            if adapter_kind(c / "adapter"):
+                return c, c / "adapter"
+            if adapter_kind(c) and (c.parent / "recipe.yaml").exists():
+                return c.parent, c
+        raise RunDirError(f"adapter {str(name_or_dir)!r}: not an adapter run directory, an adapter folder, or the name "
+                          f"of a run beside {self.run.run_dir} (looked in {', '.join(str(c) for c in candidates)})")
+
+    def add_adapter(self, name_or_dir: str | Path) -> str:
+        """Load another adapter onto this run's base model; returns its name (its run folder's name)."""
+        if self.run.adapter_dir is None:
+            raise RunDirError(f"{self.run.run_dir} holds a fully fine-tuned model, not an adapter; adapters are "
+                              "added to an adapter run's base model")
+        run_dir, folder = self.resolve(name_or_dir)
+        name = _adapter_name(run_dir)
+        if name in self.adapters:
+            return name
+        _, recipe = _read_run(run_dir)
+        space = _run_labels(run_dir, recipe)
+        mine = self.adapters[next(iter(self.adapters))]
+        problems = []
+        if resolve_model_path(recipe.model.name) != resolve_model_path(mine.recipe.model.name):
+            problems.append(f"its base model is {recipe.model.name!r}, this run's is {mine.recipe.model.name!r}")
+        method = read_adapter_method(folder)
+        if method != mine.method:
+            problems.append(f"it is a {method} adapter and this run's is {mine.method}; one base holds one kind")
+        if get_task(recipe.task.type).num_outputs(len(space.names)) != \
+                get_task(mine.recipe.task.type).num_outputs(len(mine.space.names)):
+            problems.append(f"its head has {len(space.names) or 1} output(s) and this run's "
+                            f"{len(mine.space.names) or 1}")
+        if problems:
+            raise RunDirError(f"adapter {str(name_or_dir)!r} cannot share {self.run.run_dir}'s base: "
+                              + "; ".join(problems) + ". Predict with it on its own: tuneforge predict " + str(run_dir))
+        entry = self._entry(run_dir, recipe, space, folder)
+        if entry.method == "bottleneck":
+            own = dict(self.run.model.named_parameters())
+            if set(entry.state) != set(mine.state) or any(entry.state[k].shape != own[k].shape for k in entry.state):
+                raise RunDirError(f"adapter {str(name_or_dir)!r}: its bottleneck layout differs from this run's "
+                                  "(size, placement or targets); predict with it on its own")
+        else:
+            self.run.model.load_adapter(folder, adapter_name=name)
+        self.adapters[name] = entry
+        return name
+
+    def use(self, name: str) -> None:
+        """Make adapter `name` the active one."""
+        if name not in self.adapters:
+            raise RunDirError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters)}")
+        entry = self.adapters[name]
+        if entry.method == "bottleneck":
+            own = dict(self.run.model.named_parameters())
+            with torch.no_grad():
+                for k, v in entry.state.items():
+                    own[k].copy_(v)
+        else:
+            self.run.model.set_adapter(name)
+        self.run.model.eval()
+        self.active = name
+
+    def _examples(self, data, texts, text_pairs, with_labels: bool):
+        recipe = self.recipe
+        text_col, pair_col, label_col = _columns(recipe)
+        if (data is None) == (texts is None):
+            raise ValueError("give either data (a file) or texts")
+        if data is not None:
+            return read_examples_from_file(data, recipe.task.type, text_col, pair_col, label_col if with_labels else None,
+                                           recipe.data.label_separator)
         if pair_col and text_pairs is None:
             raise DataError([f"this model reads text pairs; give the second text too (column {pair_col!r})"])
         if not pair_col and text_pairs is not None:
@@ -67,26 +215,48 @@ def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError([f"{len(texts)} text(s) but {len(text_pairs)} second text(s); give one --text-pair per --text"])
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-        examples = [TextExample(text=t, text_pair=p, source=f"text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
-    split = encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space)
-    logits = run_prediction(model, split, batch_size or recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
-    out = []
-    kind = recipe.task.type
-    for ex, row in zip(examples, logits):
-        record = {"text": ex.text} if ex.text_pair is None else {"text": ex.text, "text_pair": ex.text_pair}
-        if kind == "regression":
-            record["score"] = float(row[0])
-        elif kind == "multi-label":
-            probs = torch.sigmoid(row)
-            record["labels"] = [space.names[i] for i in range(len(probs)) if probs[i] > recipe.task.threshold]
-            record["scores"] = {space.names[i]: round(float(p), 6) for i, p in enumerate(probs)}
-        else:
-            probs = torch.softmax(row, -1)
-            best = int(probs.argmax())
-            record["label"], record["score"] = space.names[best], round(float(probs[best]), 6)
-            record["scores"] = {space.names[i]: round(float(p), 6) for i, p in enumerate(probs)}
-        out.append(record)
-    return out
+        return [TextExample(text=t, text_pair=p, source=f"text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
+
+    def logits(self, examples, batch_size: Optional[int] = None) -> torch.Tensor:
+        split = encode(self.run.tokenizer, examples, self.recipe.model.max_length, self.recipe.task.type, self.space)
+        return run_prediction(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
+                              self.run.tokenizer.pad_token_id or 0)
+
+    def evaluate(self, data: str | Path, batch_size: Optional[int] = None) -> dict[str, float]:
+        recipe, space = self.recipe, self.space
+        examples = self._examples(data, None, None, with_labels=True)
+        problems: list[str] = []
+        check_labels(recipe.task.type, examples, space, problems)
+        if problems:
+            raise DataError(problems)
+        split = encode(self.run.tokenizer, examples, recipe.model.max_length, recipe.task.type, space)
+        task = get_task(recipe.task.type)
+        return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
+                              batch_size or recipe.training.eval_batch_size, self.run.tokenizer.pad_token_id or 0)
+
+    def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,
+                text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None) -> list[dict]:
+        examples = self._examples(data, texts, text_pairs, with_labels=False)
+        logits = self.logits(examples, batch_size)
+        kind, space, threshold = self.recipe.task.type, self.space, self.recipe.task.threshold
+        out = []
+        for ex, row in zip(examples, logits):
+            record = {"text": ex.text} if ex.text_pair is None else {"text": ex.text, "text_pair": ex.text_pair}
+            if self.active and len(self.adapters) > 1:
+                record["adapter"] = self.active
+            if kind == "regression":
+                record["score"] = float(row[0])
+            elif kind == "multi-label":
+                probs = torch.sigmoid(row)
+                record["labels"] = [space.names[i] for i in range(len(probs)) if probs[i] > threshold]
+                record["scores"] = {space.names[i]: round(float(p), 6) for i, p in enumerate(probs)}
+            else:
+                probs = torch.softmax(row, -1)
+                best = int(probs.argmax())
+                record["label"], record["score"] = space.names[best], round(float(probs[best]), 6)
+                record["scores"] = {space.names[i]: round(float(p), 6) for i, p in enumerate(probs)}
+            out.append(record)
+        return out
 
 
 def write_predictions(records: list[dict], path: str | Path) -> None:

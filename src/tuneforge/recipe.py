@@ -72,26 +72,67 @@ class DataSpec(_Section):
         return self
 
 
-MethodName = Literal["full", "head", "freeze", "gradual"]
+MethodName = Literal["full", "head", "freeze", "gradual", "lora", "dora", "ia3", "prefix", "prompt", "bottleneck"]
+ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "bottleneck")
+
+# Adapters train few, freshly initialized weights and need a larger step than full fine-tuning; these are the
+# usual rates from each method's paper and PEFT's examples. training.lr, when given, overrides them.
+DEFAULT_LR = {"full": 5e-5, "head": 5e-5, "freeze": 5e-5, "gradual": 5e-5, "lora": 1e-3, "dora": 1e-3,
+              "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "bottleneck": 1e-3}
+
+# Which methods read which option: an option changed from its default under another method is an error.
+_OPTION_OWNERS = {
+    "freeze_embeddings": ("freeze",), "freeze_layers": ("freeze",), "freeze_patterns": ("freeze",),
+    "unfreeze_every": ("gradual",),
+    "r": ("lora", "dora"), "alpha": ("lora", "dora"), "dropout": ("lora", "dora", "bottleneck"),
+    "target_modules": ("lora", "dora", "ia3", "bottleneck"), "feedforward_modules": ("ia3",),
+    "num_virtual_tokens": ("prefix", "prompt"), "prefix_projection": ("prefix",),
+    "bottleneck_size": ("bottleneck",), "placement": ("bottleneck",), "non_linearity": ("bottleneck",),
+    "layer_lr_decay": ("full", "freeze", "gradual"), "group_lr": ("full", "head", "freeze", "gradual"),
+}
 
 
 class MethodSpec(_Section):
-    name: MethodName = Field("full", description="full | head (head only) | freeze (embeddings / first N layers / patterns) | gradual (top-down unfreezing)")
+    name: MethodName = Field("full", description="full | head (head only) | freeze (embeddings / first N layers / patterns) | "
+                             "gradual (top-down unfreezing) | lora | dora | ia3 | prefix | prompt | bottleneck (adapters: "
+                             "the pre-trained weights stay frozen)")
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0, description="freeze the first N transformer blocks (with method freeze)")
     freeze_patterns: list[str] = Field(default_factory=list, description="glob patterns of parameter names to freeze")
     unfreeze_every: Union[Literal["epoch"], int] = Field("epoch", description="gradual: unfreeze one more group every epoch or every N optimizer steps")
     layer_lr_decay: Optional[float] = Field(None, gt=0, le=1, description="layer-wise LR decay: group k below the head gets lr * decay**k")
     group_lr: dict[str, float] = Field(default_factory=dict, description="explicit learning rate per layer group (embeddings, layer.0, ..., head)")
+    # Adapter options
+    r: int = Field(8, gt=0, description="lora/dora: rank of the update")
+    alpha: float = Field(16.0, gt=0, description="lora/dora: scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="lora/dora: dropout on the adapter's input; bottleneck: inside the adapter")
+    target_modules: Union[Literal["auto"], list[str], str] = Field(
+        "auto", description="lora/dora/ia3/bottleneck: 'auto' (found from the architecture), a list of module-name "
+        "suffixes (e.g. [query, value]) or one regular expression matched against full module names")
+    feedforward_modules: Union[Literal["auto"], list[str], str] = Field(
+        "auto", description="ia3: which targets are feed-forward layers (scaled on their input); 'auto' = the block's output projection")
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix/prompt: number of virtual tokens")
+    prefix_projection: bool = Field(False, description="prefix: reparameterize the prefix through a two-layer MLP")
+    bottleneck_size: int = Field(64, gt=0, description="bottleneck: width of the adapter's bottleneck")
+    placement: Literal["houlsby", "pfeiffer"] = Field("houlsby", description="bottleneck: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer)")
+    non_linearity: Literal["relu", "gelu", "tanh", "swish"] = Field("relu", description="bottleneck: activation between down and up projection")
 
     _every = field_validator("unfreeze_every")(classmethod(lambda cls, v: _epoch_or_steps(v)))
 
+    @property
+    def is_adapter(self) -> bool:
+        return self.name in ADAPTER_METHODS
+
     @model_validator(mode="after")
     def _consistent(self):
-        if self.name != "freeze" and (self.freeze_layers or self.freeze_embeddings or self.freeze_patterns):
-            raise ValueError(
-                f"freeze_embeddings/freeze_layers/freeze_patterns apply to method 'freeze', but method.name is {self.name!r}; "
-                "set method.name: freeze")
+        misplaced = [k for k, owners in _OPTION_OWNERS.items()
+                     if self.name not in owners and getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True)]
+        if misplaced:
+            where = "; ".join(f"{k} is read by {'/'.join(_OPTION_OWNERS[k])}" for k in misplaced)
+            common = [m for m in _OPTION_OWNERS[misplaced[0]] if all(m in _OPTION_OWNERS[k] for k in misplaced)]
+            fix = f"set method.name: {common[0]}" if common else "change method.name"
+            raise ValueError(f"method.name is {self.name!r}, which does not read {', '.join(misplaced)} ({where}); "
+                             f"remove them or {fix}")
         if self.name == "freeze" and not (self.freeze_layers or self.freeze_embeddings or self.freeze_patterns):
             raise ValueError("method 'freeze' freezes nothing; set freeze_embeddings, freeze_layers or freeze_patterns")
         return self
@@ -109,7 +150,9 @@ class TrainingSpec(_Section):
     grad_accum: int = Field(1, gt=0, description="forward passes per optimizer step; the effective batch is batch_size * grad_accum")
     eval_batch_size: int = Field(64, gt=0)
     group_by_length: bool = Field(False, description="batch rows of similar length together (less padding, faster)")
-    lr: float = Field(5e-5, gt=0)
+    lr: Optional[float] = Field(None, gt=0, description="learning rate of what trains in the network (default: 5e-5 for "
+                                "full/head/freeze/gradual; per adapter method: lora/dora 1e-3, ia3 3e-3, prefix 1e-2, "
+                                "prompt 3e-2, bottleneck 1e-3)")
     head_lr: Optional[float] = Field(None, gt=0, description="learning rate of the new head (default: lr)")
     weight_decay: float = Field(0.01, ge=0, description="not applied to biases and norm weights")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -150,6 +193,11 @@ class Recipe(_Section):
         if self.task.type == "pair-classification" and not self.data.text_pair_column:
             raise ValueError("task 'pair-classification' needs data.text_pair_column (the second text's column)")
         return self
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in effect: training.lr, or the method's default."""
+        return self.training.lr if self.training.lr is not None else DEFAULT_LR[self.method.name]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import torch
 
+from .adapters import adapter_param_groups, attach_adapter, save_adapter, trainable_names
 from .data.collate import encode
 from .data.dataset import load_examples
 from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
@@ -40,6 +41,9 @@ class RunResult:
     train_seconds: float
     best_step: Optional[int]
     steps: int
+    method: str = "full"
+    lr: float = 0.0
+    stored_bytes: int = 0            # size of the weights a user must keep (the whole model, or the adapter)
     files: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -110,18 +114,22 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     loaded = load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
                                      space.id2label if space.names else None, head_seed, recipe.model.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
-    torch.manual_seed(t.seed)  # dropout's RNG, apart from head initialization and data order
     groups = find_layer_groups(model)
-    plan = build_plan(recipe.method, groups)
-    apply_plan(model, plan, 0)
-    warnings = check_run(recipe, task, space, splits, model.config, tokenizer, plan)
+    model, plan = _apply_method(model, recipe.method, groups, head_seed)
+    torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
+    warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
     # Only now, with recipe, data and model all checked, may an old run be replaced.
     resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console)
     _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    rates = group_learning_rates(groups, t.lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
-    param_groups = build_param_groups(model, groups, rates, t.weight_decay)
+    if plan is None:  # an adapter: only its weights and the head are trained, optimized and checkpointed
+        param_groups = adapter_param_groups(model, recipe.lr, t.head_lr, t.weight_decay)
+        saved_names = trainable_names(model)
+    else:
+        rates = group_learning_rates(groups, recipe.lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
+        param_groups = build_param_groups(model, groups, rates, t.weight_decay)
+        saved_names = None
     optimizer = make_optimizer(param_groups)
 
     encoded = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space) for k, v in splits.items()}
@@ -131,14 +139,15 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 
     def set_train_mode():
         model.train()
-        set_frozen_modules_eval(model, plan, loop.state.stage)
+        if plan is not None:
+            set_frozen_modules_eval(model, plan, loop.state.stage)
 
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
     cbs: list = [KeepBest(metric, higher_is_better(metric),
                           t.early_stopping.min_delta if t.early_stopping else 0.0, best_path)]
     if t.early_stopping:
         cbs.append(EarlyStopping(t.early_stopping.patience))
-    if plan.gradual:
+    if plan is not None and plan.gradual:
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
     cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
     if tensorboard_available():
@@ -149,12 +158,13 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=train, validation=validation,
                 cfg=t, num_labels=len(space.names), threshold=recipe.task.threshold, pad_id=pad_id,
-                data_seed=data_seed, run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode)
+                data_seed=data_seed, run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode,
+                saved_names=saved_names)
     loop.scheduler = make_scheduler(optimizer, t.schedule, warmup_steps(loop.total_steps, t.warmup_ratio, t.warmup_steps),
                                     loop.total_steps)
     names_now = [g["name"] for g in param_groups]
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, optimizer, loop.scheduler)
+        saved = load_checkpoint(resume_from, model, optimizer, loop.scheduler, saved_names)
         if saved.get("param_groups") not in (None, names_now):
             raise RunDirError(f"{resume_from}: its optimizer groups {saved['param_groups']} differ from this recipe's")
         saved.pop("param_groups", None)
@@ -170,7 +180,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     train_seconds = time.perf_counter() - started
 
     if t.restore_best and validation is not None and best_path.exists():
-        load_weights(model, best_path)
+        load_weights(model, best_path, saved_names)
     final_stage_trainable, total = count_parameters(model)
     metrics = {}
     for name in ("validation", "test"):
@@ -178,13 +188,17 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
             metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
                                            t.eval_batch_size, pad_id, t.precision)
 
-    model_dir = run_dir / "model"
-    _save_model(model, tokenizer, model_dir)
+    if plan is None:
+        model_dir = run_dir / "adapter"
+        stored = save_adapter(model, tokenizer, model_dir)
+    else:
+        model_dir = run_dir / "model"
+        stored = _save_model(model, tokenizer, model_dir)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=loop.state.best_step,
-                       steps=loop.state.global_step,
-                       files={"model": model_dir, "recipe": run_dir / "recipe.yaml", "metrics": run_dir / "metrics.jsonl",
-                              "summary": run_dir / "summary.json"})
+                       steps=loop.state.global_step, method=recipe.method.name, lr=recipe.lr, stored_bytes=stored,
+                       files={"adapter" if plan is None else "model": model_dir, "recipe": run_dir / "recipe.yaml",
+                              "metrics": run_dir / "metrics.jsonl", "summary": run_dir / "summary.json"})
     summary = {**result.to_json(), "labels": space.names, "data": origin,
                "rows": {k: len(v) for k, v in splits.items()},
                "truncated": {k: v.truncated for k, v in encoded.items()},
@@ -194,8 +208,18 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     return result
 
 
-def _save_model(model, tokenizer, model_dir: Path) -> None:
-    """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed."""
+def _apply_method(model, spec, groups, init_seed: int):
+    """Freeze per the method's plan, or attach an adapter. Returns (model to train, plan or None for adapters)."""
+    if spec.is_adapter:
+        return attach_adapter(model, spec, groups, init_seed), None
+    plan = build_plan(spec, groups)
+    apply_plan(model, plan, 0)
+    return model, plan
+
+
+def _save_model(model, tokenizer, model_dir: Path) -> int:
+    """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
+    Returns the weights' size in bytes."""
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -206,19 +230,22 @@ def _save_model(model, tokenizer, model_dir: Path) -> None:
     if model_dir.exists():
         shutil.rmtree(model_dir)
     os.replace(tmp, model_dir)
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
 def _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan):
     trainable, total = count_parameters(model)
     rows = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     console.print(f"[bold]tuneforge[/] {recipe.task.type} · model {recipe.model.name} ({loaded.path}) · "
-                  f"method {recipe.method.name}")
+                  f"method {recipe.method.name} · lr {recipe.lr:g}")
     console.print(f"  data: {rows} rows; " + "; ".join(f"{k} from {v}" for k, v in origin.items()))
     cut = {k: v.truncated for k, v in encoded.items() if v.truncated}
     if cut:
         console.print(f"  truncated to {recipe.model.max_length} tokens: " + ", ".join(f"{k} {n}" for k, n in cut.items()))
     console.print(f"  layer groups: {', '.join(groups.order)}; new head weights: {', '.join(loaded.new_parameters) or 'none'}")
-    stage_note = " (at the first unfreezing stage)" if plan.gradual else ""
+    stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
+    if plan is None:
+        stage_note = " (adapter and head; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
     console.print(f"  run directory: {run_dir}")
 
@@ -242,7 +269,12 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
                         f"({min(limits)} tokens); use at most {min(limits)}")
     if problems:
         raise RecipeError(problems)
-    if plan.gradual:
+    spec = recipe.method
+    if spec.name in ("prefix", "prompt") and limits and recipe.model.max_length + spec.num_virtual_tokens > min(limits):
+        problems.append(f"model.max_length {recipe.model.max_length} + method.num_virtual_tokens {spec.num_virtual_tokens} "
+                        f"is more than {recipe.model.name!r} takes ({min(limits)} positions); lower one of them")
+        raise RecipeError(problems)
+    if plan is not None and plan.gradual:
         # The stage the last optimizer step trains at, by the schedule the loop itself uses.
         per_epoch, total = count_steps(len(splits["train"]), t)
         last = LoopState(epoch=(total - 1) // per_epoch, global_step=total - 1)
@@ -270,8 +302,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     with torch.device("meta"):  # structure only: no memory, no weights read
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     groups = find_layer_groups(model)
-    plan = build_plan(recipe.method, groups)
-    apply_plan(model, plan, 0)
+    model, plan = _apply_method(model, recipe.method, groups, 0)
     warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
     truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated

@@ -25,7 +25,7 @@ class KeepBest:
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_weights(loop.model, self.path)
+            save_weights(loop.model, self.path, getattr(loop, "saved_names", None))
         else:
             s.bad_evals += 1
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,10 +17,13 @@ from safetensors.torch import load_file, save_file
 CHECKPOINT_PREFIX = "step-"
 
 
-def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Each tensor once (safetensors refuses shared storage), and the names that alias an earlier one."""
+def _unique_state(model: torch.nn.Module, names: Optional[set[str]] = None) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Each tensor once (safetensors refuses shared storage), and the names that alias an earlier one.
+    With `names`, only those entries (an adapter run keeps only its adapter and head)."""
     out, seen, aliases = {}, set(), set()
     for name, t in model.state_dict().items():
+        if names is not None and name not in names:
+            continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key in seen:
             aliases.add(name)
@@ -29,30 +33,34 @@ def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], set[
     return out, aliases
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def save_weights(model: torch.nn.Module, path: Path, names: Optional[set[str]] = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_unique_state(model)[0], str(tmp))
+    save_file(_unique_state(model, names)[0], str(tmp))
     os.replace(tmp, path)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path, names: Optional[set[str]] = None) -> None:
+    """Load a file written by save_weights with the same `names` (None: the whole model)."""
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     # Tied weights were saved once and are filled through their alias; anything else missing, or any
     # unexpected name, means the file is not this model's.
     missing = set(missing) - _unique_state(model)[1]
+    if names is not None:
+        missing &= names
     if missing or unexpected:
         raise RuntimeError(f"{path}: does not match the model (missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]})")
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int,
+                    names: Optional[set[str]] = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = root / f"{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
+    save_weights(model, tmp / "model.safetensors", names)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -73,8 +81,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    load_weights(model, path / "model.safetensors")
+def load_checkpoint(path: Path, model, optimizer, scheduler, names: Optional[set[str]] = None) -> dict:
+    load_weights(model, path / "model.safetensors", names)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])

@@ -65,11 +65,12 @@ def group_by_length(order: list[int], lengths: list[int], batch_size: int, windo
 class Loop:
     def __init__(self, *, model, optimizer, scheduler, task, train: EncodedSplit, validation: EncodedSplit | None,
                  cfg, num_labels: int, threshold: float, pad_id: int, data_seed: int, run_dir: Path,
-                 callbacks: list, set_train_mode, state: LoopState | None = None):
+                 callbacks: list, set_train_mode, state: LoopState | None = None, saved_names: set[str] | None = None):
         self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
         self.train_split, self.validation, self.cfg = train, validation, cfg
         self.num_labels, self.threshold, self.pad_id, self.data_seed = num_labels, threshold, pad_id, data_seed
         self.run_dir, self.callbacks, self.set_train_mode = run_dir, callbacks, set_train_mode
+        self.saved_names = saved_names  # what checkpoints hold: None = every weight; adapters: adapter and head
         self.state = state or LoopState()
         self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg)
         self.last_loss = float("nan")
@@ -153,6 +154,6 @@ class Loop:
         path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
                                self.scheduler,
                                {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
-                               self.cfg.keep_checkpoints)
+                               self.cfg.keep_checkpoints, self.saved_names)
         self.fire("on_save", path)
         return path

@@ -30,4 +30,12 @@ def print_summary(console: Console, result) -> None:
     pct = 100 * result.trainable_parameters / max(result.total_parameters, 1)
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({pct:.2f}%)")
     console.print(f"steps: {result.steps}; training time: {result.train_seconds:.1f} s; best step: {result.best_step}")
-    console.print(f"model saved to: {result.model_dir}")
+    what = "adapter and head" if result.model_dir.name == "adapter" else "model"
+    console.print(f"{what} saved to: {result.model_dir} ({format_bytes(result.stored_bytes)} of weights)")
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,125 @@
+"""`merge(run_dir)`: fold a LoRA / DoRA / (IA)^3 adapter into the base weights, checked before anything is written.
+
+The merged model's outputs are compared with the adapter model's on held-out inputs (the run's validation
+data, else its test data, else a file the user gives); when they differ beyond float tolerance the merge is
+refused and the measured difference reported. A merge that silently changes the model is never written.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .adapters import MERGEABLE, read_adapter_method
+from .data.dataset import load_examples, read_examples_from_file
+from .errors import RunDirError, TuneforgeError
+from .inference import Predictor, _columns
+
+
+class MergeError(TuneforgeError):
+    pass
+
+
+@dataclass
+class MergeReport:
+    out_dir: str
+    method: str
+    examples: int
+    inputs: str
+    max_abs_diff: float
+    max_abs_logit: float
+    tolerance: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _held_out(predictor: Predictor, data: Optional[str | Path], n: int):
+    recipe = predictor.recipe
+    if data is not None:
+        text_col, pair_col, _ = _columns(recipe)
+        examples = read_examples_from_file(data, recipe.task.type, text_col, pair_col, None, recipe.data.label_separator)
+        return examples[:n], str(data)
+    try:
+        splits, _, origin = load_examples(recipe.data, recipe.task.type)
+    except TuneforgeError as e:
+        raise MergeError(f"could not read the run's data to check the merge ({e}); give inputs with --data FILE") from None
+    for name in ("validation", "test"):
+        if splits.get(name):
+            return splits[name][:n], f"{name} split ({origin.get(name, name)})"
+    return splits["train"][:n], "train split (the run has no held-out split)"
+
+
+def _merge_and_unload(model):
+    """PEFT's merge, with the trained head copies put in place first: PEFT's (IA)^3 unloading assumes every
+    saved module has a `weight` and fails on a BERT pooler."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.base_model.model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.base_model.model.get_submodule(parent_name) if parent_name else model.base_model.model
+            setattr(parent, child, module.modules_to_save[module.active_adapters[0]])
+    return model.merge_and_unload(safe_merge=True)
+
+
+def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: bool = False,
+          data: Optional[str | Path] = None, examples: int = 64, atol: float = 1e-4, rtol: float = 1e-4,
+          console=None) -> MergeReport:
+    """Write RUN_DIR/merged (or `out`): a standalone Hugging Face model with the adapter folded in.
+
+    Refuses (MergeError, nothing written) when the merged model's logits differ from the adapter model's by
+    more than atol + rtol * max|logit| on `examples` held-out inputs.
+    """
+    from .report import console as default_console
+    from .run import RUN_MARKER, _save_model
+
+    console = console or default_console()
+    run_dir = Path(run_dir)
+    adapter_dir = run_dir / "adapter"
+    if not adapter_dir.exists():
+        raise RunDirError(f"{run_dir}: no adapter to merge (no {adapter_dir.name}/ folder); runs of full, head, "
+                          "freeze and gradual methods already are standalone models in model/")
+    method = read_adapter_method(adapter_dir)
+    if method not in MERGEABLE:
+        why = {"bottleneck": "its adapters hold a non-linearity between two projections, so no weight matrix equals them",
+               "prefix": "its learned keys and values are extra attention positions, not a change to any weight",
+               "prompt": "its soft prompt is extra input embeddings, not a change to any weight"}.get(method, "")
+        raise MergeError(f"{run_dir}: a {method} adapter cannot be merged: {why}. Use it as it is "
+                         f"(tuneforge predict {run_dir}); merge works for {', '.join(MERGEABLE)}")
+    out_dir = Path(out) if out else run_dir / "merged"
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"{out_dir} exists; pass --overwrite to replace it, or --out another folder")
+    if out_dir.resolve() == run_dir.resolve() or (out_dir / RUN_MARKER).exists():
+        raise RunDirError(f"{out_dir} is a run directory; merge into a folder of its own (--out)")
+
+    predictor = Predictor(run_dir)
+    inputs, described = _held_out(predictor, data, examples)
+    if not inputs:
+        raise MergeError("no inputs to check the merge on; give a file with --data")
+    with torch.no_grad():
+        before = predictor.logits(inputs).float()
+        merged = _merge_and_unload(predictor.run.model)
+        merged.eval()
+        predictor.run.model = merged
+        after = predictor.logits(inputs).float()
+    diff = float((after - before).abs().max())
+    scale = float(before.abs().max())
+    tolerance = atol + rtol * scale
+    report = MergeReport(out_dir=str(out_dir), method=method, examples=len(inputs), inputs=described,
+                         max_abs_diff=diff, max_abs_logit=scale, tolerance=tolerance)
+    if not diff <= tolerance:  # also catches NaN
+        raise MergeError(f"merged model's outputs differ from the adapter model's by {diff:.3g} (largest absolute "
+                         f"logit difference over {len(inputs)} inputs from the {described}), above the tolerance "
+                         f"{tolerance:.3g}; nothing was written")
+    if out_dir.exists():
+        if not overwrite:
+            raise RunDirError(f"{out_dir} exists; pass --overwrite to replace it")
+    _save_model(merged, predictor.run.tokenizer, out_dir)
+    (run_dir / "merge_report.json").write_text(json.dumps(report.to_json(), indent=1))
+    console.print(f"merged {method} adapter into {out_dir}: outputs match the adapter model's within "
+                  f"{diff:.2e} (tolerance {tolerance:.2e}) on {len(inputs)} inputs from the {described}")
+    return report
