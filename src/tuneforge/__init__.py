@@ -6,7 +6,7 @@
 """
 from .errors import DataError, RecipeError, RunDirError, TuneforgeError
 from .inference import Predictor, evaluate, predict
-from .merge import MergeError, MergeReport, merge
+from .merging import MergeError, MergeReport, merge
 from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
 from .studies import CompareResult, compare

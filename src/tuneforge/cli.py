@@ -115,7 +115,8 @@ def _dispatch(args) -> int:
         for name in names:
             if name is not None:
                 predictor.use(name)
-            records.extend(predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair))
+            batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair)
+            records.extend({**r, "adapter": name} if len(names) > 1 else r for r in batch)
         if args.output:
             from .inference import write_predictions
             write_predictions(records, args.output)

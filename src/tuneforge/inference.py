@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -60,7 +61,7 @@ def _open_run(run_dir: str | Path) -> OpenRun:
     if adapter_kind(adapter_dir):
         space = _run_labels(run_dir, recipe)
         loaded = load_base_for(recipe, space)
-        model = attach_saved_adapter(loaded.model, adapter_dir, name=_adapter_name(run_dir))
+        model = attach_saved_adapter(loaded.model, adapter_dir, name=_peft_name(_adapter_name(run_dir)))
         model.eval()
         return OpenRun(run_dir, recipe, model, loaded.tokenizer, space, adapter_dir)
     model, tokenizer = load_run_model(run_dir / "model")
@@ -70,8 +71,14 @@ def _open_run(run_dir: str | Path) -> OpenRun:
 
 
 def _adapter_name(run_dir: Path) -> str:
-    # PEFT adapter names become module keys: no dots.
-    return (run_dir.resolve().name or "adapter").replace(".", "_")
+    """An adapter's name: its run folder's name."""
+    return run_dir.resolve().name or "adapter"
+
+
+def _peft_name(name: str) -> str:
+    # PEFT adapter names become module keys (no dots), and one that is part of a PEFT prefix such as 'lora_'
+    # or 'prefix_tuning_' can be mistaken for it when weights load: a fixed prefix keeps them apart.
+    return "run_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def _columns(recipe: Recipe):
@@ -181,7 +188,7 @@ class Predictor:
                 raise RunDirError(f"adapter {str(name_or_dir)!r}: its bottleneck layout differs from this run's "
                                   "(size, placement or targets); predict with it on its own")
         else:
-            self.run.model.load_adapter(folder, adapter_name=name)
+            self.run.model.load_adapter(folder, adapter_name=_peft_name(name))
         self.adapters[name] = entry
         return name
 
@@ -196,7 +203,7 @@ class Predictor:
                 for k, v in entry.state.items():
                     own[k].copy_(v)
         else:
-            self.run.model.set_adapter(name)
+            self.run.model.set_adapter(_peft_name(name))
         self.run.model.eval()
         self.active = name
 
@@ -242,8 +249,6 @@ class Predictor:
         out = []
         for ex, row in zip(examples, logits):
             record = {"text": ex.text} if ex.text_pair is None else {"text": ex.text, "text_pair": ex.text_pair}
-            if self.active and len(self.adapters) > 1:
-                record["adapter"] = self.active
             if kind == "regression":
                 record["score"] = float(row[0])
             elif kind == "multi-label":

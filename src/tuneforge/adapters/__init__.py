@@ -6,6 +6,7 @@ block: pooler, final norm) trains fully and is saved with the adapter.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,14 +78,17 @@ def peft_config(spec, model: nn.Module, groups: LayerGroups, task_type: str = "S
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     head = head_modules(model, groups)
+    # GPT-2's Conv1D stores its weight transposed; PEFT needs telling (it would guess, with a warning).
+    transposed = any(type(m).__name__ == "Conv1D" for m in model.modules())
     if spec.name in ("lora", "dora"):
         targets, _ = resolve_targets(spec, model, groups)
         return LoraConfig(task_type=task_type, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                          target_modules=targets, use_dora=spec.name == "dora", modules_to_save=head)
+                          target_modules=targets, use_dora=spec.name == "dora", modules_to_save=head,
+                          fan_in_fan_out=transposed)
     if spec.name == "ia3":
         targets, feedforward = resolve_targets(spec, model, groups)
         return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward,
-                         modules_to_save=head)
+                         modules_to_save=head, fan_in_fan_out=transposed)
     if spec.name == "prefix":
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=spec.num_virtual_tokens,
                                   prefix_projection=spec.prefix_projection, modules_to_save=head)
@@ -154,6 +158,25 @@ def adapter_param_groups(model: nn.Module, lr: float, head_lr: float | None, wei
                         "lr": head_lr if role == "head" and head_lr is not None else lr,
                         "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay})
     return out
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module):
+    """Run the pre-trained network without the adapter. LoRA, DoRA, (IA)^3: PEFT's switch, which also puts
+    the original head back. Prefix, prompt and bottleneck: the adapter is skipped and the head stays as trained
+    (PEFT's own switch for prompt learning fails on models that cannot generate)."""
+    if not is_peft(model):
+        with bn.disabled(model):
+            yield model
+    elif model.peft_config[model.active_adapter].is_prompt_learning:
+        model.forward = model.base_model.forward  # an instance attribute shadows PeftModel.forward
+        try:
+            yield model
+        finally:
+            del model.forward
+    else:
+        with model.disable_adapter():
+            yield model
 
 
 def trainable_names(model: nn.Module) -> set[str]:
