@@ -1,8 +1,10 @@
 """tuneforge's loop vs the Hugging Face Trainer: same model, data, batch and sequence length.
 
-    python benchmarks/bench_vs_trainer.py [--steps 40] [--repeats 3] [--batch-size 32] [--max-length 128]
+    python benchmarks/bench_vs_trainer.py [--steps 40] [--repeats 3] [--batch-size 32] [--max-length 128] [--method lora]
 
-Full fine-tuning of the packaged all-MiniLM-L6-v2 on the Rotten Tomatoes training snippets (real,
+Full fine-tuning (or, with --method lora, LoRA through PEFT on both sides: rank 8, alpha 16, dropout 0.1, every
+attention and feed-forward linear of every block, pooler and classifier trained fully, lr 1e-3) of the packaged
+all-MiniLM-L6-v2 on the Rotten Tomatoes training snippets (real,
 variable-length text), dynamic padding on both sides, fp32, each library's default AdamW. Every run is
 its own process (so peak RSS is its own), runs are interleaved (tuneforge, Trainer, tuneforge, ...), and
 samples/s is timed over the optimizer steps after the first `--warmup` ones. Prints medians and ratios.
@@ -57,7 +59,8 @@ def run_tuneforge(args, grouped: bool = False) -> dict:
         tuneforge.fine_tune({
             "model": {"name": "minilm-l6", "max_length": args.max_length},
             "data": {"train": str(rotten_tomatoes()["train"]), "validation_fraction": 0.0},
-            "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 5e-5, "progress": False,
+            "method": {"name": args.method},
+            "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": LR[args.method], "progress": False,
                          "seed": 0, "warmup_ratio": 0.0, "log_every": 1000, "group_by_length": grouped},
             "output": {"dir": out + "/run"},
         }, console=_null_console(), callbacks=[Tick()])
@@ -87,6 +90,12 @@ def run_trainer(args, grouped: bool = False) -> dict:
     rows = [{"input_ids": i, "token_type_ids": t, "attention_mask": a, "labels": labels.index(y)}
             for i, t, a, y in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], df["label"])]
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    if args.method == "lora":
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1, modules_to_save=["classifier", "bert.pooler"],
+            target_modules=r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+                           r"intermediate\.dense|output\.dense)"))
     timer = _StepTimer(args.warmup)
 
     class Tick(TrainerCallback):
@@ -98,7 +107,7 @@ def run_trainer(args, grouped: bool = False) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                                  learning_rate=5e-5, save_strategy="no", report_to="none", use_cpu=True,
+                                  learning_rate=LR[args.method], save_strategy="no", report_to="none", use_cpu=True,
                                   logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0,
                                   train_sampling_strategy="group_by_length" if grouped else "random")
         trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=DataCollatorWithPadding(tok),
@@ -108,6 +117,8 @@ def run_trainer(args, grouped: bool = False) -> dict:
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
             "optimizer": f"{optimizer} ({targs.optim})"}
 
+
+LR = {"full": 5e-5, "lora": 1e-3}
 
 IMPLS = {
     "tuneforge": run_tuneforge,
@@ -125,6 +136,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--method", choices=sorted(LR), default="full")
     ap.add_argument("--child", choices=sorted(IMPLS))
     ap.add_argument("--only", nargs="*", choices=sorted(IMPLS), help="run only these (ratios need all four)")
     ap.add_argument("--out", help="also write the results as JSON here")
@@ -136,7 +148,7 @@ def main() -> None:
     for r in range(args.repeats):
         for impl in (args.only or IMPLS):  # interleaved, so drift in machine load hits both alike
             cmd = [sys.executable, __file__, "--child", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--method", args.method]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
@@ -147,7 +159,7 @@ def main() -> None:
                   f"({res['optimizer']})", flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("samples_per_s", "peak_rss_mb")}
            for k, v in results.items() if v}
-    print(f"\nmedian of {args.repeats} interleaved runs, {args.steps} steps of batch {args.batch_size}, max_length {args.max_length}:")
+    print(f"\n{args.method}: median of {args.repeats} interleaved runs, {args.steps} steps of batch {args.batch_size}, max_length {args.max_length}:")
     print("| implementation | samples/s | peak RSS (MB) |\n|---|---|---|")
     for k in med:
         print(f"| {k} | {med[k]['samples_per_s']:.1f} | {med[k]['peak_rss_mb']:.0f} |")

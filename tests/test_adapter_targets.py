@@ -8,7 +8,7 @@ from test_layers import CONFIGS
 from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaConfig
 
 import tuneforge
-from tuneforge.adapters import attach_adapter, peft_config
+from tuneforge.adapters import attach_adapter
 from tuneforge.adapters.targets import block_roles, head_modules
 from tuneforge.models.layers import find_layer_groups
 from tuneforge.recipe import MethodSpec
@@ -66,14 +66,23 @@ def test_auto_targets_cover_every_block_and_never_the_head(arch, method):
     assert any("score" in n or "classifier" in n for n in trainable)  # the head trains
 
 
-def test_ia3_scales_keys_values_and_the_feed_forward_output():
+def _ia3_layers(wrapped) -> dict[str, bool]:
+    """Block 0's (IA)^3 layers, relative name -> scaled on the input (feed-forward) or not."""
+    from peft.tuners.ia3 import IA3Layer
+    return {n.split("layer.0.")[1]: m.is_feedforward for n, m in wrapped.named_modules()
+            if isinstance(m, IA3Layer) and "layer.0." in n}
+
+
+@pytest.mark.parametrize("targets", ["auto", ["key", "value", "output.dense"], r".*layer\.\d+\.(attention\.self\.(key|value)|output\.dense)"])
+def test_ia3_scales_keys_values_and_the_feed_forward_output(targets):
     model = _model("bert")
-    config = peft_config(MethodSpec(name="ia3"), model, find_layer_groups(model))
-    wrapped = attach_adapter(_model("bert"), MethodSpec(name="ia3"), find_layer_groups(_model("bert")), 0)
-    scaled = sorted({n.split("layer.0.")[1].rsplit(".ia3_l", 1)[0] for n, _ in wrapped.named_parameters()
-                     if "layer.0." in n and "ia3_l" in n})
-    assert scaled == ["attention.self.key", "attention.self.value", "output.dense"]
-    assert "output" in config.feedforward_modules
+    wrapped = attach_adapter(model, MethodSpec(name="ia3", target_modules=targets), find_layer_groups(model), 0)
+    layers = _ia3_layers(wrapped)
+    if targets == "auto" or isinstance(targets, str):
+        assert layers == {"attention.self.key": False, "attention.self.value": False, "output.dense": True}
+    else:  # the suffix 'output.dense' also names the attention output: both are adapted, only one is feed-forward
+        assert layers == {"attention.self.key": False, "attention.self.value": False,
+                          "attention.output.dense": False, "output.dense": True}
 
 
 def test_adapter_options_are_checked(tiny_bert, sentiment_files, tmp_path):

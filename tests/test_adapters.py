@@ -54,12 +54,6 @@ def logits_of(model, tokenizer, texts=TEXTS):
         return model(**batch).logits
 
 
-def head_names(model):
-    base = model.base_model.model if hasattr(model, "base_model") and hasattr(model.base_model, "model") else model
-    groups = find_layer_groups(base)
-    return groups.params["head"]
-
-
 # ---------------------------------------------------------------- the conformance matrix
 
 @pytest.mark.parametrize("method", METHODS)
@@ -257,3 +251,56 @@ def test_cli_merge_and_predict_with_adapter(trained, tmp_path, capsys):
     assert main(["predict", str(run), "--text", "good film", "--adapter", str(run)]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["label"] in {"neg", "pos"}
+
+
+def test_early_stopping_and_keep_best_work_with_adapters(tiny_bert, sentiment_files, tmp_path):
+    recipe = adapter_recipe(tiny_bert, sentiment_files, tmp_path / "es", "lora", epochs=6, eval_every=2, lr=0.5,
+                            restore_best=True, early_stopping={"patience": 1, "min_delta": 0.0}, metric="loss")
+    result = tuneforge.fine_tune(recipe)
+    history = json.loads((result.run_dir / "summary.json").read_text())["history"]
+    assert result.steps < 36  # stopped before the 6 epochs of 6 steps
+    best = min(history, key=lambda h: h["loss"])
+    assert result.best_step == best["step"]
+    # the saved adapter is the best one: its validation loss is the best loss seen
+    assert result.metrics["validation"]["loss"] == pytest.approx(best["loss"], abs=1e-6)
+
+
+def test_merge_never_writes_over_the_run_or_a_foreign_folder(trained, tmp_path):
+    run = trained["lora"][0].run_dir
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    for out, why in ((run.parent, "holds the run itself"), (run, "holds the run itself"),
+                     (run / "adapter", "inside the run's own files"), (foreign, "not a merged model tuneforge wrote"),
+                     (foreign / "notes.txt", "is a file")):
+        with pytest.raises(tuneforge.RunDirError, match=why):
+            tuneforge.merge(run, out, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me" and (run / "adapter" / "adapter_config.json").exists()
+    tuneforge.merge(run, tmp_path / "merged")
+    with pytest.raises(tuneforge.RunDirError, match="--overwrite"):
+        tuneforge.merge(run, tmp_path / "merged")
+    tuneforge.merge(run, tmp_path / "merged", overwrite=True)  # an earlier merge may be replaced
+    assert json.loads((tmp_path / "merged" / "merged_from.json").read_text())["method"] == "lora"
+
+
+def test_adapters_with_one_folder_name_stay_apart(tiny_bert, tmp_path):
+    runs = []
+    for parent, seed in (("a", 1), ("b", 2)):
+        files = {"train": write_rows(tmp_path / f"{parent}.csv", sentiment_rows(32, seed=seed))}
+        runs.append(tuneforge.fine_tune(adapter_recipe(tiny_bert, files, tmp_path / parent / "lora", "lora", seed=seed)))
+    predictor = Predictor(runs[0].run_dir)
+    other = predictor.add_adapter(runs[1].run_dir)
+    assert other == "lora-2" and predictor.add_adapter(runs[1].run_dir / "adapter") == "lora-2"
+    predictor.use(other)
+    assert torch.equal(predictor.logits(_examples()), _logits(Predictor(runs[1].run_dir)))
+    predictor.use("lora")
+    assert torch.equal(predictor.logits(_examples()), _logits(Predictor(runs[0].run_dir)))
+
+
+def test_bottleneck_adapters_of_another_layout_are_refused(tiny_bert, sentiment_files, tmp_path):
+    a = tuneforge.fine_tune(adapter_recipe(tiny_bert, sentiment_files, tmp_path / "relu", "bottleneck"))
+    recipe = adapter_recipe(tiny_bert, sentiment_files, tmp_path / "gelu", "bottleneck")
+    recipe["method"]["non_linearity"] = "gelu"
+    b = tuneforge.fine_tune(recipe)
+    with pytest.raises(tuneforge.RunDirError, match="bottleneck layout differs.*non_linearity"):
+        Predictor(a.run_dir).add_adapter(b.run_dir)

@@ -64,3 +64,10 @@ def test_compare_runs_every_method_and_seed_and_tabulates(tiny_bert, sentiment_f
     again = tuneforge.compare(recipe, "head,lora:4", seeds=2, study_dir=study)
     assert [r.values for r in again.rows] == [r.values for r in result.rows]
     assert stamps == {p: p.stat().st_mtime for p in study.glob("*/seed-*/summary.json")}
+
+
+def test_compare_needs_held_out_data(tiny_bert, sentiment_files, tmp_path):
+    recipe = tiny_recipe(tiny_bert, {"train": sentiment_files["train"]}, tmp_path / "run",
+                         data={"validation_fraction": 0.0})
+    with pytest.raises(tuneforge.RecipeError, match="held-out data"):
+        tuneforge.compare(recipe, "head", study_dir=tmp_path / "study")

@@ -53,3 +53,35 @@ def test_mpnet_alias_unpacks_once_and_loads(tmp_path, monkeypatch):
     groups = find_layer_groups(loaded.model)
     assert groups.num_blocks == 12 and groups.blocks_prefix == "mpnet.encoder.layer"
     assert sum(p.numel() for p in loaded.model.parameters()) > 100_000_000
+
+
+def test_lora_on_minilm_learns_merges_and_loads_in_peft(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneforge.assets import resolve_model_path
+
+    r = tuneforge.fine_tune({
+        "model": {"name": "minilm-l6", "max_length": 64},
+        "data": {"dataset": "rotten-tomatoes", "limit_train": 512},
+        "method": {"name": "lora"},
+        "training": {"epochs": 2, "batch_size": 32, "head_lr": 1e-3, "progress": False, "eval_batch_size": 128},
+        "output": {"dir": str(tmp_path / "lora")},
+    })
+    # rank 8 on the 6 linears of 6 blocks (4 of 384x384, 2 of 384x1536) + pooler and classifier
+    assert r.trainable_parameters == 6 * 8 * (4 * 768 + 2 * 1920) + 384 * 384 + 384 + 384 * 2 + 2
+    assert r.metrics["validation"]["accuracy"] > 0.6
+    assert r.stored_bytes < 3_000_000  # vs 91 MB for the whole model
+    report = tuneforge.merge(r.run_dir)
+    assert report.max_abs_diff < 1e-4
+    texts = ["A moving, beautifully acted film.", "Dull and far too long."]
+    tokenizer = AutoTokenizer.from_pretrained(r.model_dir)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm-l6"), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, r.model_dir).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(r.run_dir / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, peft_model(**batch).logits, rtol=1e-4, atol=1e-4)
+    assert [p["label"] for p in tuneforge.predict(r.run_dir, texts=texts)] == \
+        [merged.config.id2label[int(i)] for i in merged(**batch).logits.argmax(-1)]

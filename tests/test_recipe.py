@@ -91,3 +91,12 @@ def test_step_counts_must_be_positive():
 def test_override_strings_that_float_would_parse_stay_strings():
     r = load_recipe(base(), ["data.text_column=nan", "model.name=inf", "training.lr=1e-4"])
     assert r.data.text_column == "nan" and r.model.name == "inf" and r.training.lr == pytest.approx(1e-4)
+
+
+def test_every_example_recipe_is_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert len(examples) >= 7
+    for path in examples:
+        load_recipe(path)  # raises RecipeError with every problem if one is stale

@@ -11,7 +11,7 @@ from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
 from .studies import CompareResult, compare
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
            "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
            "RunDirError", "MergeError"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from .adapters import adapter_kind, attach_saved_adapter, load_bottleneck_state, read_adapter_method
+from .adapters.bottleneck import CONFIG_NAME as BOTTLENECK_CONFIG
 from .assets import resolve_model_path
 from .data.collate import encode
 from .data.dataset import LabelSpace, TextExample, check_labels, read_examples_from_file
@@ -61,7 +61,7 @@ def _open_run(run_dir: str | Path) -> OpenRun:
     if adapter_kind(adapter_dir):
         space = _run_labels(run_dir, recipe)
         loaded = load_base_for(recipe, space)
-        model = attach_saved_adapter(loaded.model, adapter_dir, name=_peft_name(_adapter_name(run_dir)))
+        model = attach_saved_adapter(loaded.model, adapter_dir, name=_peft_name(0))
         model.eval()
         return OpenRun(run_dir, recipe, model, loaded.tokenizer, space, adapter_dir)
     model, tokenizer = load_run_model(run_dir / "model")
@@ -75,10 +75,10 @@ def _adapter_name(run_dir: Path) -> str:
     return run_dir.resolve().name or "adapter"
 
 
-def _peft_name(name: str) -> str:
-    # PEFT adapter names become module keys (no dots), and one that is part of a PEFT prefix such as 'lora_'
-    # or 'prefix_tuning_' can be mistaken for it when weights load: a fixed prefix keeps them apart.
-    return "run_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+def _peft_name(index: int) -> str:
+    # PEFT adapter names become module keys, and one that is part of a PEFT prefix such as 'lora_' or
+    # 'prefix_tuning_' can be mistaken for it when weights load: numbered names avoid both.
+    return f"adapter_{index}"
 
 
 def _columns(recipe: Recipe):
@@ -112,9 +112,11 @@ def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence
 class _AdapterEntry:
     recipe: Recipe
     space: LabelSpace
-    folder: Path
+    folder: Path                   # resolved adapter folder: what identifies the adapter
     method: str
-    state: Optional[dict] = None  # bottleneck adapters: their weights, copied in on switching
+    peft_name: str                 # its name inside the PEFT model
+    bottleneck: Optional[dict] = None  # bottleneck adapters: their config
+    state: Optional[dict] = None   # bottleneck adapters: their weights, copied in on switching
 
 
 class Predictor:
@@ -128,7 +130,7 @@ class Predictor:
         self.active: Optional[str] = None
         if self.run.adapter_dir is not None:
             name = _adapter_name(self.run.run_dir)
-            self.adapters[name] = self._entry(self.run.run_dir, self.run.recipe, self.run.space, self.run.adapter_dir)
+            self.adapters[name] = self._entry(self.run.recipe, self.run.space, self.run.adapter_dir)
             self.active = name
 
     @property
@@ -139,10 +141,13 @@ class Predictor:
     def space(self) -> LabelSpace:
         return self.adapters[self.active].space if self.active else self.run.space
 
-    def _entry(self, run_dir, recipe, space, folder) -> _AdapterEntry:
+    def _entry(self, recipe, space, folder) -> _AdapterEntry:
         method = read_adapter_method(folder)
-        state = load_bottleneck_state(folder) if method == "bottleneck" else None
-        return _AdapterEntry(recipe, space, folder, method, state)
+        entry = _AdapterEntry(recipe, space, folder.resolve(), method, _peft_name(len(self.adapters)))
+        if method == "bottleneck":
+            entry.bottleneck = json.loads((folder / BOTTLENECK_CONFIG).read_text())
+            entry.state = load_bottleneck_state(folder)
+        return entry
 
     def resolve(self, name_or_dir: str | Path) -> tuple[Path, Path]:
         """(run directory, adapter folder) of an adapter given as a run directory, an adapter folder, or the
@@ -157,14 +162,18 @@ class Predictor:
                           f"of a run beside {self.run.run_dir} (looked in {', '.join(str(c) for c in candidates)})")
 
     def add_adapter(self, name_or_dir: str | Path) -> str:
-        """Load another adapter onto this run's base model; returns its name (its run folder's name)."""
+        """Load another adapter onto this run's base model; returns its name (its run folder's name, with a
+        number added when another loaded adapter has that name)."""
         if self.run.adapter_dir is None:
             raise RunDirError(f"{self.run.run_dir} holds a fully fine-tuned model, not an adapter; adapters are "
                               "added to an adapter run's base model")
         run_dir, folder = self.resolve(name_or_dir)
-        name = _adapter_name(run_dir)
-        if name in self.adapters:
-            return name
+        for known, entry in self.adapters.items():
+            if entry.folder == folder.resolve():
+                return known
+        name, n = _adapter_name(run_dir), 2
+        while name in self.adapters:
+            name, n = f"{_adapter_name(run_dir)}-{n}", n + 1
         _, recipe = _read_run(run_dir)
         space = _run_labels(run_dir, recipe)
         mine = self.adapters[next(iter(self.adapters))]
@@ -181,14 +190,15 @@ class Predictor:
         if problems:
             raise RunDirError(f"adapter {str(name_or_dir)!r} cannot share {self.run.run_dir}'s base: "
                               + "; ".join(problems) + ". Predict with it on its own: tuneforge predict " + str(run_dir))
-        entry = self._entry(run_dir, recipe, space, folder)
+        entry = self._entry(recipe, space, folder)
         if entry.method == "bottleneck":
-            own = dict(self.run.model.named_parameters())
-            if set(entry.state) != set(mine.state) or any(entry.state[k].shape != own[k].shape for k in entry.state):
+            layout = ("targets", "bottleneck_size", "non_linearity", "modules_to_save")
+            differ = [k for k in layout if entry.bottleneck.get(k) != mine.bottleneck.get(k)]
+            if differ or set(entry.state) != set(mine.state):
                 raise RunDirError(f"adapter {str(name_or_dir)!r}: its bottleneck layout differs from this run's "
-                                  "(size, placement or targets); predict with it on its own")
+                                  f"({', '.join(differ) or 'weights'}); predict with it on its own")
         else:
-            self.run.model.load_adapter(folder, adapter_name=_peft_name(name))
+            self.run.model.load_adapter(folder, adapter_name=entry.peft_name)
         self.adapters[name] = entry
         return name
 
@@ -203,7 +213,7 @@ class Predictor:
                 for k, v in entry.state.items():
                     own[k].copy_(v)
         else:
-            self.run.model.set_adapter(_peft_name(name))
+            self.run.model.set_adapter(entry.peft_name)
         self.run.model.eval()
         self.active = name
 

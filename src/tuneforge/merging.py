@@ -23,6 +23,31 @@ class MergeError(TuneforgeError):
     pass
 
 
+MERGED_MARKER = "merged_from.json"  # written into every merged model folder; only such folders are replaced
+
+
+def _check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
+    """The merged model gets a folder of its own: never the run's own files, a folder holding runs, or a folder
+    tuneforge did not write."""
+    from .run import RUN_MARKER
+
+    out, run = out_dir.resolve(), run_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out_dir} is a file; give a folder")
+    if out == run or out in run.parents:
+        raise RunDirError(f"--out {out_dir} holds the run itself; give a folder of its own (default: RUN_DIR/merged)")
+    if run in out.parents and out.relative_to(run).parts[0] != "merged":
+        raise RunDirError(f"--out {out_dir} is inside the run's own files; use RUN_DIR/merged or a folder elsewhere")
+    if out.exists() and any(out.iterdir()):
+        if any(out.rglob(RUN_MARKER)):
+            raise RunDirError(f"--out {out_dir} holds tuneforge runs; give a folder of its own")
+        if not (out / MERGED_MARKER).exists():
+            raise RunDirError(f"--out {out_dir} is not empty and is not a merged model tuneforge wrote; nothing in it "
+                              "is touched, even with --overwrite. Give another folder")
+        if not overwrite:
+            raise RunDirError(f"{out_dir} holds an earlier merge; pass --overwrite to replace it, or --out another folder")
+
+
 @dataclass
 class MergeReport:
     out_dir: str
@@ -75,7 +100,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     more than atol + rtol * max|logit| on `examples` held-out inputs.
     """
     from .report import console as default_console
-    from .run import RUN_MARKER, _save_model
+    from .run import _save_model
 
     console = console or default_console()
     run_dir = Path(run_dir)
@@ -91,10 +116,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         raise MergeError(f"{run_dir}: a {method} adapter cannot be merged: {why}. Use it as it is "
                          f"(tuneforge predict {run_dir}); merge works for {', '.join(MERGEABLE)}")
     out_dir = Path(out) if out else run_dir / "merged"
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"{out_dir} exists; pass --overwrite to replace it, or --out another folder")
-    if out_dir.resolve() == run_dir.resolve() or (out_dir / RUN_MARKER).exists():
-        raise RunDirError(f"{out_dir} is a run directory; merge into a folder of its own (--out)")
+    _check_out_dir(out_dir, run_dir, overwrite)
 
     predictor = Predictor(run_dir)
     inputs, described = _held_out(predictor, data, examples)
@@ -115,11 +137,8 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         raise MergeError(f"merged model's outputs differ from the adapter model's by {diff:.3g} (largest absolute "
                          f"logit difference over {len(inputs)} inputs from the {described}), above the tolerance "
                          f"{tolerance:.3g}; nothing was written")
-    if out_dir.exists():
-        if not overwrite:
-            raise RunDirError(f"{out_dir} exists; pass --overwrite to replace it")
     _save_model(merged, predictor.run.tokenizer, out_dir)
-    (run_dir / "merge_report.json").write_text(json.dumps(report.to_json(), indent=1))
+    (out_dir / MERGED_MARKER).write_text(json.dumps({"run_dir": str(run_dir.resolve()), **report.to_json()}, indent=1))
     console.print(f"merged {method} adapter into {out_dir}: outputs match the adapter model's within "
                   f"{diff:.2e} (tolerance {tolerance:.2e}) on {len(inputs)} inputs from the {described}")
     return report

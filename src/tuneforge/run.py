@@ -74,8 +74,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
             raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
                               "or set output.dir to a new folder")
         elif resume and checkpoints:
-            saved = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
-            if saved != recipe.to_yaml():
+            saved = _saved_recipe(run_dir)
+            if saved != recipe:
                 raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
                                   "resume with the same recipe, or start over with --overwrite")
             return checkpoints[-1]
@@ -89,6 +89,14 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
     return None
+
+
+def _saved_recipe(run_dir: Path) -> Optional[Recipe]:
+    """The recipe a run was started with (compared as values, so a newer version's extra defaults do not count)."""
+    try:
+        return load_recipe(run_dir / "recipe.yaml")
+    except (RecipeError, OSError):
+        return None
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -302,7 +310,8 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     with torch.device("meta"):  # structure only: no memory, no weights read
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     groups = find_layer_groups(model)
-    model, plan = _apply_method(model, recipe.method, groups, 0)
+    with torch.random.fork_rng(devices=[]):  # adapter initialization must not move the caller's RNG
+        model, plan = _apply_method(model, recipe.method, groups, 0)
     warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
     truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated

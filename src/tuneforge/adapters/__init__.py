@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from ..errors import RecipeError, TuneforgeError
 from ..methods.param_groups import _no_decay_names
 from ..models.layers import LayerGroups
 from . import bottleneck as bn
-from .targets import auto_targets, block_roles, head_modules, matches
+from .targets import _linear_like, auto_targets, block_roles, head_modules, matches
 
 MERGEABLE = ("lora", "dora", "ia3")
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -37,7 +39,6 @@ def is_adapter_parameter(name: str) -> bool:
 
 
 def _linear_names(model: nn.Module, groups: LayerGroups) -> list[str]:
-    from .targets import _linear_like
     return [n for n, m in model.named_modules() if n.startswith(groups.blocks_prefix + ".") and _linear_like(m)]
 
 
@@ -54,27 +55,35 @@ def _user_targets(spec, model, groups, key: str = "target_modules") -> list[str]
 
 
 def resolve_targets(spec, model: nn.Module, groups: LayerGroups) -> tuple[object, object]:
-    """(target_modules, feedforward_modules) in PEFT's terms: a regular expression or a list of suffixes."""
+    """(target_modules, feedforward_modules) for PEFT: a regular expression over every block (auto), or the
+    full names of the block modules a user's suffixes / expression select (so nothing outside the blocks)."""
     if spec.target_modules == "auto":
         roles = block_roles(model, groups)
         names, ff = auto_targets(spec.name, roles, spec.placement)
-        targets = roles.regex(names)
-        feedforward = roles.regex(ff) if ff else []
-    else:
-        _user_targets(spec, model, groups)
-        targets = spec.target_modules
-        feedforward = []
-        if spec.name == "ia3" and spec.feedforward_modules == "auto":
-            roles = block_roles(model, groups)
-            feedforward = [n for n in _linear_names(model, groups)
-                           if matches(n, targets) and n.endswith("." + roles.ffn_out)]
-    if spec.name == "ia3" and spec.feedforward_modules != "auto":
-        _user_targets(spec, model, groups, "feedforward_modules")
-        feedforward = spec.feedforward_modules
+        return roles.regex(names), (roles.regex(ff) if ff else [])
+    targets = _user_targets(spec, model, groups)
+    feedforward: list[str] = []
+    if spec.name == "ia3":
+        if spec.feedforward_modules == "auto":
+            ffn_out = block_roles(model, groups).regex([block_roles(model, groups).ffn_out])
+            feedforward = [n for n in targets if re.fullmatch(ffn_out, n)]
+        else:
+            feedforward = _user_targets(spec, model, groups, "feedforward_modules")
+            outside = sorted(set(feedforward) - set(targets))
+            if outside:
+                raise RecipeError([f"method.feedforward_modules: {outside[:3]} are not among method.target_modules; "
+                                   "feed-forward modules must also be targets"])
     return targets, feedforward
 
 
 def peft_config(spec, model: nn.Module, groups: LayerGroups, task_type: str = "SEQ_CLS"):
+    try:
+        return _peft_config(spec, model, groups, task_type)
+    except ValueError as e:  # PEFT's own checks of the options
+        raise RecipeError([f"method ({spec.name}): {e}"]) from None
+
+
+def _peft_config(spec, model, groups, task_type):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     head = head_modules(model, groups)
@@ -118,7 +127,9 @@ def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn
     torch.manual_seed(seed)  # adapter initialization (LoRA's A, prompt sampling), apart from head and data order
     if spec.name != "bottleneck":
         from peft import get_peft_model
-        return get_peft_model(model, peft_config(spec, model, groups))
+        with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates; nothing to act on
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            return get_peft_model(model, peft_config(spec, model, groups))
     config = bottleneck_config(spec, model, groups)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -169,6 +180,9 @@ def disabled(model: nn.Module):
         with bn.disabled(model):
             yield model
     elif model.peft_config[model.active_adapter].is_prompt_learning:
+        if "forward" in model.__dict__:  # already disabled by an outer context
+            yield model
+            return
         model.forward = model.base_model.forward  # an instance attribute shadows PeftModel.forward
         try:
             yield model
@@ -250,7 +264,7 @@ def load_bottleneck_weights(model: nn.Module, folder: Path) -> None:
     state = load_bottleneck_state(folder)
     own = dict(model.named_parameters())
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(set(bn.adapter_parameter_names(model)) - set(state))
+    missing = sorted(set(_bottleneck_saved_names(model, model.bottleneck_config)) - set(state))
     if unexpected or missing:
         raise TuneforgeError(f"{folder}: the adapter does not fit this model (unexpected {unexpected[:4]}, "
                              f"missing {missing[:4]}); was it trained on another base or with other options?")

@@ -58,8 +58,8 @@ def _apply_adapter(module: nn.Module, inputs, output):
     return adapter(output) if adapter.enabled else output
 
 
-def inject(model: nn.Module, config: BottleneckConfig) -> list[str]:
-    """Add an adapter after each target module; returns the adapter parameter names."""
+def inject(model: nn.Module, config: BottleneckConfig) -> None:
+    """Add an adapter after each target module."""
     for name in config.targets:
         target = model.get_submodule(name)
         if hasattr(target, "bottleneck"):
@@ -67,11 +67,6 @@ def inject(model: nn.Module, config: BottleneckConfig) -> list[str]:
         target.add_module("bottleneck", Bottleneck(_out_features(target), config.bottleneck_size,
                                                    config.non_linearity, config.dropout))
         target.register_forward_hook(_apply_adapter)
-    return adapter_parameter_names(model)
-
-
-def adapter_parameter_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if ".bottleneck." in n]
 
 
 def adapters(model: nn.Module) -> list[Bottleneck]:

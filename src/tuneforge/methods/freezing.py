@@ -115,6 +115,7 @@ def set_frozen_modules_eval(model: nn.Module, plan: FreezePlan, stage: int) -> N
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    """(trainable, total). PEFT keeps an untouched original of each module it trains fully (the head) beside
+    the trained copy; that original is not part of the model that runs, so it is not counted."""
+    params = [(n, p) for n, p in model.named_parameters() if ".original_module." not in n]
+    return sum(p.numel() for _, p in params if p.requires_grad), sum(p.numel() for _, p in params)

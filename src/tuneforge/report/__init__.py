@@ -30,7 +30,8 @@ def print_summary(console: Console, result) -> None:
     pct = 100 * result.trainable_parameters / max(result.total_parameters, 1)
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({pct:.2f}%)")
     console.print(f"steps: {result.steps}; training time: {result.train_seconds:.1f} s; best step: {result.best_step}")
-    what = "adapter and head" if result.model_dir.name == "adapter" else "model"
+    from ..recipe import ADAPTER_METHODS
+    what = "adapter and head" if result.method in ADAPTER_METHODS else "model"
     console.print(f"{what} saved to: {result.model_dir} ({format_bytes(result.stored_bytes)} of weights)")
 
 

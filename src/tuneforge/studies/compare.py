@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import RecipeError, RunDirError, TuneforgeError
-from ..recipe import ADAPTER_METHODS, Recipe, load_recipe
+from ..recipe import Recipe, load_recipe
 from ..tasks import get_task, higher_is_better
 
 # `name:N` shorthand: the one option a number after the method's name sets.
@@ -72,6 +72,9 @@ def parse_methods(text: Union[str, list[str]]) -> list[MethodChoice]:
         lr = None
         if name == "freeze" and not parts:
             problems.append(f"--methods {item!r}: say how many blocks to freeze, e.g. freeze:4")
+        numbers = [p for p in parts if "=" not in p]
+        if len(numbers) > 1:
+            problems.append(f"--methods {item!r}: one number at most after the name ({name}:N); give other options as key=value")
         for part in parts:
             if "=" in part:
                 key, raw = part.split("=", 1)
@@ -89,6 +92,8 @@ def parse_methods(text: Union[str, list[str]]) -> list[MethodChoice]:
     labels = [c.label for c in choices]
     if len(set(labels)) != len(labels):
         problems.append(f"--methods: a method is listed twice ({', '.join(labels)})")
+    elif len({_slug(x) for x in labels}) != len(labels):
+        problems.append(f"--methods: {', '.join(labels)} would share run folders; write them differently")
     if problems:
         raise RecipeError(problems)
     return choices
@@ -109,7 +114,6 @@ class MethodSummary:
     total_parameters: int
     train_seconds: float        # mean over seeds
     peak_rss_mb: float          # largest over seeds
-    peak_gpu_mb: Optional[float]
     stored_bytes: int
 
     @property
@@ -169,6 +173,10 @@ def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str
     if seeds < 1:
         raise RecipeError([f"--seeds: {seeds}; give 1 or more"])
     choices = parse_methods(methods)
+    d = base.data
+    if not (d.validation or d.test or d.validation_fraction or d.test_fraction or d.dataset):
+        raise RecipeError(["compare scores each run on held-out data: give data.validation or data.test, or a "
+                           "data.validation_fraction / data.test_fraction above 0"])
     study = Path(study_dir) if study_dir else Path(base.output.dir + "-compare")
     jobs = []
     problems = []
@@ -218,8 +226,9 @@ def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str
 def _reuse(run_dir: Path, run_recipe: Recipe, result_path: Path) -> Optional[dict]:
     if not (run_dir / "summary.json").exists():
         return None
-    saved = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
-    if saved != run_recipe.to_yaml():
+    from ..run import _saved_recipe
+
+    if _saved_recipe(run_dir) != run_recipe:
         raise RunDirError(f"{run_dir} holds a finished run of another recipe; remove it or give another --out")
     if not result_path.exists():
         raise RunDirError(f"{run_dir} finished but its study record {result_path} is missing; remove the run to redo it")
@@ -242,14 +251,12 @@ def _summarize(choice: MethodChoice, results: list[dict], base: Recipe) -> Metho
     first = results[0]
     metric, split = _outcome_metric(base, first["metrics"])
     values = [r["metrics"][split][metric] for r in results]
-    gpu = [r["peak_gpu_mb"] for r in results if r.get("peak_gpu_mb") is not None]
     return MethodSummary(
         label=choice.label, method=choice.method["name"], lr=first.get("lr", 0.0), runs=len(results), metric=metric,
         split=split, mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
         values=values, trainable_parameters=first["trainable_parameters"], total_parameters=first["total_parameters"],
         train_seconds=statistics.fmean(r["train_seconds"] for r in results),
-        peak_rss_mb=max(r["peak_rss_mb"] for r in results), peak_gpu_mb=max(gpu) if gpu else None,
-        stored_bytes=first.get("stored_bytes", 0))
+        peak_rss_mb=max(r["peak_rss_mb"] for r in results), stored_bytes=first.get("stored_bytes", 0))
 
 
 # ---------------------------------------------------------------- reports
@@ -270,8 +277,6 @@ def _columns(rows: list[MethodSummary], seeds: int) -> list[tuple[str, list[str]
         ("train time (s)", [f"{r.train_seconds:.0f}" for r in rows]),
         ("peak RSS (MB)", [f"{r.peak_rss_mb:.0f}" for r in rows]),
     ]
-    if any(r.peak_gpu_mb is not None for r in rows):
-        cols.append(("peak GPU (MB)", [f"{r.peak_gpu_mb:.0f}" if r.peak_gpu_mb is not None else "" for r in rows]))
     cols.append(("stored (MB)", [_mb(r.stored_bytes) for r in rows]))
     return cols
 
@@ -304,13 +309,11 @@ def write_reports(rows: list[MethodSummary], study: Path, base: Recipe, seeds: i
     with open(files["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "name", "split", "metric", "mean", "std", "runs", "values", "trainable_parameters",
-                         "total_parameters", "trainable_percent", "lr", "train_seconds", "peak_rss_mb", "peak_gpu_mb",
-                         "stored_bytes"])
+                         "total_parameters", "trainable_percent", "lr", "train_seconds", "peak_rss_mb", "stored_bytes"])
         for r in rows:
             writer.writerow([r.label, r.method, r.split, r.metric, f"{r.mean:.6f}", f"{r.std:.6f}", r.runs,
                              " ".join(f"{v:.6f}" for v in r.values), r.trainable_parameters, r.total_parameters,
-                             f"{r.trainable_percent:.4f}", r.lr, f"{r.train_seconds:.2f}", r.peak_rss_mb,
-                             "" if r.peak_gpu_mb is None else r.peak_gpu_mb, r.stored_bytes])
+                             f"{r.trainable_percent:.4f}", r.lr, f"{r.train_seconds:.2f}", r.peak_rss_mb, r.stored_bytes])
     files["json"].write_text(json.dumps({"recipe": base.model_dump(mode="json"), "seeds": seeds,
                                          "rows": [{**asdict(r), "trainable_percent": r.trainable_percent} for r in rows]},
                                         indent=1))

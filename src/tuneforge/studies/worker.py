@@ -1,7 +1,7 @@
 """One study run in its own process, so that its peak memory is its own: `python -m tuneforge.studies.worker JOB`.
 
 JOB is a JSON file {"recipe": {...}, "result": "path.json"}; the result file gets the run's RunResult plus
-`peak_rss_mb` (the process's peak resident memory) and, on a GPU, `peak_gpu_mb`.
+`peak_rss_mb` (the process's peak resident memory).
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def main(job_path: str) -> int:
-    import torch
-
     from ..errors import TuneforgeError
     from ..report import console
     from ..run import fine_tune
@@ -31,8 +29,6 @@ def main(job_path: str) -> int:
         return 2
     out = result.to_json()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
-    if torch.cuda.is_available():
-        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     tmp = Path(job["result"] + ".tmp")
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, job["result"])
