@@ -112,7 +112,7 @@ class MethodSummary:
     values: list[float]
     trainable_parameters: int
     total_parameters: int
-    train_seconds: float        # mean over seeds
+    train_seconds: float        # median over seeds: robust to one run slowed by other load on the machine
     peak_rss_mb: float          # largest over seeds
     stored_bytes: int
 
@@ -255,7 +255,7 @@ def _summarize(choice: MethodChoice, results: list[dict], base: Recipe) -> Metho
         label=choice.label, method=choice.method["name"], lr=first.get("lr", 0.0), runs=len(results), metric=metric,
         split=split, mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
         values=values, trainable_parameters=first["trainable_parameters"], total_parameters=first["total_parameters"],
-        train_seconds=statistics.fmean(r["train_seconds"] for r in results),
+        train_seconds=statistics.median(r["train_seconds"] for r in results),
         peak_rss_mb=max(r["peak_rss_mb"] for r in results), stored_bytes=first.get("stored_bytes", 0))
 
 
@@ -274,7 +274,7 @@ def _columns(rows: list[MethodSummary], seeds: int) -> list[tuple[str, list[str]
         ("trainable params", [f"{r.trainable_parameters:,}" for r in rows]),
         ("trainable %", [f"{r.trainable_percent:.2f}" for r in rows]),
         ("lr", [f"{r.lr:g}" for r in rows]),
-        ("train time (s)", [f"{r.train_seconds:.0f}" for r in rows]),
+        ("train time (s, median)", [f"{r.train_seconds:.0f}" for r in rows]),
         ("peak RSS (MB)", [f"{r.peak_rss_mb:.0f}" for r in rows]),
     ]
     cols.append(("stored (MB)", [_mb(r.stored_bytes) for r in rows]))
