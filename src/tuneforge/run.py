@@ -16,7 +16,7 @@ from .data.collate import encode
 from .data.dataset import load_examples
 from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
                                TensorBoardLogger, tensorboard_available, truncate_jsonl)
-from .engine.checkpoint import list_checkpoints, load_checkpoint, load_weights
+from .engine.checkpoint import atomic_folder, list_checkpoints, load_checkpoint, load_weights
 from .engine.evaluate import run_evaluation
 from .engine.loop import Loop, LoopState, count_steps
 from .engine.optim import make_optimizer, make_scheduler, warmup_steps
@@ -228,16 +228,11 @@ def _apply_method(model, spec, groups, init_seed: int):
 def _save_model(model, tokenizer, model_dir: Path) -> int:
     """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
     Returns the weights' size in bytes."""
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     for p in model.parameters():  # saved models should load as ordinary trainable models
         p.requires_grad_(True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
+    with atomic_folder(model_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
@@ -275,12 +270,12 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
     if limits and recipe.model.max_length > min(limits):
         problems.append(f"model.max_length: {recipe.model.max_length} is more than {recipe.model.name!r} takes "
                         f"({min(limits)} tokens); use at most {min(limits)}")
+    elif limits and recipe.method.name in ("prefix", "prompt") and \
+            recipe.model.max_length + recipe.method.num_virtual_tokens > min(limits):
+        problems.append(f"model.max_length {recipe.model.max_length} + method.num_virtual_tokens "
+                        f"{recipe.method.num_virtual_tokens} is more than {recipe.model.name!r} takes "
+                        f"({min(limits)} positions); lower one of them")
     if problems:
-        raise RecipeError(problems)
-    spec = recipe.method
-    if spec.name in ("prefix", "prompt") and limits and recipe.model.max_length + spec.num_virtual_tokens > min(limits):
-        problems.append(f"model.max_length {recipe.model.max_length} + method.num_virtual_tokens {spec.num_virtual_tokens} "
-                        f"is more than {recipe.model.name!r} takes ({min(limits)} positions); lower one of them")
         raise RecipeError(problems)
     if plan is not None and plan.gradual:
         # The stage the last optimizer step trains at, by the schedule the loop itself uses.

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from ..engine.checkpoint import atomic_folder
 from ..errors import RecipeError, TuneforgeError
 from ..methods.param_groups import _no_decay_names
 from ..models.layers import LayerGroups
@@ -201,22 +200,16 @@ def trainable_names(model: nn.Module) -> set[str]:
 
 def save_adapter(model: nn.Module, tokenizer, folder: Path) -> int:
     """Write the adapter (and head) into `folder` atomically; returns the weights' size in bytes."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if is_peft(model):
-        model.save_pretrained(tmp, safe_serialization=True)
-    else:
-        config = model.bottleneck_config
-        state = dict(model.named_parameters())
-        tmp.mkdir(parents=True)
-        save_file({n: state[n].detach().cpu().contiguous() for n in _bottleneck_saved_names(model, config)},
-                  str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / bn.CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=1))
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        if is_peft(model):
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            config = model.bottleneck_config
+            state = dict(model.named_parameters())
+            save_file({n: state[n].detach().cpu().contiguous() for n in _bottleneck_saved_names(model, config)},
+                      str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            (tmp / bn.CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=1))
+        tokenizer.save_pretrained(tmp)
     return (folder / WEIGHTS_NAME).stat().st_size
 
 

@@ -5,6 +5,7 @@ Weights go to safetensors; optimizer, scheduler and RNG states to torch files re
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,22 +53,29 @@ def load_weights(model: torch.nn.Module, path: Path, names: Optional[set[str]] =
                            f"unexpected {sorted(unexpected)[:5]})")
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int,
-                    names: Optional[set[str]] = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = root / f"{final.name}.tmp"
+@contextlib.contextmanager
+def atomic_folder(final: Path):
+    """Yield `FINAL.tmp` to write into; when the block ends without error it replaces `final` in one rename,
+    so a crash never leaves a half-written folder under the final name."""
+    tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors", names)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
+    tmp.mkdir(parents=True)
+    yield tmp
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int,
+                    names: Optional[set[str]] = None) -> Path:
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    with atomic_folder(final) as tmp:
+        save_weights(model, tmp / "model.safetensors", names)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import RecipeError, RunDirError, TuneforgeError
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, load_recipe, parse_override
 from ..tasks import get_task, higher_is_better
 
 # `name:N` shorthand: the one option a number after the method's name sets.
@@ -35,11 +35,8 @@ class MethodChoice:
 
 
 def _value(text: str):
-    import yaml
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        return float(value)
-    return value
+    """A spec value read like a `key=value` override: YAML, with `5e-4` as a number."""
+    return parse_override(f"value={text}")[1]
 
 
 def _split_top_level(text: str) -> list[str]:
