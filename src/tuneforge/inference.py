@@ -91,10 +91,7 @@ def _columns(recipe: Recipe):
 def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None,
              adapter: Optional[str] = None) -> dict[str, float]:
     """Metrics of a finished run on a labelled file with the run's columns."""
-    predictor = Predictor(run_dir)
-    if adapter:
-        predictor.use(predictor.add_adapter(adapter))
-    return predictor.evaluate(data, batch_size)
+    return Predictor(run_dir, adapter).evaluate(data, batch_size)
 
 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
@@ -102,10 +99,7 @@ def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence
             adapter: Optional[str] = None) -> list[dict]:
     """Predictions for a file (labels not needed) or for texts: label, score (and all scores).
     `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
-    predictor = Predictor(run_dir)
-    if adapter:
-        predictor.use(predictor.add_adapter(adapter))
-    return predictor.predict(data, texts, text_pairs, batch_size)
+    return Predictor(run_dir, adapter).predict(data, texts, text_pairs, batch_size)
 
 
 @dataclass
@@ -124,7 +118,8 @@ class Predictor:
     between without loading the base again: PEFT keeps each adapter (and its head) beside the others and
     activates one; bottleneck adapters' weights are copied into the one set of adapter modules."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, adapter: Optional[str | Path] = None):
+        """`adapter`: another adapter (see add_adapter) to load and make active at once."""
         self.run = _open_run(run_dir)
         self.adapters: dict[str, _AdapterEntry] = {}
         self.active: Optional[str] = None
@@ -132,6 +127,8 @@ class Predictor:
             name = _adapter_name(self.run.run_dir)
             self.adapters[name] = self._entry(self.run.recipe, self.run.space, self.run.adapter_dir)
             self.active = name
+        if adapter:
+            self.use(self.add_adapter(adapter))
 
     @property
     def recipe(self) -> Recipe:

@@ -152,7 +152,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
     cbs: list = [KeepBest(metric, higher_is_better(metric),
-                          t.early_stopping.min_delta if t.early_stopping else 0.0, best_path)]
+                          t.early_stopping.min_delta if t.early_stopping else 0.0, best_path, saved_names)]
     if t.early_stopping:
         cbs.append(EarlyStopping(t.early_stopping.patience))
     if plan is not None and plan.gradual:

@@ -11,8 +11,10 @@ from .checkpoint import save_weights
 class KeepBest:
     """Track the best validation metric and keep those weights on disk (atomically)."""
 
-    def __init__(self, metric: str, higher_is_better: bool, min_delta: float, path: Path):
+    def __init__(self, metric: str, higher_is_better: bool, min_delta: float, path: Path,
+                 names: set[str] | None = None):
         self.metric, self.higher, self.min_delta, self.path = metric, higher_is_better, min_delta, path
+        self.names = names  # what is kept: None = every weight; adapters: adapter and head
 
     def improved(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -25,7 +27,7 @@ class KeepBest:
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_weights(loop.model, self.path, getattr(loop, "saved_names", None))
+            save_weights(loop.model, self.path, self.names)
         else:
             s.bad_evals += 1
 
