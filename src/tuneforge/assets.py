@@ -155,4 +155,60 @@ def rotten_tomatoes() -> dict[str, Path]:
     return files
 
 
-DATASETS = {"rotten-tomatoes": rotten_tomatoes}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+FASHION_MNIST_SIZES = {"train": 3000, "validation": 500, "test": 2000}
+FASHION_MNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
+
+
+def fashion_mnist_source() -> Path:
+    """The folder holding Fashion-MNIST's four idx files: the Debian package's, or where `make fashion-mnist`
+    unpacked that package (no root needed)."""
+    candidates = [*FASHION_MNIST_DIRS, cache_dir() / "debian" / "usr" / "share" / "datasets" / "fashion-mnist"]
+    for folder in candidates:
+        if (folder / "train-images-idx3-ubyte.gz").exists() and (folder / "t10k-labels-idx1-ubyte.gz").exists():
+            return folder
+    raise TuneforgeError("dataset 'fashion-mnist' needs the Debian package dataset-fashion-mnist: run "
+                         "`make fashion-mnist` (downloads and unpacks it into the cache, no root needed) or "
+                         f"`apt-get install dataset-fashion-mnist`; looked in {', '.join(map(str, candidates))}")
+
+
+def fashion_mnist() -> dict[str, Path]:
+    """A fixed, stratified subset of Fashion-MNIST (28x28 grey, 10 classes): 3,000 train and 500 validation
+    images from its training set, 2,000 test images from its test set, drawn with seed 0 (300 / 50 / 200 per
+    class). Saved as .npz (x: uint8 N x 28 x 28, y: class names)."""
+    import numpy as np
+
+    from .data.images import read_idx
+
+    target = cache_dir() / "data" / "fashion-mnist-v1"
+    files = {split: target / f"{split}.npz" for split in FASHION_MNIST_SIZES}
+    if all(f.exists() for f in files.values()):
+        return files
+    source = fashion_mnist_source()
+    rng = np.random.default_rng(0)
+    parts = {}
+    for prefix, splits in (("train", ("train", "validation")), ("t10k", ("test",))):
+        x = read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+        y = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
+        chosen: dict[str, list[int]] = {s: [] for s in splits}
+        for label in range(len(FASHION_MNIST_CLASSES)):
+            idx = rng.permutation(np.flatnonzero(y == label))
+            start = 0
+            for split in splits:
+                n = FASHION_MNIST_SIZES[split] // len(FASHION_MNIST_CLASSES)
+                chosen[split].extend(idx[start:start + n].tolist())
+                start += n
+        for split, idx in chosen.items():
+            idx = sorted(idx)
+            parts[split] = (x[idx], np.array([FASHION_MNIST_CLASSES[i] for i in y[idx]]))
+    target.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in parts.items():
+        tmp = files[split].with_name(split + ".tmp.npz")
+        np.savez_compressed(tmp, x=x, y=y)
+        os.replace(tmp, files[split])
+    return files
+
+
+DATASETS = {"rotten-tomatoes": rotten_tomatoes, "fashion-mnist": fashion_mnist}
+DATASET_LABELS = {"fashion-mnist": FASHION_MNIST_CLASSES}  # id order, where the dataset defines one

@@ -27,12 +27,17 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    name: str = Field("minilm-l6", description="alias of a packaged model (minilm-l6, mpnet-base) or a local Hugging Face folder")
+    name: str = Field("minilm-l6", description="alias of a packaged model (minilm-l6, mpnet-base, efficientnet-lite0) "
+                      "or a local Hugging Face folder")
     max_length: int = Field(128, gt=0, description="tokens per text (or text pair); longer inputs are truncated")
+    image_size: Optional[int] = Field(None, ge=16, description="images: side of the square input (default: the model's "
+                                      "own, 224 for efficientnet-lite0); smaller is faster")
+    pretrained: bool = Field(True, description="start from the pre-trained weights; false: the same architecture "
+                             "randomly initialized (to measure what pre-training buys)")
     trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
 
 
-TaskType = Literal["classification", "multi-label", "regression", "pair-classification"]
+TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification"]
 
 
 class TaskSpec(_Section):
@@ -40,8 +45,29 @@ class TaskSpec(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="multi-label: probability above which a label is predicted")
 
 
+class AugmentSpec(_Section):
+    enabled: bool = Field(True, description="augment training images (never validation or test)")
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="random resized crop: range of the area fraction kept")
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: range of aspect ratios")
+    hflip: bool = Field(True, description="flip horizontally with probability 0.5")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range(cls, v):
+        if not (0 < v[0] <= v[1]):
+            raise ValueError(f"expected [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _fraction(cls, v):
+        if v[1] > 1:
+            raise ValueError(f"an area fraction is at most 1, got {list(v)}")
+        return v
+
+
 class DataSpec(_Section):
-    dataset: Optional[Literal["rotten-tomatoes"]] = Field(None, description="a packaged dataset instead of files")
+    dataset: Optional[Literal["rotten-tomatoes", "fashion-mnist"]] = Field(None, description="a packaged dataset instead of files")
     train: Optional[str] = None
     validation: Optional[str] = None
     test: Optional[str] = None
@@ -49,6 +75,7 @@ class DataSpec(_Section):
     test_fraction: float = Field(0.0, ge=0, lt=1, description="carved from train (stratified) when no test file")
     split_seed: int = 42
     text_column: str = "text"
+    image_column: str = Field("image", description="images in a table: the column of image paths (relative to the table's folder)")
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     label_separator: str = Field(",", description="multi-label labels given as one string are split on this")
@@ -58,7 +85,8 @@ class DataSpec(_Section):
     @classmethod
     def _names(cls, v):
         return None if v is None else [str(x) for x in v]
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "npz", "idx"] = "auto"
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="images: train-only augmentation")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training rows (after splitting)")
 
     @model_validator(mode="after")
@@ -74,6 +102,11 @@ class DataSpec(_Section):
 
 MethodName = Literal["full", "head", "freeze", "gradual", "lora", "dora", "ia3", "prefix", "prompt", "bottleneck"]
 ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "bottleneck")
+IMAGE_UNSUPPORTED = {
+    "prefix": "its virtual tokens extend a transformer's token sequence, which a CNN does not have",
+    "prompt": "its soft prompt is input embeddings of tokens, which an image model does not read",
+    "bottleneck": "tuneforge's bottleneck adapters sit on transformer sub-layer outputs",
+}
 
 # Adapters train few, freshly initialized weights and need a larger step than full fine-tuning; these are the
 # usual rates from each method's paper and PEFT's examples. training.lr, when given, overrides them.
@@ -192,6 +225,18 @@ class Recipe(_Section):
     def _pairs(self):
         if self.task.type == "pair-classification" and not self.data.text_pair_column:
             raise ValueError("task 'pair-classification' needs data.text_pair_column (the second text's column)")
+        images = self.task.type == "image-classification"
+        if images and self.data.dataset == "rotten-tomatoes":
+            raise ValueError("data.dataset 'rotten-tomatoes' is text; an image-classification task needs images "
+                             "(e.g. data.dataset: fashion-mnist)")
+        if not images and self.data.dataset == "fashion-mnist":
+            raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
+                             f"(it is {self.task.type!r})")
+        if not images and self.model.image_size is not None:
+            raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")
+        if images and self.method.name in IMAGE_UNSUPPORTED:
+            raise ValueError(f"method {self.method.name!r} does not apply to image models: "
+                             f"{IMAGE_UNSUPPORTED[self.method.name]}. Use lora, dora or ia3, or a freezing method")
         return self
 
     @property

@@ -21,9 +21,10 @@ from .engine.evaluate import run_evaluation
 from .engine.loop import Loop, LoopState, count_steps
 from .engine.optim import make_optimizer, make_scheduler, warmup_steps
 from .errors import RecipeError, RunDirError
-from .methods import apply_plan, build_param_groups, build_plan, count_parameters, set_frozen_modules_eval
+from .methods import (apply_plan, build_param_groups, build_plan, count_parameters, freeze_batchnorm_statistics,
+                      set_frozen_modules_eval)
 from .methods.param_groups import group_learning_rates
-from .models import find_layer_groups, load_for_classification
+from .models import find_layer_groups, load_for_recipe
 from .recipe import Recipe, load_recipe
 from .report import console as default_console, print_summary
 from .tasks import get_task, higher_is_better
@@ -119,9 +120,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     task = get_task(recipe.task.type)
 
     splits, space, origin = load_examples(d, recipe.task.type)
-    loaded = load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
-                                     space.id2label if space.names else None, head_seed, recipe.model.trust_remote_code)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    loaded = load_for_recipe(recipe, task, space, head_seed)
+    model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
@@ -141,7 +141,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     optimizer = make_optimizer(param_groups)
 
     encoded = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space) for k, v in splits.items()}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -149,6 +149,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         model.train()
         if plan is not None:
             set_frozen_modules_eval(model, plan, loop.state.stage)
+        freeze_batchnorm_statistics(model)
 
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
     cbs: list = [KeepBest(metric, higher_is_better(metric),
@@ -239,18 +240,31 @@ def _save_model(model, tokenizer, model_dir: Path) -> int:
 def _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan):
     trainable, total = count_parameters(model)
     rows = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    console.print(f"[bold]tuneforge[/] {recipe.task.type} · model {recipe.model.name} ({loaded.path}) · "
+    init = "" if recipe.model.pretrained else " · randomly initialized"
+    console.print(f"[bold]tuneforge[/] {recipe.task.type} · model {recipe.model.name} ({loaded.path}){init} · "
                   f"method {recipe.method.name} · lr {recipe.lr:g}")
     console.print(f"  data: {rows} rows; " + "; ".join(f"{k} from {v}" for k, v in origin.items()))
     cut = {k: v.truncated for k, v in encoded.items() if v.truncated}
     if cut:
         console.print(f"  truncated to {recipe.model.max_length} tokens: " + ", ".join(f"{k} {n}" for k, n in cut.items()))
-    console.print(f"  layer groups: {', '.join(groups.order)}; new head weights: {', '.join(loaded.new_parameters) or 'none'}")
+    new = loaded.new_parameters
+    shown = "all (random initialization)" if not recipe.model.pretrained else ", ".join(new) or "none"
+    console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
     if plan is None:
         stage_note = " (adapter and head; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
     console.print(f"  run directory: {run_dir}")
+
+
+def _group_summary(order: list[str]) -> str:
+    """'embeddings, layer.0 ... layer.15 (16 blocks), head' rather than eighteen names."""
+    blocks = [g for g in order if g.startswith("layer.")]
+    if len(blocks) <= 6:
+        return ", ".join(order)
+    rest = [g for g in order if not g.startswith("layer.")]
+    middle = f"{blocks[0]} ... {blocks[-1]} ({len(blocks)} blocks)"
+    return ", ".join([*rest[:1], middle, *rest[1:]]) if rest and rest[0] == "embeddings" else ", ".join([middle, *rest])
 
 
 def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> list[str]:
@@ -298,12 +312,17 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     recipe = load_recipe(recipe, overrides)
     task = get_task(recipe.task.type)
     splits, space, origin = load_examples(recipe.data, recipe.task.type)
-    path = resolve_model_path(recipe.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-    config.num_labels = task.num_outputs(len(space.names))
-    with torch.device("meta"):  # structure only: no memory, no weights read
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    if recipe.task.type == "image-classification":  # small models: load for real (the head is seeded apart)
+        with torch.random.fork_rng(devices=[]):
+            loaded = load_for_recipe(recipe, task, space, 0)
+        model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path
+    else:
+        path = resolve_model_path(recipe.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+        config.num_labels = task.num_outputs(len(space.names))
+        with torch.device("meta"):  # structure only: no memory, no weights read
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     groups = find_layer_groups(model)
     with torch.random.fork_rng(devices=[]):  # adapter initialization must not move the caller's RNG
         model, plan = _apply_method(model, recipe.method, groups, 0)

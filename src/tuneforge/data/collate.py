@@ -1,4 +1,8 @@
-"""Tokenize once, pad per batch to the batch's longest row (dynamic padding)."""
+"""Splits ready for the loop. Text: tokenized once, padded per batch to the batch's longest row (dynamic
+padding). Images: decoded and preprocessed batch by batch (augmented when training).
+
+Both kinds answer the same three questions the loop and evaluation ask: len(split), split.lengths (for
+length-sorted evaluation batches) and split.batch(indices, pad_id, augment) -> model inputs and labels."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +23,39 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict[str, torch.Tensor]:
+        return collate(self, indices, pad_id)
+
+
+@dataclass
+class ImageSplit:
+    examples: list                 # ImageExample
+    processing: object             # ImageProcessing
+    labels: torch.Tensor | None
+    truncated: int = 0             # nothing is cut from images; kept so reports treat both kinds alike
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [1] * len(self.examples)
+
+    def batch(self, indices: Sequence[int], pad_id: int = 0, augment: tuple[int, int] | None = None):
+        """`augment`: (seed, epoch) for training batches; None gives the deterministic evaluation view."""
+        from .image_transforms import rng_for
+
+        rows = [self.examples[i] for i in indices]
+        rngs = [rng_for(augment[0], augment[1], i) for i in indices] if augment is not None else None
+        batch = {"pixel_values": self.processing(rows, rngs)}
+        if self.labels is not None:
+            batch["labels"] = self.labels[torch.as_tensor(list(indices), dtype=torch.long)]
+        return batch
+
 
 def encode_labels(task: str, examples: Sequence[TextExample], space: LabelSpace) -> torch.Tensor | None:
     if not examples or examples[0].label is None:
@@ -35,7 +72,11 @@ def encode_labels(task: str, examples: Sequence[TextExample], space: LabelSpace)
     return torch.tensor([ids[ex.label] for ex in examples], dtype=torch.long)
 
 
-def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace) -> EncodedSplit:
+def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace):
+    """Text examples tokenized (an EncodedSplit); image examples wrapped with their preprocessing (an ImageSplit,
+    `tokenizer` being the run's ImageProcessing)."""
+    if task == "image-classification":
+        return ImageSplit(list(examples), tokenizer, encode_labels("classification", examples, space))
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)

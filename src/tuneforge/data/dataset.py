@@ -154,7 +154,8 @@ def build_label_space(task: str, train: Sequence[TextExample], declared: Optiona
     seen: set[str] = set()
     for ex in train:
         seen.update(ex.label if task == "multi-label" else [ex.label])
-    names = sorted(seen)
+    # Integer labels in numeric order (2 before 10); names alphabetically.
+    names = sorted(seen, key=int) if all(n.isdigit() for n in seen) else sorted(seen)
     if task != "multi-label" and len(names) < 2:
         raise DataError([f"{train[0].source.rsplit(' row', 1)[0] if train else 'train'}: only one label ({names}) "
                          "in the training data; classification needs at least two"])
@@ -208,7 +209,7 @@ def stratified_split(examples: list[TextExample], fractions: dict[str, float], s
 
 def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], LabelSpace, dict[str, str]]:
     """Every split validated, labels mapped; returns (splits, label space, where each split came from)."""
-    from ..assets import DATASETS
+    from ..assets import DATASET_LABELS, DATASETS
 
     spec = data_spec
     if spec.dataset:
@@ -217,13 +218,21 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
     else:
         files = {k: getattr(spec, k) for k in ("train", "validation", "test") if getattr(spec, k)}
         text_col, pair_col, label_col = spec.text_column, spec.text_pair_column, spec.label_column
+    images = task == "image-classification"
+    if images:
+        from .images import read_image_examples
+        task = "classification"  # labels, splits and checks are those of single-label classification
 
     problems: list[str] = []
-    splits: dict[str, list[TextExample]] = {}
+    splits: dict[str, list] = {}
     for name, path in files.items():
         try:
-            splits[name] = read_examples_from_file(path, task, text_col, pair_col, label_col,
-                                                   spec.label_separator, spec.format)
+            if images:
+                splits[name] = read_image_examples(path, "auto" if spec.dataset else spec.format,
+                                                   spec.image_column, label_col)
+            else:
+                splits[name] = read_examples_from_file(path, task, text_col, pair_col, label_col,
+                                                       spec.label_separator, spec.format)
         except DataError as e:
             problems.extend(e.problems)
     if problems:
@@ -238,7 +247,8 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
         splits.update(parts)
         for k, f in carve.items():
             origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
-    space = build_label_space(task, splits["train"], spec.labels)  # from all rows, before limit_train
+    declared = spec.labels or (DATASET_LABELS.get(spec.dataset) if spec.dataset else None)
+    space = build_label_space(task, splits["train"], declared)  # from all rows, before limit_train
     if spec.limit_train:
         splits["train"] = splits["train"][: spec.limit_train]
     for name, examples in splits.items():

@@ -5,7 +5,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..data.collate import EncodedSplit, collate
+from ..data.collate import EncodedSplit
 
 
 def autocast(precision: str):
@@ -24,10 +24,11 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
     was_training = model.training
     model.eval()
     metrics = task.make_metrics(num_labels, threshold)
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    lengths = split.lengths
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
     loss_sum, n = 0.0, 0
     for start in range(0, len(order), batch_size):
-        batch = collate(split, order[start:start + batch_size], pad_id)
+        batch = split.batch(order[start:start + batch_size], pad_id)
         with autocast(precision):
             logits = model(**model_inputs(batch)).logits
         logits = logits.float()
@@ -42,11 +43,12 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
 def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int, precision: str = "fp32") -> torch.Tensor:
     """Logits for every row, in the split's order."""
     model.eval()
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    lengths = split.lengths
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
     out = [None] * len(split)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate(split, idx, pad_id)
+        batch = split.batch(idx, pad_id)
         with autocast(precision):
             logits = model(**model_inputs(batch)).logits.float()
         for j, i in enumerate(idx):

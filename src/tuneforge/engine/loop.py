@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.collate import EncodedSplit, collate
+from ..data.collate import EncodedSplit
 from .checkpoint import save_checkpoint
 from .evaluate import autocast, model_inputs, run_evaluation
 
@@ -74,7 +74,7 @@ class Loop:
         self.state = state or LoopState()
         self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg)
         self.last_loss = float("nan")
-        self.lengths = [len(ids) for ids in train.input_ids] if cfg.group_by_length else []
+        self.lengths = train.lengths if cfg.group_by_length else []
         self.params = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips grad None
 
     def fire(self, hook: str, *args) -> None:
@@ -95,7 +95,7 @@ class Loop:
             micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
             for step_batches in steps[s.step_in_epoch:]:
-                self._optimizer_step(step_batches)
+                self._optimizer_step(step_batches, augment=(self.data_seed, s.epoch))
                 s.global_step += 1
                 s.step_in_epoch += 1
                 self.fire("on_step_end")
@@ -119,12 +119,12 @@ class Loop:
         self.fire("on_train_end")
         return s
 
-    def _optimizer_step(self, step_batches: list[list[int]]) -> None:
+    def _optimizer_step(self, step_batches: list[list[int]], augment: tuple[int, int]) -> None:
         # Normalize by the examples of the whole accumulated step, not per micro-batch.
         n_examples = sum(len(b) for b in step_batches)
         total = 0.0
         for indices in step_batches:
-            batch = collate(self.train_split, indices, self.pad_id)
+            batch = self.train_split.batch(indices, self.pad_id, augment)
             with autocast(self.cfg.precision):
                 logits = self.model(**model_inputs(batch)).logits
             loss = self.task.loss_sum(logits, batch["labels"]) / n_examples

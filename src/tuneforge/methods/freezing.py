@@ -119,3 +119,18 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     the trained copy; that original is not part of the model that runs, so it is not counted."""
     params = [(n, p) for n, p in model.named_parameters() if ".original_module." not in n]
     return sum(p.numel() for _, p in params if p.requires_grad), sum(p.numel() for _, p in params)
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every batch-norm layer whose weights are frozen in eval mode.
+
+    In train mode a batch norm normalizes with the batch's statistics and updates its running mean and variance,
+    so a "frozen" block would still change: the statistics it was pre-trained with drift toward the new data,
+    and the layers above see a shift they were not trained for. Frozen means frozen: running statistics stay
+    as loaded and normalization uses them. (Called after every model.train().)
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()

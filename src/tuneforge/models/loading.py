@@ -28,7 +28,7 @@ def _quiet_transformers():
 
 
 def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
-                            head_seed: int, trust_remote_code: bool = False) -> LoadedModel:
+                            head_seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
@@ -47,6 +47,10 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     torch.manual_seed(head_seed)
     load = lambda **kw: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
         path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kw)
+    if not pretrained:  # the same architecture, randomly initialized: what pre-training buys
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        return LoadedModel(model=model, tokenizer=tokenizer, path=path,
+                           new_parameters=sorted(n for n, _ in model.named_parameters()))
     try:
         try:
             model, info = load()
@@ -77,3 +81,20 @@ def load_run_model(model_dir: Path):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     return model, tokenizer
+
+
+def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
+    """The recipe's model with a new head for `space`: a text encoder or an image model by the task."""
+    id2label = space.id2label if space.names else None
+    if recipe.task.type == "image-classification":
+        from .vision import load_for_image_classification
+        loaded = load_for_image_classification(recipe.model.name, len(space.names), id2label, head_seed,
+                                               recipe.model.image_size, recipe.model.pretrained,
+                                               recipe.model.trust_remote_code)
+        from ..data.image_transforms import Augmentation
+        augment = recipe.data.augment
+        loaded.tokenizer.augment = Augmentation(augment.enabled, tuple(augment.crop_scale), tuple(augment.crop_ratio),
+                                                augment.hflip)
+        return loaded
+    return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
+                                   id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)

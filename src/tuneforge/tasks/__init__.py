@@ -54,6 +54,7 @@ _classification = Task(
 TASKS: dict[str, Task] = {
     "classification": _classification,
     "pair-classification": _classification,
+    "image-classification": _classification,
     "multi-label": Task(
         name="multi-label", problem_type="multi_label_classification", loss_sum=_bce_sum,
         make_metrics=lambda k, t: MultiLabelMetrics(k, t), default_metric="f1_micro",
