@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="file with the run's text column(s)")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--image", action="append", metavar="PATH_OR_FOLDER",
+                     help="an image, or a folder of images, to classify (repeatable; image models)")
     pr.add_argument("--text-pair", action="append", help="second text of a pair, one per --text")
     pr.add_argument("--adapter", action="append", metavar="NAME_OR_DIR",
                     help="predict with this adapter run on RUN_DIR's base model (a run directory, its adapter folder, "
@@ -115,7 +117,7 @@ def _dispatch(args) -> int:
         for name in names:
             if name is not None:
                 predictor.use(name)
-            batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair)
+            batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair, images=args.image)
             records.extend({**r, "adapter": name} if len(names) > 1 else r for r in batch)
         if args.output:
             from .inference import write_predictions

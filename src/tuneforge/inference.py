@@ -15,7 +15,7 @@ from .data.collate import encode
 from .data.dataset import LabelSpace, TextExample, check_labels, read_examples_from_file
 from .engine.evaluate import run_evaluation, run_prediction
 from .errors import DataError, RunDirError
-from .models import load_for_classification, load_run_model
+from .models import load_for_recipe, load_run_model
 from .recipe import Recipe, load_recipe
 from .tasks import get_task
 
@@ -48,11 +48,12 @@ def _run_labels(run_dir: Path, recipe: Recipe) -> LabelSpace:
 
 def load_base_for(recipe: Recipe, space: LabelSpace):
     """The run's base model with a head of the run's shape (its weights come from the adapter)."""
-    task = get_task(recipe.task.type)
     t = recipe.training
-    return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
-                                   space.id2label if space.names else None,
-                                   t.head_seed if t.head_seed is not None else t.seed, recipe.model.trust_remote_code)
+    return load_for_recipe(recipe, get_task(recipe.task.type), space, t.head_seed if t.head_seed is not None else t.seed)
+
+
+def _is_image(recipe: Recipe) -> bool:
+    return recipe.task.type == "image-classification"
 
 
 def _open_run(run_dir: str | Path) -> OpenRun:
@@ -64,7 +65,11 @@ def _open_run(run_dir: str | Path) -> OpenRun:
         model = attach_saved_adapter(loaded.model, adapter_dir, name=_peft_name(0))
         model.eval()
         return OpenRun(run_dir, recipe, model, loaded.tokenizer, space, adapter_dir)
-    model, tokenizer = load_run_model(run_dir / "model")
+    if _is_image(recipe):
+        from .models.vision import load_image_run_model
+        model, tokenizer = load_image_run_model(run_dir / "model")
+    else:
+        model, tokenizer = load_run_model(run_dir / "model")
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     names = [id2label[i] for i in range(len(id2label))] if recipe.task.type != "regression" else []
     return OpenRun(run_dir, recipe, model, tokenizer, LabelSpace(names))
@@ -96,10 +101,10 @@ def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = 
 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
             text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
-            adapter: Optional[str] = None) -> list[dict]:
-    """Predictions for a file (labels not needed) or for texts: label, score (and all scores).
-    `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
-    return Predictor(run_dir, adapter).predict(data, texts, text_pairs, batch_size)
+            adapter: Optional[str] = None, images: Sequence[str | Path] | None = None) -> list[dict]:
+    """Predictions for a file (labels not needed), for texts, or for images (files or folders): label, score
+    (and all scores). `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
+    return Predictor(run_dir, adapter).predict(data, texts, text_pairs, batch_size, images=images)
 
 
 @dataclass
@@ -214,9 +219,14 @@ class Predictor:
         self.run.model.eval()
         self.active = name
 
-    def _examples(self, data, texts, text_pairs, with_labels: bool):
+    def _examples(self, data, texts, text_pairs, with_labels: bool, images=None):
         recipe = self.recipe
         text_col, pair_col, label_col = _columns(recipe)
+        if _is_image(recipe):
+            return self._image_examples(data, texts, images, label_col if with_labels else None)
+        if images is not None:
+            raise DataError([f"{self.run.run_dir} is a {recipe.task.type} model of texts; give texts (--text) or a "
+                             "file (--data), not images"])
         if (data is None) == (texts is None):
             raise ValueError("give either data (a file) or texts")
         if data is not None:
@@ -231,10 +241,29 @@ class Predictor:
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
         return [TextExample(text=t, text_pair=p, source=f"text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
 
+    def _image_examples(self, data, texts, images, label_col):
+        from .data.images import read_image_examples
+
+        if texts is not None:
+            raise DataError([f"{self.run.run_dir} classifies images; give images (--image) or --data, not texts"])
+        sources = [data] if data is not None else list(images or [])
+        if not sources:
+            raise ValueError("give data (a folder, table or arrays) or images")
+        fmt = self.recipe.data.format if data is not None and not self.recipe.data.dataset else "auto"
+        examples, problems = [], []
+        for source in sources:
+            try:
+                examples.extend(read_image_examples(source, fmt, self.recipe.data.image_column, label_col))
+            except DataError as e:
+                problems.extend(e.problems)
+        if problems:
+            raise DataError(problems)
+        return examples
+
     def logits(self, examples, batch_size: Optional[int] = None) -> torch.Tensor:
         split = encode(self.run.tokenizer, examples, self.recipe.model.max_length, self.recipe.task.type, self.space)
         return run_prediction(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
-                              self.run.tokenizer.pad_token_id or 0)
+                              getattr(self.run.tokenizer, "pad_token_id", None) or 0)
 
     def evaluate(self, data: str | Path, batch_size: Optional[int] = None) -> dict[str, float]:
         recipe, space = self.recipe, self.space
@@ -246,16 +275,24 @@ class Predictor:
         split = encode(self.run.tokenizer, examples, recipe.model.max_length, recipe.task.type, space)
         task = get_task(recipe.task.type)
         return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
-                              batch_size or recipe.training.eval_batch_size, self.run.tokenizer.pad_token_id or 0)
+                              batch_size or recipe.training.eval_batch_size,
+                              getattr(self.run.tokenizer, "pad_token_id", None) or 0)
 
     def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,
-                text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None) -> list[dict]:
-        examples = self._examples(data, texts, text_pairs, with_labels=False)
+                text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
+                images: Sequence[str | Path] | None = None) -> list[dict]:
+        """Predictions for a file, texts, or (image models) images: files or folders of them."""
+        examples = self._examples(data, texts, text_pairs, with_labels=False, images=images)
         logits = self.logits(examples, batch_size)
         kind, space, threshold = self.recipe.task.type, self.space, self.recipe.task.threshold
         out = []
         for ex, row in zip(examples, logits):
-            record = {"text": ex.text} if ex.text_pair is None else {"text": ex.text, "text_pair": ex.text_pair}
+            if kind == "image-classification":
+                record = {"image": ex.describe()}
+            elif ex.text_pair is None:
+                record = {"text": ex.text}
+            else:
+                record = {"text": ex.text, "text_pair": ex.text_pair}
             if kind == "regression":
                 record["score"] = float(row[0])
             elif kind == "multi-label":

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 
 from .adapters import MERGEABLE, read_adapter_method
-from .data.dataset import load_examples, read_examples_from_file
+from .data.dataset import load_examples
 from .errors import RunDirError, TuneforgeError
-from .inference import Predictor, _columns
+from .inference import Predictor
 
 
 class MergeError(TuneforgeError):
@@ -65,8 +65,7 @@ class MergeReport:
 def _held_out(predictor: Predictor, data: Optional[str | Path], n: int):
     recipe = predictor.recipe
     if data is not None:
-        text_col, pair_col, _ = _columns(recipe)
-        examples = read_examples_from_file(data, recipe.task.type, text_col, pair_col, None, recipe.data.label_separator)
+        examples = predictor._examples(data, None, None, with_labels=False)
         return examples[:n], str(data)
     try:
         splits, _, origin = load_examples(recipe.data, recipe.task.type)

@@ -21,7 +21,7 @@ from ..errors import RecipeError, TuneforgeError
 from ..methods.param_groups import _no_decay_names
 from ..models.layers import LayerGroups
 from . import bottleneck as bn
-from .targets import _linear_like, auto_targets, block_roles, head_modules, matches
+from .targets import adaptable, auto_targets, block_roles, head_modules, is_convolutional, matches
 
 MERGEABLE = ("lora", "dora", "ia3")
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -38,7 +38,8 @@ def is_adapter_parameter(name: str) -> bool:
 
 
 def _linear_names(model: nn.Module, groups: LayerGroups) -> list[str]:
-    return [n for n, m in model.named_modules() if n.startswith(groups.blocks_prefix + ".") and _linear_like(m)]
+    """Block modules an adapter can target: linear layers, and convolutions PEFT handles (see `adaptable`)."""
+    return [n for n, m in model.named_modules() if n.startswith(groups.blocks_prefix + ".") and adaptable(m)]
 
 
 def _user_targets(spec, model, groups, key: str = "target_modules") -> list[str]:
@@ -47,7 +48,7 @@ def _user_targets(spec, model, groups, key: str = "target_modules") -> list[str]
     found = [n for n in _linear_names(model, groups) if matches(n, chosen)]
     if not found:
         examples = _linear_names(model, groups)[:6]
-        raise RecipeError([f"method.{key}: {chosen!r} matches no linear layer in the model's blocks "
+        raise RecipeError([f"method.{key}: {chosen!r} matches no linear (or adaptable convolution) layer in the model's blocks "
                            f"(names look like {examples}); give name suffixes (e.g. [query, value]) or a regular "
                            "expression matched against the full name"])
     return found
@@ -56,13 +57,23 @@ def _user_targets(spec, model, groups, key: str = "target_modules") -> list[str]
 def resolve_targets(spec, model: nn.Module, groups: LayerGroups) -> tuple[object, object]:
     """(target_modules, feedforward_modules) for PEFT: a regular expression over every block (auto), or the
     full names of the block modules a user's suffixes / expression select (so nothing outside the blocks)."""
+    if spec.target_modules == "auto" and is_convolutional(model, groups.blocks_prefix):
+        # Convolutional blocks have no attention / feed-forward roles: every adaptable layer in them; (IA)^3
+        # then scales each one's output.
+        targets = _linear_names(model, groups)
+        if not targets:
+            raise RecipeError([f"method {spec.name}: the model's blocks hold no layer PEFT can adapt (only grouped or "
+                               "padded convolutions); use a freezing method"])
+        return targets, []
     if spec.target_modules == "auto":
         roles = block_roles(model, groups)
         names, ff = auto_targets(spec.name, roles, spec.placement)
         return roles.regex(names), (roles.regex(ff) if ff else [])
     targets = _user_targets(spec, model, groups)
     feedforward: list[str] = []
-    if spec.name == "ia3":
+    if spec.name == "ia3" and is_convolutional(model, groups.blocks_prefix) and spec.feedforward_modules == "auto":
+        pass  # convolutions: output scaling throughout
+    elif spec.name == "ia3":
         if spec.feedforward_modules == "auto":
             ffn_out = block_roles(model, groups).regex([block_roles(model, groups).ffn_out])
             feedforward = [n for n in targets if re.fullmatch(ffn_out, n)]
@@ -75,7 +86,7 @@ def resolve_targets(spec, model: nn.Module, groups: LayerGroups) -> tuple[object
     return targets, feedforward
 
 
-def peft_config(spec, model: nn.Module, groups: LayerGroups, task_type: str = "SEQ_CLS"):
+def peft_config(spec, model: nn.Module, groups: LayerGroups, task_type: str | None = "SEQ_CLS"):
     try:
         return _peft_config(spec, model, groups, task_type)
     except ValueError as e:  # PEFT's own checks of the options
@@ -121,6 +132,11 @@ def bottleneck_config(spec, model: nn.Module, groups: LayerGroups) -> bn.Bottlen
                                base_model_name_or_path=str(getattr(model.config, "_name_or_path", "")))
 
 
+def takes_pixels(model: nn.Module) -> bool:
+    import inspect
+    return "pixel_values" in inspect.signature(model.forward).parameters
+
+
 def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn.Module:
     """Freeze the model and add the adapter; the head stays trainable. Returns the model to train."""
     torch.manual_seed(seed)  # adapter initialization (LoRA's A, prompt sampling), apart from head and data order
@@ -128,7 +144,10 @@ def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn
         from peft import get_peft_model
         with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates; nothing to act on
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
-            return get_peft_model(model, peft_config(spec, model, groups))
+            # PEFT has no image-classification task type: image models take a plain PeftModel, whose forward
+            # passes pixel_values through.
+            task_type = None if takes_pixels(model) else "SEQ_CLS"
+            return get_peft_model(model, peft_config(spec, model, groups, task_type))
     config = bottleneck_config(spec, model, groups)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -193,7 +212,14 @@ def disabled(model: nn.Module):
 
 
 def trainable_names(model: nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
+    """What an adapter run checkpoints: the trainable parameters, and the buffers of the modules that own them
+    (a trained head's batch-norm running statistics change with it and must be restored with it)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    for module_name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            prefix = f"{module_name}." if module_name else ""
+            names.update(prefix + b for b, _ in module.named_buffers(recurse=False))
+    return names
 
 
 # ---------------------------------------------------------------- save and load

@@ -24,6 +24,27 @@ def _linear_like(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # GPT-2's transposed linear
 
 
+def conv_adaptable(module: nn.Module) -> bool:
+    """A 2-D convolution PEFT can put LoRA / (IA)^3 beside: not grouped (depthwise), and either a plain
+    nn.Conv2d or a 1x1 stride-1 one. (Subclasses that pad inside their own forward, such as EfficientNet's
+    "same" convolutions, would disagree in shape with the adapter's plain convolution for larger kernels.)"""
+    if not isinstance(module, nn.Conv2d) or module.groups != 1:
+        return False
+    return type(module) is nn.Conv2d or (tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1))
+
+
+def adaptable(module: nn.Module) -> bool:
+    return _linear_like(module) or conv_adaptable(module)
+
+
+def is_convolutional(model: nn.Module, blocks_prefix: str) -> bool:
+    """Blocks made of convolutions (ResNet, EfficientNet, ConvNeXt) rather than attention + feed-forward:
+    block 0 holds fewer than three linear layers and at least one convolution."""
+    block = model.get_submodule(blocks_prefix)[0]
+    linears = sum(_linear_like(m) for m in block.modules())
+    return linears < 3 and any(isinstance(m, nn.Conv2d) for m in block.modules())
+
+
 def _in_features(module: nn.Module) -> int:
     return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
 

@@ -40,6 +40,7 @@ class ImageProcessing:
     std: tuple[float, float, float]
     rescale: float = 1 / 255                   # multiplies 0-255 pixels first
     crop_fraction: float = 0.875               # evaluation: centre crop of the resized image
+    resample: int = 2                          # Pillow filter: 2 bilinear, 3 bicubic (what the model was trained with)
     augment: Augmentation = field(default_factory=Augmentation)
     extra: dict = field(default_factory=dict)  # the model's own preprocessor_config.json keys, kept on save
 
@@ -67,13 +68,13 @@ class ImageProcessing:
         from PIL import Image
 
         w, h = img.size
-        short = max(1, int(math.floor(self.size / self.crop_fraction + 0.5)))
+        short = max(1, int(self.size / self.crop_fraction))  # truncated, as transformers' processors do
         scale = short / min(w, h)
         nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         # Resize and crop in one step: Pillow resamples only the pixels that end up in the crop.
         box = (left / scale, top / scale, (left + self.size) / scale, (top + self.size) / scale)
-        return img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        return img.resize((self.size, self.size), self.resample, box=box)
 
     def train_image(self, img, rng: np.random.Generator):
         from PIL import Image
@@ -91,7 +92,7 @@ class ImageProcessing:
                 break
         if box is None:  # no crop of the drawn shape fits: the whole image
             box = (0, 0, w, h)
-        out = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        out = img.resize((self.size, self.size), self.resample, box=box)
         if a.hflip and rng.random() < 0.5:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return out
@@ -117,8 +118,8 @@ class ImageProcessing:
         """The model's own preprocessor_config.json with tuneforge's values written in the keys it has."""
         data = dict(self.extra)
         data.update(do_rescale=True, rescale_factor=self.rescale, do_normalize=True, image_mean=list(self.mean),
-                    image_std=list(self.std), do_resize=True)
-        resized = int(math.floor(self.size / self.crop_fraction + 0.5))
+                    image_std=list(self.std), do_resize=True, resample=self.resample)
+        resized = int(self.size / self.crop_fraction)
         square = {"height": self.size, "width": self.size}
         if "crop_pct" in data:            # resize the shorter side to size / crop_pct, crop size (ConvNeXt's)
             data["crop_pct"] = self.crop_fraction
@@ -156,7 +157,7 @@ class ImageProcessing:
         rescale = data.get("rescale_factor", 1 / 255) if data.get("do_rescale", True) else 1.0
         extra = {k: v for k, v in data.items() if k != "tuneforge"}
         return cls(size=int(size or side), mean=_three(mean), std=_three(std), rescale=float(rescale),
-                   crop_fraction=float(crop), augment=augment, extra=extra)
+                   crop_fraction=float(crop), resample=int(data.get("resample", 2)), augment=augment, extra=extra)
 
 
 def _side(value) -> Optional[int]:

@@ -60,6 +60,7 @@ class EfficientNetLiteForImageClassification(nn.Module):
 
         self.config = config
         self.net = EfficientNet.from_name(config.variant, num_classes=config.num_labels, image_size=config.image_size)
+        _plain_pointwise(self.net)
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **_):
         logits = self.net(pixel_values)
@@ -82,6 +83,20 @@ class EfficientNetLiteForImageClassification(nn.Module):
         model = cls(LiteConfig(data["variant"], data["image_size"], data["id2label"], data.get("problem_type", "single_label_classification")))
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         return model
+
+
+def _plain_pointwise(net: nn.Module) -> None:
+    """Swap the package's 1x1 stride-1 "same padding" convolutions (which pad by nothing) for plain nn.Conv2d.
+
+    Same weights, same names, same outputs; but PEFT builds its LoRA convolutions with the type of the layer it
+    adapts, and the package's type cannot be built without an image size."""
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d and tuple(module.kernel_size) == (1, 1) \
+                and tuple(module.stride) == (1, 1) and module.groups == 1:
+            plain = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None)
+            plain.weight, plain.bias = module.weight, module.bias
+            parent_name, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, child, plain)
 
 
 def _lite_weights(variant: str) -> Path:
