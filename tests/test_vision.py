@@ -435,3 +435,33 @@ def test_efficientnet_lite0_fine_tunes_with_frozen_blocks_and_lora(method, tmp_p
         assert report.max_abs_diff <= report.tolerance
     again = tuneforge.evaluate(result.run_dir, stripe_data["test"])
     assert again["loss"] == pytest.approx(result.metrics["test"]["loss"], abs=1e-6)
+
+
+def test_validate_an_image_recipe(tmp_path, image_models, stripe_data):
+    report = tuneforge.validate(image_recipe(str(image_models["resnet"]), stripe_data, tmp_path / "run",
+                                             method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 1}))
+    assert report["rows"] == {"train": 48, "validation": 16, "test": 16}
+    assert report["labels"] == CLASSES
+    assert report["layer_groups"] == ["embeddings", "layer.0", "layer.1", "layer.2", "head"]
+    assert 0 < report["trainable_parameters"] < report["total_parameters"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_packaged_fashion_mnist_subset(tmp_path, monkeypatch):
+    from tuneforge import assets
+
+    try:
+        source = assets.fashion_mnist_source()
+    except tuneforge.TuneforgeError as e:
+        pytest.skip(f"Fashion-MNIST not on this machine ({str(e)[:60]}...; make fashion-mnist)")
+    monkeypatch.setattr(assets, "FASHION_MNIST_DIRS", [source])
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))  # a fresh cache: the subset is drawn here
+    files = assets.fashion_mnist()
+    data = {k: np.load(v) for k, v in files.items()}
+    assert {k: len(v["x"]) for k, v in data.items()} == {"train": 3000, "validation": 500, "test": 2000}
+    assert data["train"]["x"].shape[1:] == (28, 28) and data["train"]["x"].dtype == np.uint8
+    for split, d in data.items():  # stratified: every class equally often
+        names, counts = np.unique(d["y"], return_counts=True)
+        assert sorted(names) == sorted(assets.FASHION_MNIST_CLASSES) and len(set(counts)) == 1
+    again = assets.fashion_mnist()  # cached: the same files, not redrawn
+    assert again == files
