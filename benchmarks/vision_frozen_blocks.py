@@ -32,18 +32,7 @@ def main() -> None:
     overrides = ["training.progress=false"]
     study = tuneforge.compare(RECIPE, ",".join(method_label(k) for k in FROZEN), seeds=args.seeds,
                               overrides=overrides, study_dir=args.study)
-    random_dir = Path(args.study) / "random-init"
-    if (random_dir / "summary.json").exists():
-        summary = json.loads((random_dir / "summary.json").read_text())
-        random = {"accuracy": summary["metrics"]["test"]["accuracy"], "train_seconds": summary["train_seconds"],
-                  "trainable": summary["trainable_parameters"]}
-    else:
-        result = tuneforge.fine_tune(RECIPE, [*overrides, "model.pretrained=false", "method.name=full",
-                                              "method.freeze_layers=0", "method.freeze_embeddings=false",
-                                              f"output.dir={random_dir}"])
-        random = {"accuracy": result.metrics["test"]["accuracy"], "train_seconds": result.train_seconds,
-                  "trainable": result.trainable_parameters}
-
+    random = random_init_runs(Path(args.study) / "random-init", args.seeds, overrides)
     rows = {r.label: r for r in study.rows}
     table = []
     for k in FROZEN:
@@ -57,7 +46,8 @@ def main() -> None:
         spread = f" ± {t['std']:.4f}" if args.seeds > 1 else ""
         lines.append(f"| {t['frozen_blocks']} | `{t['method']}` | {t['test_accuracy']:.4f}{spread} | {t['trainable']:,} | "
                      f"{t['trainable_percent']:.1f}% | {t['train_seconds']:.0f} |")
-    lines.append(f"| 0, random init | `full`, `model.pretrained=false` | {random['accuracy']:.4f} | "
+    spread = f" ± {random['std']:.4f}" if args.seeds > 1 else ""
+    lines.append(f"| 0, random init | `full`, `model.pretrained=false` | {random['accuracy']:.4f}{spread} | "
                  f"{random['trainable']:,} | 100.0% | {random['train_seconds']:.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +58,26 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def random_init_runs(root: Path, seeds: int, overrides: list[str]) -> dict:
+    """Full training of the same network from random initialization, one run per seed (finished runs reused)."""
+    import statistics
+
+    base = tuneforge.load_recipe(RECIPE)
+    accuracies, seconds, trainable = [], [], 0
+    for i in range(seeds):
+        run_dir = root / f"seed-{base.training.seed + i}"
+        if not (run_dir / "summary.json").exists():
+            tuneforge.fine_tune(RECIPE, [*overrides, "model.pretrained=false", "method.name=full", "method.freeze_layers=0",
+                                         "method.freeze_embeddings=false", f"training.seed={base.training.seed + i}",
+                                         f"output.dir={run_dir}"], overwrite=True)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        accuracies.append(summary["metrics"]["test"]["accuracy"])
+        seconds.append(summary["train_seconds"])
+        trainable = summary["trainable_parameters"]
+    return {"accuracy": statistics.mean(accuracies), "std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
+            "values": accuracies, "train_seconds": statistics.median(seconds), "trainable": trainable}
+
+
 def plot(table: list[dict], random: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -75,7 +85,8 @@ def plot(table: list[dict], random: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ks = [t["frozen_blocks"] for t in table]
-    ax.plot(ks, [t["test_accuracy"] for t in table], marker="o", label="pre-trained (ImageNet)")
+    ax.errorbar(ks, [t["test_accuracy"] for t in table], yerr=[t["std"] for t in table], marker="o", capsize=3,
+                label="pre-trained (ImageNet)")
     ax.axhline(random["accuracy"], color="grey", linestyle="--", label="random init, full training")
     for t in table:
         ax.annotate(f"{t['trainable_percent']:.0f}%", (t["frozen_blocks"], t["test_accuracy"]),

@@ -78,7 +78,7 @@ def make_image_model(kind: str, folder: Path) -> Path:
                                          layer_type="basic"))
         processor = ConvNextImageProcessorPil(size={"shortest_edge": 16}, crop_pct=0.875)
     elif kind == "convnext":
-        model = ConvNextModel(ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=2))
+        model = ConvNextModel(ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[2, 2], patch_size=2))
         processor = ConvNextImageProcessorPil(size={"shortest_edge": 16}, crop_pct=0.875)
     else:
         model = ViTModel(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
@@ -183,24 +183,30 @@ def test_efficientnet_lite_normalization_on_a_known_image():
     assert torch.allclose(pixels[0, 0, ::4, ::4], expected)  # (x - 127) / 128: 0 -> -0.992, 127 -> 0, 255 -> 1
 
 
-@pytest.mark.parametrize("kind", ["vit", "convnext"])
+@pytest.mark.parametrize("kind", ["vit", "convnext", "clip", "beit"])
 def test_preprocessing_matches_the_models_own_processor(kind, tmp_path):
-    """Our pipeline gives the pixel_values transformers' own processor gives, on a non-square photo-like image."""
+    """Our pipeline gives the pixel_values transformers' own processor gives, on a non-square photo-like image:
+    squashed to a square (ViT), shorter side + crop_pct (ConvNeXt, ResNet), shorter side + crop_size (CLIP),
+    squashed + crop_size (BEiT)."""
     from PIL import Image
-    from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
+    from transformers import (BeitImageProcessorPil, CLIPImageProcessorPil, ConvNextImageProcessorPil,
+                              ViTImageProcessorPil)
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8).repeat(3, 0).repeat(3, 1))
     path = tmp_path / "photo.png"
     photo.save(path)
-    if kind == "vit":
-        photo = photo.resize((96, 96))  # ViT squashes to a square; on a square image both agree exactly
-        photo.save(path)
-        hf = ViTImageProcessorPil(size={"height": 32, "width": 32})
-    else:
-        hf = ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875)
-    ours = ImageProcessing.from_json(hf.to_dict())([ImageExample(image=path)])
+    hf = {"vit": lambda: ViTImageProcessorPil(size={"height": 32, "width": 32}),
+          "convnext": lambda: ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875),
+          "clip": lambda: CLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}),
+          "beit": lambda: BeitImageProcessorPil(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32},
+                                                do_center_crop=True, do_reduce_labels=False)}[kind]()
+    processing = ImageProcessing.from_json(hf.to_dict())
+    ours = processing([ImageExample(image=path)])
     theirs = torch.as_tensor(np.asarray(hf(Image.open(path), return_tensors="np")["pixel_values"]))
+    # What tuneforge saves reads back as the same preprocessing.
+    again = ImageProcessing.from_json(processing.to_json())([ImageExample(image=path)])
+    assert torch.equal(again, ours)
     assert ours.shape == theirs.shape == (1, 3, 32, 32)
     # Identical up to Pillow's rounding of one intensity level in a few resampled pixels.
     assert (ours - theirs).abs().max() <= 2.5 / 255 / min(hf.image_std) + 1e-5
@@ -274,7 +280,7 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tmp_path, image_mod
     snap = BufferSnapshot()
     recipe = image_recipe(str(image_models["resnet"]), stripe_data, tmp_path / "run",
                           method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 2})
-    result = tuneforge.fine_tune(recipe, callbacks=[snap])
+    tuneforge.fine_tune(recipe, callbacks=[snap])
     frozen = ("resnet.embedder.", "resnet.encoder.stages.0.", "resnet.encoder.stages.1.")
     changed, stats_changed = snap.changed(), snap.buffers_changed()
     assert not {n for n in changed if n.startswith(frozen)}
@@ -288,10 +294,15 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tmp_path, image_mod
 @pytest.mark.parametrize("method", [{"name": "head"}, {"name": "gradual", "unfreeze_every": 2},
                                     {"name": "full", "layer_lr_decay": 0.5}])
 def test_whole_network_methods_on_a_cnn(method, tmp_path, image_models, stripe_data):
-    snap = BufferSnapshot()
+    snap, rates = BufferSnapshot(), {}
     recipe = image_recipe(str(image_models["resnet"]), stripe_data, tmp_path / "run", method=method,
                           training={"max_steps": 6})
-    tuneforge.fine_tune(recipe, callbacks=[snap])
+
+    class Rates:
+        def on_train_start(self, loop):
+            rates.update({g["name"]: g["lr"] for g in loop.optimizer.param_groups})
+
+    tuneforge.fine_tune(recipe, callbacks=[snap, Rates()])
     trained_stem = {n for n in snap.changed() if n.startswith("resnet.embedder.")}
     if method["name"] == "head":
         assert snap.changed() == {"classifier.1.weight", "classifier.1.bias"}
@@ -299,11 +310,14 @@ def test_whole_network_methods_on_a_cnn(method, tmp_path, image_models, stripe_d
     elif method["name"] == "gradual":  # 6 steps, a group every 2: head, stage 2, stage 1; stem never
         assert not trained_stem and {n for n in snap.changed() if n.startswith("resnet.encoder.stages.1.")}
         assert not {n for n in snap.buffers_changed() if n.startswith("resnet.embedder.")}
-    else:
+    else:  # discriminative rates: each stage below the head at half the rate of the one above (warm-up 0)
         assert trained_stem
+        assert rates["head"] == 3e-3 and rates["layer.2"] == 1.5e-3 and rates["layer.0"] == pytest.approx(3e-3 / 8)
+        assert rates["embeddings"] == pytest.approx(3e-3 / 16)
 
 
-@pytest.mark.parametrize("kind,method", [("resnet", "lora"), ("vit", "lora"), ("convnext", "lora"), ("resnet", "ia3")])
+@pytest.mark.parametrize("kind,method", [("resnet", "lora"), ("vit", "lora"), ("convnext", "lora"), ("resnet", "ia3"),
+                                         ("resnet", "dora")])
 def test_adapters_on_image_models(kind, method, tmp_path, image_models, stripe_data):
     snap = BufferSnapshot()
     recipe = image_recipe(str(image_models[kind]), stripe_data, tmp_path / "run", method={"name": method},
@@ -315,12 +329,25 @@ def test_adapters_on_image_models(kind, method, tmp_path, image_models, stripe_d
     assert frozen and not (changed & frozen)
     assert not {n for n in snap.buffers_changed() if ".encoder." in n or ".embedder." in n}
     targets = json.loads((result.model_dir / "adapter_config.json").read_text())["target_modules"]
-    assert targets
-    if kind == "resnet":
-        assert any("convolution" in t for t in (targets if isinstance(targets, list) else [targets]))
+    targets = targets if isinstance(targets, list) else [targets]
+    if kind == "resnet":  # every convolution of every stage
+        assert sorted(targets) == sorted(n for n, m in _base(kind, image_models).named_modules()
+                                         if type(m) is torch.nn.Conv2d and ".encoder." in n)
+    if kind == "convnext":  # every layer of every stage: pointwise linears and the downsampling convolution
+        for stage in (0, 1):
+            for layer in (0, 1):
+                assert {f"convnext.encoder.stages.{stage}.layers.{layer}.pwconv1",
+                        f"convnext.encoder.stages.{stage}.layers.{layer}.pwconv2"} <= set(targets)
+        assert "convnext.encoder.stages.1.downsampling_layer.1" in targets
+        assert not any("dwconv" in t for t in targets)  # depthwise (grouped) convolutions are left alone
     # The saved adapter reloads onto a fresh base and evaluates identically.
     again = tuneforge.evaluate(result.run_dir, stripe_data["test"])
     assert again["loss"] == pytest.approx(result.metrics["test"]["loss"], abs=1e-6)
+
+
+def _base(kind, image_models):
+    from transformers import AutoModelForImageClassification
+    return AutoModelForImageClassification.from_pretrained(image_models[kind], num_labels=2)
 
 
 def test_unsupported_adapters_are_refused_for_images(tmp_path, image_models, stripe_data):
@@ -393,6 +420,8 @@ def test_recipe_checks_for_image_tasks(tmp_path):
         load_recipe({"data": {"train": "x.csv"}, "model": {"image_size": 64}})
     with pytest.raises(RecipeError, match="'fashion-mnist' is images; set task.type: image-classification"):
         load_recipe({"data": {"dataset": "fashion-mnist"}})
+    with pytest.raises(RecipeError, match="only full training makes sense from random weights"):
+        load_recipe({"data": {"train": "x.csv"}, "model": {"pretrained": False}, "method": {"name": "lora"}})
     with pytest.raises(RecipeError, match="crop_scale.*at most 1"):
         load_recipe({"task": {"type": "image-classification"}, "data": {"train": "x", "augment": {"crop_scale": [0.5, 2]}}})
 
@@ -465,3 +494,50 @@ def test_packaged_fashion_mnist_subset(tmp_path, monkeypatch):
         assert sorted(names) == sorted(assets.FASHION_MNIST_CLASSES) and len(set(counts)) == 1
     again = assets.fashion_mnist()  # cached: the same files, not redrawn
     assert again == files
+
+
+def test_a_broken_image_body_is_named_when_decoded(tmp_path, image_models):
+    from PIL import Image
+
+    x, y = stripes(8)
+    folder = write_folder(tmp_path / "train", x, y)
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(whole)
+    data = whole.read_bytes()
+    (folder / "vertical" / "cut.png").write_bytes(data[: len(data) // 2])  # valid header, body cut short
+    recipe = image_recipe(str(image_models["resnet"]), {"train": folder}, tmp_path / "run",
+                          data={"validation_fraction": 0.0}, training={"epochs": 1})
+    with pytest.raises(DataError, match=r"cut.png: could not decode the image"):
+        tuneforge.fine_tune(recipe)
+
+
+def test_transparent_and_palette_images_become_rgb_over_white(tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[:2, :, :] = (255, 0, 0, 255)   # top half opaque red, bottom half fully transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "palette.gif")
+    processing = ImageProcessing(size=4, mean=(0, 0, 0), std=(1, 1, 1), rescale=1.0, crop_fraction=1.0)
+    pixels = processing([ImageExample(image=tmp_path / "rgba.png"), ImageExample(image=tmp_path / "palette.gif")])
+    assert pixels[0, :, 0, 0].tolist() == [255, 0, 0] and pixels[0, :, 3, 3].tolist() == [255, 255, 255]
+    assert pixels[1, :, 0, 0].tolist() == [255, 0, 0] and pixels[1, :, 3, 3].tolist() == [0, 0, 0]
+
+
+def test_limit_train_on_an_image_folder_keeps_every_class(tmp_path):
+    from tuneforge.data.dataset import load_examples
+    from tuneforge.recipe import load_recipe
+
+    x, y = stripes(12)
+    folder = write_folder(tmp_path / "train", x, y)
+    recipe = load_recipe({"task": {"type": "image-classification"},
+                          "data": {"train": str(folder), "validation_fraction": 0.0, "limit_train": 4}})
+    splits, space, _ = load_examples(recipe.data, recipe.task.type)
+    assert [e.label for e in splits["train"]] == ["horizontal", "vertical"] * 2
+
+
+def test_patch_models_refuse_another_input_size(tmp_path, image_models, stripe_data):
+    recipe = image_recipe(str(image_models["vit"]), stripe_data, tmp_path / "run", model={"image_size": 32})
+    with pytest.raises(tuneforge.TuneforgeError, match="pre-trained on 16x16 images"):
+        tuneforge.fine_tune(recipe)
+    assert not (tmp_path / "run").exists()

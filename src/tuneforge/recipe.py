@@ -234,6 +234,10 @@ class Recipe(_Section):
                              f"(it is {self.task.type!r})")
         if not images and self.model.image_size is not None:
             raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")
+        if not self.model.pretrained and self.method.name != "full":
+            raise ValueError(f"model.pretrained is false (random initialization) and method.name is "
+                             f"{self.method.name!r}: only full training makes sense from random weights (the frozen "
+                             "parts would stay random); set method.name: full")
         if images and self.method.name in IMAGE_UNSUPPORTED:
             raise ValueError(f"method {self.method.name!r} does not apply to image models: "
                              f"{IMAGE_UNSUPPORTED[self.method.name]}. Use lora, dora or ia3, or a freezing method")

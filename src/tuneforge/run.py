@@ -312,7 +312,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     recipe = load_recipe(recipe, overrides)
     task = get_task(recipe.task.type)
     splits, space, origin = load_examples(recipe.data, recipe.task.type)
-    if recipe.task.type == "image-classification":  # small models: load for real (the head is seeded apart)
+    if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):
             loaded = load_for_recipe(recipe, task, space, 0)
         model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path

@@ -25,12 +25,11 @@ def _linear_like(module: nn.Module) -> bool:
 
 
 def conv_adaptable(module: nn.Module) -> bool:
-    """A 2-D convolution PEFT can put LoRA / (IA)^3 beside: not grouped (depthwise), and either a plain
-    nn.Conv2d or a 1x1 stride-1 one. (Subclasses that pad inside their own forward, such as EfficientNet's
-    "same" convolutions, would disagree in shape with the adapter's plain convolution for larger kernels.)"""
-    if not isinstance(module, nn.Conv2d) or module.groups != 1:
-        return False
-    return type(module) is nn.Conv2d or (tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1))
+    """A 2-D convolution PEFT can put LoRA / (IA)^3 beside: a plain nn.Conv2d, not grouped (depthwise).
+    PEFT builds its adapter convolutions with the adapted layer's own type, so subclasses (such as the
+    "same padding" convolutions of the EfficientNet package, which pad inside their forward) are left alone;
+    tuneforge's EfficientNet-Lite swaps its pointwise ones for plain convolutions for this reason."""
+    return type(module) is nn.Conv2d and module.groups == 1
 
 
 def adaptable(module: nn.Module) -> bool:
@@ -38,11 +37,10 @@ def adaptable(module: nn.Module) -> bool:
 
 
 def is_convolutional(model: nn.Module, blocks_prefix: str) -> bool:
-    """Blocks made of convolutions (ResNet, EfficientNet, ConvNeXt) rather than attention + feed-forward:
-    block 0 holds fewer than three linear layers and at least one convolution."""
+    """Blocks made with convolutions (ResNet, EfficientNet, ConvNeXt) rather than attention + feed-forward:
+    block 0 holds a 2-D convolution (a ViT's only convolution is its patch embedding, outside the blocks)."""
     block = model.get_submodule(blocks_prefix)[0]
-    linears = sum(_linear_like(m) for m in block.modules())
-    return linears < 3 and any(isinstance(m, nn.Conv2d) for m in block.modules())
+    return any(isinstance(m, nn.Conv2d) for m in block.modules())
 
 
 def _in_features(module: nn.Module) -> int:

@@ -155,7 +155,7 @@ def build_label_space(task: str, train: Sequence[TextExample], declared: Optiona
     for ex in train:
         seen.update(ex.label if task == "multi-label" else [ex.label])
     # Integer labels in numeric order (2 before 10); names alphabetically.
-    names = sorted(seen, key=int) if all(n.isdigit() for n in seen) else sorted(seen)
+    names = sorted(seen, key=int) if all(n.isdecimal() for n in seen) else sorted(seen)
     if task != "multi-label" and len(names) < 2:
         raise DataError([f"{train[0].source.rsplit(' row', 1)[0] if train else 'train'}: only one label ({names}) "
                          "in the training data; classification needs at least two"])

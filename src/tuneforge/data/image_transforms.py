@@ -1,6 +1,7 @@
 """Image preprocessing as the model expects it, and train-only augmentation; Pillow and NumPy only.
 
-Evaluation: resize the shorter side to size / crop_fraction, centre-crop size x size. Training (when
+Evaluation: resize the shorter side to size / crop_fraction (or, for models pre-trained on squashed
+images such as ViT, the whole image to that square), centre-crop size x size. Training (when
 augmentation is on): a random resized crop (a random area fraction and aspect ratio, as in Inception and
 torchvision's RandomResizedCrop) and a random horizontal flip. Then pixels (0-255) become
 (pixels * rescale - mean) / std per channel: EfficientNet-Lite wants (x - 127) / 128, Hugging Face models
@@ -41,12 +42,23 @@ class ImageProcessing:
     rescale: float = 1 / 255                   # multiplies 0-255 pixels first
     crop_fraction: float = 0.875               # evaluation: centre crop of the resized image
     resample: int = 2                          # Pillow filter: 2 bilinear, 3 bicubic (what the model was trained with)
+    squash: bool = False                       # evaluation: resize to a square ignoring the aspect ratio (ViT's way)
     augment: Augmentation = field(default_factory=Augmentation)
     extra: dict = field(default_factory=dict)  # the model's own preprocessor_config.json keys, kept on save
 
     # ---- the pipeline
     @staticmethod
     def to_rgb(example: ImageExample):
+        """8-bit RGB; a file that fails to decode (e.g. cut short after a valid header) is named."""
+        from ..errors import DataError
+
+        try:
+            return ImageProcessing._to_rgb(example)
+        except (OSError, ValueError, _pillow_bomb_error()) as e:
+            raise DataError([f"{example.describe()}: could not decode the image ({e}); fix or remove the file"]) from None
+
+    @staticmethod
+    def _to_rgb(example: ImageExample):
         from PIL import Image
 
         if isinstance(example.image, np.ndarray):
@@ -69,11 +81,15 @@ class ImageProcessing:
 
         w, h = img.size
         short = max(1, int(self.size / self.crop_fraction))  # truncated, as transformers' processors do
-        scale = short / min(w, h)
-        nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+        if self.squash:
+            sx, sy = short / w, short / h
+            nw = nh = short
+        else:
+            sx = sy = short / min(w, h)
+            nw, nh = max(short, round(w * sx)), max(short, round(h * sy))
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         # Resize and crop in one step: Pillow resamples only the pixels that end up in the crop.
-        box = (left / scale, top / scale, (left + self.size) / scale, (top + self.size) / scale)
+        box = (left / sx, top / sy, (left + self.size) / sx, (top + self.size) / sy)
         return img.resize((self.size, self.size), self.resample, box=box)
 
     def train_image(self, img, rng: np.random.Generator):
@@ -121,17 +137,16 @@ class ImageProcessing:
                     image_std=list(self.std), do_resize=True, resample=self.resample)
         resized = int(self.size / self.crop_fraction)
         square = {"height": self.size, "width": self.size}
-        if "crop_pct" in data:            # resize the shorter side to size / crop_pct, crop size (ConvNeXt's)
+        if "crop_pct" in data and not self.squash:  # shorter side to size / crop_pct, crop size (ConvNeXt's, ResNet's)
             data["crop_pct"] = self.crop_fraction
             data["size"] = {"shortest_edge": self.size}
-        elif data.get("do_center_crop"):  # resize to `size`, crop `crop_size` (ResNet's, CLIP's)
-            data["size"] = {"shortest_edge": resized}
+        else:  # resize to `size` (a square when squashing, else the shorter side), crop `crop_size` if smaller
+            data.pop("crop_pct", None)
+            data["size"] = {"height": resized, "width": resized} if self.squash else {"shortest_edge": resized}
+            data["do_center_crop"] = resized != self.size
             data["crop_size"] = square
-        else:                             # resize straight to size x size (ViT's)
-            data["size"] = square if self.crop_fraction == 1.0 else {"shortest_edge": resized}
-            if self.crop_fraction != 1.0:
-                data.update(do_center_crop=True, crop_size=square)
-        data["tuneforge"] = {"size": self.size, "crop_fraction": self.crop_fraction, "augment": asdict(self.augment)}
+        data["tuneforge"] = {"size": self.size, "crop_fraction": self.crop_fraction, "squash": self.squash,
+                             "augment": asdict(self.augment)}
         return data
 
     def save_pretrained(self, folder) -> None:
@@ -142,10 +157,14 @@ class ImageProcessing:
         """From a Hugging Face preprocessor_config.json (or one tuneforge wrote); `size` overrides the input side."""
         own = data.get("tuneforge", {})
         crop_size, resize = _side(data.get("crop_size")), _side(data.get("size"))
+        # {height, width} sizes squash the whole image to that square; {shortest_edge} keeps the aspect ratio.
+        squash = isinstance(data.get("size"), dict) and "shortest_edge" not in data["size"] or isinstance(data.get("size"), int)
         if own:
-            side, crop = own["size"], own["crop_fraction"]
+            side, crop, squash = own["size"], own["crop_fraction"], own.get("squash", squash)
         elif "crop_pct" in data:
             side, crop = resize or 224, float(data["crop_pct"])
+            if side >= 384:  # ConvNeXt's processors warp large inputs to a square without cropping
+                crop, squash = 1.0, True
         elif data.get("do_center_crop") and crop_size and resize:
             side, crop = crop_size, crop_size / resize
         else:
@@ -157,7 +176,14 @@ class ImageProcessing:
         rescale = data.get("rescale_factor", 1 / 255) if data.get("do_rescale", True) else 1.0
         extra = {k: v for k, v in data.items() if k != "tuneforge"}
         return cls(size=int(size or side), mean=_three(mean), std=_three(std), rescale=float(rescale),
-                   crop_fraction=float(crop), resample=int(data.get("resample", 2)), augment=augment, extra=extra)
+                   crop_fraction=float(crop), resample=int(data.get("resample", 2)), squash=bool(squash),
+                   augment=augment, extra=extra)
+
+
+def _pillow_bomb_error():
+    """Pillow's refusal of decompression bombs is not an OSError."""
+    from PIL import Image
+    return Image.DecompressionBombError
 
 
 def _side(value) -> Optional[int]:

@@ -3,11 +3,14 @@
 Every image is checked when the data loads, before training: a file that is missing, unreadable, or in a
 pixel format tuneforge cannot turn into 8-bit RGB is reported with the file (and the table row) named.
 Opening an image with Pillow reads only its header, so checking a folder of photos is fast; pixels are
-decoded batch by batch during training.
+decoded batch by batch during training, and a file whose body turns out to be broken (cut short after a
+valid header) stops the run there with the file named.
 """
 from __future__ import annotations
 
 import gzip
+import itertools
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +48,7 @@ def check_image_file(path: Path, where: str) -> Optional[str]:
             mode = img.mode
     except UnidentifiedImageError:
         return f"{where}: {str(path)!r} is not an image Pillow can read (unknown or corrupt format)"
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         return f"{where}: {str(path)!r} could not be read: {e}"
     if mode not in ACCEPTED_MODES:
         return (f"{where}: {str(path)!r} has pixel mode {mode!r} (16/32-bit or floating point), which has no "
@@ -78,7 +81,9 @@ def read_image_folder(folder: Path, with_labels: bool) -> list[ImageExample]:
         if not classes:
             raise DataError([f"{folder}: an image folder needs one sub-folder per class (e.g. {folder}/cat/1.jpg); "
                              "found none"])
-        pairs = [(f, c.name) for c in classes for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        per_class = [[(f, c.name) for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS] for c in classes]
+        # Classes interleaved (one image of each in turn), so data.limit_train's first N rows hold every class.
+        pairs = [p for round_ in itertools.zip_longest(*per_class) for p in round_ if p is not None]
         for c in classes:
             if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in c.rglob("*")):
                 problems.append(f"{c}: class folder {c.name!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -156,9 +161,12 @@ def _array_examples(images: np.ndarray, labels: Optional[np.ndarray], where: str
     for i in range(len(images)):
         label = None
         if labels is not None:
-            label = _label_name(labels[i].item() if hasattr(labels[i], "item") else labels[i])
+            value = labels[i]
+            multi = isinstance(value, np.ndarray) and value.ndim > 0
+            label = None if multi else _label_name(value.item() if hasattr(value, "item") else value)
             if label is None:
-                raise DataError([f"{where} image {i}: label {labels[i]!r} is not a class name or integer"])
+                raise DataError([f"{where} image {i}: label {value!r} is not one class name or integer (one-hot or "
+                                 "multi-dimensional labels are not read; store class indices or names)"])
         out.append(ImageExample(image=images[i], label=label, source=f"{where} image {i}"))
     return out
 
@@ -174,6 +182,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError([f"{path}: not an unsigned-byte idx file (bad magic number)"])
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError([f"{path}: the idx header is cut short (truncated file?)"])
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
@@ -181,9 +191,12 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
+IDX_NAME = re.compile(r"idx\d-ubyte")
+
+
 def idx_labels_path(images: Path) -> Path:
-    """train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz, beside it."""
-    return images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+    """train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz (also train-images.idx3-ubyte), beside it."""
+    return images.with_name(IDX_NAME.sub("idx1-ubyte", images.name.replace("images", "labels")))
 
 
 def read_idx_pair(path: Path, with_labels: bool) -> list[ImageExample]:
@@ -191,14 +204,17 @@ def read_idx_pair(path: Path, with_labels: bool) -> list[ImageExample]:
     labels = None
     if with_labels:
         label_path = idx_labels_path(path)
-        if label_path == path or not label_path.exists():
+        if label_path == path or "images" not in path.name:
+            raise DataError([f"{path}: give the images file (…-images-idx3-ubyte); its labels are read from the "
+                             "…-labels-idx1-ubyte file beside it"])
+        if not label_path.exists():
             raise DataError([f"{path}: its labels are read from {label_path.name} beside it, which does not exist"])
         labels = read_idx(label_path)
     return _array_examples(images, labels, str(path), "idx", label_path.name if with_labels else None)
 
 
 def is_idx(path: Path) -> bool:
-    return "-idx" in path.name and "ubyte" in path.name
+    return IDX_NAME.search(path.name) is not None
 
 
 def read_image_examples(path: str | Path, fmt: str, image_col: str, label_col: Optional[str]) -> list[ImageExample]:

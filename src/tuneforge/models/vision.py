@@ -153,6 +153,11 @@ def _load_hf_image_model(name, num_labels, id2label, head_seed, image_size, pret
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not read its config from {path}: {e}") from None
+    native = getattr(config, "image_size", None)
+    if image_size and isinstance(native, int) and native != image_size and hasattr(config, "patch_size"):
+        # Patch models (ViT, DeiT, BEiT) hold one position embedding per patch of their pre-training size.
+        raise TuneforgeError(f"model.image_size: {image_size}, but {name!r} was pre-trained on {native}x{native} images "
+                             f"and its position embeddings are sized for that; leave model.image_size unset (or {native})")
     config.num_labels = num_labels
     config.id2label = {int(i): n for i, n in id2label.items()}
     config.label2id = {n: int(i) for i, n in id2label.items()}
