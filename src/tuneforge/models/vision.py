@@ -19,6 +19,7 @@ from .loading import LoadedModel, _quiet_transformers
 
 EFFICIENTNET_LITE = {"efficientnet-lite0": 224}   # variant -> native input side
 LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # on 0-255 pixels: (x - 127) / 128
+BATCHNORM_MOMENTUM = 0.1                           # PyTorch's convention: weight of the newest batch
 MARKER = "tuneforge_architecture"                  # config.json key of models tuneforge defines itself
 
 
@@ -59,7 +60,12 @@ class EfficientNetLiteForImageClassification(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         self.config = config
-        self.net = EfficientNet.from_name(config.variant, num_classes=config.num_labels, image_size=config.image_size)
+        # The package builds its batch norms with TensorFlow's decay 0.99 (PyTorch momentum 0.01), made for
+        # ImageNet runs of hundreds of epochs. In a fine-tuning run of a few hundred steps the running statistics
+        # then lag far behind the weights: measured here, full training from random initialization reached a
+        # training loss of 0.80 on Fashion-MNIST yet 0.10 accuracy in eval mode. PyTorch's default, 0.1, follows.
+        self.net = EfficientNet.from_name(config.variant, num_classes=config.num_labels, image_size=config.image_size,
+                                          batch_norm_momentum=1 - BATCHNORM_MOMENTUM)
         _plain_pointwise(self.net)
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **_):
