@@ -119,3 +119,29 @@ def test_stratified_split_unit():
     ex = [TextExample(text=str(i), label="a" if i % 3 else "b") for i in range(30)]
     parts = stratified_split(ex, {"validation": 0.2}, seed=0, stratify=True, where="x")
     assert len(parts["validation"]) == 6 and sum(e.label == "b" for e in parts["validation"]) == 2
+
+
+def test_truncation_is_counted_only_for_rows_actually_cut(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.collate import encode
+    from tuneforge.data.dataset import LabelSpace, TextExample
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    # [CLS] + words + [SEP]: 5 words fill max_length 7 exactly (not cut), 6 and 9 words are cut, 2 words are short.
+    texts = ["good " * 5, "bad " * 6, "fine " * 2, "the " * 9]
+    examples = [TextExample(text=t.strip(), label="pos") for t in texts]
+    split = encode(tok, examples, 7, "classification", LabelSpace(["neg", "pos"]))
+    assert split.truncated == 2
+    assert [len(ids) for ids in split.input_ids] == [7, 7, 4, 7]
+
+
+def test_label_space_comes_from_all_training_rows_before_limit_train(tmp_path):
+    from tuneforge.data.dataset import load_examples
+    from tuneforge.recipe import load_recipe
+
+    rows = [{"text": f"row {i}", "label": "a"} for i in range(6)] + [{"text": "last", "label": "b"}]
+    write_rows(tmp_path / "train.csv", rows)
+    recipe = load_recipe({"data": {"train": str(tmp_path / "train.csv"), "validation_fraction": 0.0, "limit_train": 3}})
+    splits, space, _ = load_examples(recipe.data, "classification")
+    assert len(splits["train"]) == 3 and space.names == ["a", "b"]  # 'b' is known though no kept row has it

@@ -187,3 +187,12 @@ def test_tied_weights_are_saved_once_and_restored(tmp_path):
     assert torch.equal(b.out.weight, a.emb.weight) and b.out.weight is b.emb.weight
     with pytest.raises(RuntimeError, match="does not match the model"):
         load_weights(torch.nn.Linear(3, 5), tmp_path / "w.safetensors")
+
+
+def test_resume_log_drops_records_after_the_checkpoint_and_a_half_written_line(tmp_path):
+    from tuneforge.engine.callbacks import truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.9}\n{"step": 6, "loss": 0.8}\n{"step": 8, "lo')
+    truncate_jsonl(log, 4)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [2, 4]

@@ -131,7 +131,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    if plan is None:  # an adapter: only its weights and the head are trained, optimized and checkpointed
+    adapter = recipe.method.is_adapter
+    if adapter:  # only the adapter's weights and the head are trained, optimized and checkpointed
         param_groups = adapter_param_groups(model, recipe.lr, t.head_lr, t.weight_decay)
         saved_names = trainable_names(model)
     else:
@@ -197,7 +198,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
             metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
                                            t.eval_batch_size, pad_id, t.precision)
 
-    if plan is None:
+    if adapter:
         model_dir = run_dir / "adapter"
         stored = save_adapter(model, tokenizer, model_dir)
     else:
@@ -206,7 +207,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=loop.state.best_step,
                        steps=loop.state.global_step, method=recipe.method.name, lr=recipe.lr, stored_bytes=stored,
-                       files={"adapter" if plan is None else "model": model_dir, "recipe": run_dir / "recipe.yaml",
+                       files={"adapter" if adapter else "model": model_dir, "recipe": run_dir / "recipe.yaml",
                               "metrics": run_dir / "metrics.jsonl", "summary": run_dir / "summary.json"})
     summary = {**result.to_json(), "labels": space.names, "data": origin,
                "rows": {k: len(v) for k, v in splits.items()},
@@ -251,7 +252,7 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     shown = "all (random initialization)" if not recipe.model.pretrained else ", ".join(new) or "none"
     console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
-    if plan is None:
+    if recipe.method.is_adapter:
         stage_note = " (adapter and head; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
     console.print(f"  run directory: {run_dir}")
