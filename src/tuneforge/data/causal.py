@@ -1,0 +1,159 @@
+"""Causal-LM examples to token ids and labels: prompt/completion, chat messages, or plain text.
+
+The loss covers only what the model should learn to write: the completion, or the assistant's turns of a
+chat (configurable), each ended by the end-of-sequence / end-of-turn token so the model learns to stop.
+Label -100 marks positions without loss (the value PyTorch's cross-entropy and transformers ignore).
+
+Chats are rendered with the tokenizer's own chat template. Few templates mark assistant text for
+transformers' `return_assistant_tokens_mask`, so the assistant spans are found by rendering each prefix of
+the conversation: the text an assistant turn adds is what `messages[:i+1]` renders beyond
+`messages[:i]` with the generation prompt. A template whose prefixes do not render as prefixes of the whole
+is refused, rather than guessed at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ..errors import DataError
+
+IGNORE = -100  # label of positions without loss
+
+
+@dataclass
+class CausalExample:
+    prompt: Optional[str] = None
+    completion: Optional[str] = None
+    messages: Optional[list[dict]] = None
+    text: Optional[str] = None
+    source: str = ""
+
+
+@dataclass
+class CausalTokens:
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+
+    @property
+    def targets(self) -> int:
+        """Positions with loss. The first token is never predicted (nothing comes before it)."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+
+@dataclass
+class CausalSplit:
+    rows: list[CausalTokens]
+    truncated: int = 0                        # examples cut to max_length
+    dropped: list[str] = field(default_factory=list)  # examples left with no target after truncation: where
+
+
+def _eos(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError(["the tokenizer has no end-of-sequence token; set one (tokenizer.eos_token) so the model "
+                         "can learn to stop"])
+    return tokenizer.eos_token_id
+
+
+def assistant_spans(tokenizer, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (each with its end-of-turn
+    marker), found by rendering prefixes."""
+    render = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False,  # noqa: E731
+                                                                   add_generation_prompt=gen)
+    full = render(messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = render(messages[:i], True) if i else ""
+        upto = render(messages[: i + 1])
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise DataError([f"{where}: the chat template does not render this conversation's prefixes as prefixes of "
+                             "the whole (it may rewrite earlier turns, e.g. drop past reasoning); tuneforge cannot tell "
+                             "which tokens are the assistant's. Give prompt/completion rows instead"])
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def tokenize_chat(tokenizer, messages: list[dict], where: str, train_on: str = "assistant") -> CausalTokens:
+    """`train_on`: 'assistant' (every assistant turn), 'last' (the final assistant turn), or 'all' tokens."""
+    text, spans = assistant_spans(tokenizer, messages, where)
+    if train_on == "last":
+        spans = spans[-1:]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if train_on == "all":
+        return CausalTokens(list(ids), list(ids), where)
+    labels = [token if any(s <= start < e for s, e in spans) else IGNORE
+              for token, (start, _) in zip(ids, offsets)]
+    return CausalTokens(list(ids), labels, where)
+
+
+def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, where: str) -> CausalTokens:
+    """Without a chat template: prompt tokens (no loss), then completion tokens and EOS (loss)."""
+    head = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if head and head[-1] == tokenizer.eos_token_id:  # tokenizers that append EOS: the prompt does not end the text
+        head = head[:-1]
+    tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos(tokenizer)]
+    return CausalTokens(head + tail, [IGNORE] * len(head) + tail, where)
+
+
+def tokenize_text(tokenizer, text: str, where: str) -> CausalTokens:
+    """Language modelling: every token has loss, and EOS ends the text."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [_eos(tokenizer)]
+    return CausalTokens(list(ids), list(ids), where)
+
+
+def tokenize(tokenizer, example: CausalExample, use_chat_template: bool, train_on: str = "assistant") -> CausalTokens:
+    if example.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError([f"{example.source}: chat messages need a tokenizer with a chat template; this one has none"])
+        return tokenize_chat(tokenizer, example.messages, example.source, train_on)
+    if example.prompt is not None:
+        if use_chat_template and getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": example.prompt},
+                        {"role": "assistant", "content": example.completion or ""}]
+            return tokenize_chat(tokenizer, messages, example.source, "assistant")
+        return tokenize_prompt_completion(tokenizer, example.prompt, example.completion or "", example.source)
+    return tokenize_text(tokenizer, example.text or "", example.source)
+
+
+def encode_causal(tokenizer, examples: Sequence[CausalExample], max_length: int, use_chat_template: bool = True,
+                  train_on: str = "assistant") -> CausalSplit:
+    """Tokenize, cut to max_length (counted), and drop (and count) examples left without any target: an example
+    that trains nothing must not pass as a silent zero loss."""
+    split = CausalSplit(rows=[])
+    for example in examples:
+        row = tokenize(tokenizer, example, use_chat_template, train_on)
+        if len(row.input_ids) > max_length:
+            split.truncated += 1
+            row = CausalTokens(row.input_ids[:max_length], row.labels[:max_length], row.source)
+        if row.targets == 0:
+            split.dropped.append(row.source)
+            continue
+        split.rows.append(row)
+    return split
+
+
+def pack(rows: Sequence[CausalTokens], max_length: int) -> list[dict]:
+    """Greedy packing of whole examples into rows of at most max_length tokens, in order.
+
+    Each packed row carries position_ids that restart at 0 for every example: transformers then attends only
+    within each example (no attention across examples) when the forward gets no attention_mask and no key/value
+    cache (pass use_cache=False: with a cache, packed sequences are not looked for). The first token of each
+    example gets no loss, exactly as it has none unpacked (nothing before it in its own example).
+    """
+    packed, current = [], {"input_ids": [], "labels": [], "position_ids": []}
+    for row in rows:
+        n = len(row.input_ids)
+        if current["input_ids"] and len(current["input_ids"]) + n > max_length:
+            packed.append(current)
+            current = {"input_ids": [], "labels": [], "position_ids": []}
+        current["input_ids"].extend(row.input_ids)
+        current["labels"].extend([IGNORE] + row.labels[1:])
+        current["position_ids"].extend(range(n))
+    if current["input_ids"]:
+        packed.append(current)
+    return packed
