@@ -11,7 +11,7 @@ import torch
 from .adapters import adapter_kind, attach_saved_adapter, load_bottleneck_state, read_adapter_method
 from .adapters.bottleneck import CONFIG_NAME as BOTTLENECK_CONFIG
 from .assets import resolve_model_path
-from .data.collate import encode
+from .data.collate import encode_for
 from .data.dataset import LabelSpace, TextExample, check_labels, read_examples_from_file
 from .engine.evaluate import run_evaluation, run_prediction
 from .errors import DataError, RunDirError
@@ -68,6 +68,10 @@ def _open_run(run_dir: str | Path) -> OpenRun:
     if _is_image(recipe):
         from .models.vision import load_image_run_model
         model, tokenizer = load_image_run_model(run_dir / "model")
+    elif recipe.task.type == "causal-lm":
+        from .models.loading import load_causal_run_model
+        model, tokenizer = load_causal_run_model(run_dir / "model")
+        return OpenRun(run_dir, recipe, model, tokenizer, LabelSpace([]))
     else:
         model, tokenizer = load_run_model(run_dir / "model")
     id2label = {int(k): v for k, v in model.config.id2label.items()}
@@ -221,6 +225,14 @@ class Predictor:
 
     def _examples(self, data, texts, text_pairs, with_labels: bool, images=None):
         recipe = self.recipe
+        if recipe.task.type == "causal-lm":
+            if data is None or not with_labels:
+                raise DataError([f"{self.run.run_dir} is a language model: evaluate it on a file of its kind of rows "
+                                 "(loss, perplexity); it writes text with generation, not predictions"])
+            from .data.causal import read_causal_examples
+            d = recipe.data
+            return read_causal_examples(data, d.format, d.text_column, d.prompt_column, d.completion_column,
+                                        d.messages_column, d.train_on)
         text_col, pair_col, label_col = _columns(recipe)
         if _is_image(recipe):
             return self._image_examples(data, texts, images, label_col if with_labels else None)
@@ -261,7 +273,7 @@ class Predictor:
         return examples
 
     def logits(self, examples, batch_size: Optional[int] = None) -> torch.Tensor:
-        split = encode(self.run.tokenizer, examples, self.recipe.model.max_length, self.recipe.task.type, self.space)
+        split = encode_for(self.recipe, self.run.tokenizer, examples, self.space)
         return run_prediction(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                               getattr(self.run.tokenizer, "pad_token_id", None) or 0)
 
@@ -269,10 +281,11 @@ class Predictor:
         recipe, space = self.recipe, self.space
         examples = self._examples(data, None, None, with_labels=True)
         problems: list[str] = []
-        check_labels(recipe.task.type, examples, space, problems)
+        if recipe.task.type != "causal-lm":
+            check_labels(recipe.task.type, examples, space, problems)
         if problems:
             raise DataError(problems)
-        split = encode(self.run.tokenizer, examples, recipe.model.max_length, recipe.task.type, space)
+        split = encode_for(recipe, self.run.tokenizer, examples, space)
         task = get_task(recipe.task.type)
         return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
                               batch_size or recipe.training.eval_batch_size,

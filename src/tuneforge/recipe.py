@@ -37,7 +37,8 @@ class ModelSpec(_Section):
     trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
 
 
-TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification"]
+TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
+                   "causal-lm"]
 
 
 class TaskSpec(_Section):
@@ -74,7 +75,17 @@ class DataSpec(_Section):
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from train (stratified) when no validation file")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="carved from train (stratified) when no test file")
     split_seed: int = 42
-    text_column: str = "text"
+    text_column: str = Field("text", description="the text column (causal-lm: plain text for language modelling)")
+    prompt_column: str = Field("prompt", description="causal-lm: the prompt of prompt/completion rows")
+    completion_column: str = Field("completion", description="causal-lm: the completion (what the model learns to write)")
+    messages_column: str = Field("messages", description="causal-lm: chat rows, a list of {role, content}")
+    train_on: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="causal-lm: which tokens have loss: the completion / every assistant turn (assistant), "
+        "the final assistant turn (last), or every token (all)")
+    chat_template: bool = Field(True, description="causal-lm: render prompt/completion rows with the tokenizer's chat "
+                                "template when it has one")
+    packing: bool = Field(False, description="causal-lm: pack short examples into rows of model.max_length tokens, "
+                          "attention kept within each example")
     image_column: str = Field("image", description="images in a table: the column of image paths (relative to the table's folder)")
     text_pair_column: Optional[str] = None
     label_column: str = "label"
@@ -203,6 +214,8 @@ class TrainingSpec(_Section):
     head_seed: Optional[int] = Field(None, description="seed of the new head's initialization (default: seed)")
     data_seed: Optional[int] = Field(None, description="seed of the data order (default: seed)")
     precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
+                                         "about a third more time")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     progress: bool = True
 

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 
 from .adapters import adapter_param_groups, attach_adapter, save_adapter, trainable_names
-from .data.collate import encode
+from .data.collate import encode_for
 from .data.dataset import load_examples
 from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
                                TensorBoardLogger, tensorboard_available, truncate_jsonl)
@@ -124,6 +124,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
+    if t.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
     warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
     # Only now, with recipe, data and model all checked, may an old run be replaced.
@@ -141,7 +143,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         saved_names = None
     optimizer = make_optimizer(param_groups)
 
-    encoded = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space) for k, v in splits.items()}
+    encoded = {k: encode_for(recipe, tokenizer, v, space) for k, v in splits.items()}
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
@@ -212,6 +214,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     summary = {**result.to_json(), "labels": space.names, "data": origin,
                "rows": {k: len(v) for k, v in splits.items()},
                "truncated": {k: v.truncated for k, v in encoded.items()},
+               "dropped": {k: len(getattr(v, "dropped", None) or []) for k, v in encoded.items()},
                "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
@@ -225,6 +228,14 @@ def _apply_method(model, spec, groups, init_seed: int):
     plan = build_plan(spec, groups)
     apply_plan(model, plan, 0)
     return model, plan
+
+
+def _enable_gradient_checkpointing(model) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise RecipeError([f"training.gradient_checkpointing: {type(base).__name__} does not support it; set it to false"])
+    # Non-reentrant checkpointing works with frozen inputs (adapters, frozen embeddings) without extra hooks.
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _save_model(model, tokenizer, model_dir: Path) -> int:
@@ -248,6 +259,13 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     cut = {k: v.truncated for k, v in encoded.items() if v.truncated}
     if cut:
         console.print(f"  truncated to {recipe.model.max_length} tokens: " + ", ".join(f"{k} {n}" for k, n in cut.items()))
+    dropped = {k: v.dropped for k, v in encoded.items() if getattr(v, "dropped", None)}
+    for k, sources in dropped.items():
+        console.print(f"  [yellow]dropped from {k}:[/] {len(sources)} example(s) with no target token left after "
+                      f"truncation (first: {sources[0]}); raise model.max_length to keep them")
+    packed = {k: (v.examples, len(v)) for k, v in encoded.items() if getattr(v, "position_ids", None) is not None}
+    if packed:
+        console.print("  packed: " + ", ".join(f"{k} {n} examples into {r} rows" for k, (n, r) in packed.items()))
     new = loaded.new_parameters
     shown = "all (random initialization)" if not recipe.model.pretrained else ", ".join(new) or "none"
     console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
@@ -313,7 +331,15 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     recipe = load_recipe(recipe, overrides)
     task = get_task(recipe.task.type)
     splits, space, origin = load_examples(recipe.data, recipe.task.type)
-    if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
+    if recipe.task.type == "causal-lm":
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_model_path(recipe.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    elif recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):
             loaded = load_for_recipe(recipe, task, space, 0)
         model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path
@@ -329,7 +355,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
         model, plan = _apply_method(model, recipe.method, groups, 0)
     warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
-    truncated = {k: encode(tokenizer, v, recipe.model.max_length, recipe.task.type, space).truncated
+    truncated = {k: encode_for(recipe, tokenizer, v, space).truncated
                  for k, v in splits.items()}
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,

@@ -96,26 +96,27 @@ def peft_config(spec, model: nn.Module, groups: LayerGroups, task_type: str | No
 def _peft_config(spec, model, groups, task_type):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
-    head = head_modules(model, groups)
+    # A new task head trains fully beside the adapter and is saved with it; a language model's head is pre-trained.
+    head = [] if generates(model) else head_modules(model, groups)
     # GPT-2's Conv1D stores its weight transposed; PEFT needs telling (it would guess, with a warning).
     transposed = any(type(m).__name__ == "Conv1D" for m in model.modules())
     if spec.name in ("lora", "dora"):
         targets, _ = resolve_targets(spec, model, groups)
         return LoraConfig(task_type=task_type, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                          target_modules=targets, use_dora=spec.name == "dora", modules_to_save=head,
+                          target_modules=targets, use_dora=spec.name == "dora", modules_to_save=head or None,
                           fan_in_fan_out=transposed)
     if spec.name == "ia3":
         targets, feedforward = resolve_targets(spec, model, groups)
         return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward,
-                         modules_to_save=head, fan_in_fan_out=transposed)
+                         modules_to_save=head or None, fan_in_fan_out=transposed)
     if spec.name == "prefix":
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=spec.num_virtual_tokens,
-                                  prefix_projection=spec.prefix_projection, modules_to_save=head)
+                                  prefix_projection=spec.prefix_projection, modules_to_save=head or None)
     if spec.name == "prompt":
         # Soft prompts start as embeddings of sampled vocabulary tokens: random N(0, 1) vectors lie far off
         # the embedding manifold and train slowly (Lester et al. 2021).
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=spec.num_virtual_tokens,
-                                  prompt_tuning_init="SAMPLE_VOCAB", modules_to_save=head)
+                                  prompt_tuning_init="SAMPLE_VOCAB", modules_to_save=head or None)
     raise ValueError(spec.name)
 
 
@@ -128,8 +129,14 @@ def bottleneck_config(spec, model: nn.Module, groups: LayerGroups) -> bn.Bottlen
         targets = _user_targets(spec, model, groups)
     return bn.BottleneckConfig(targets=targets, bottleneck_size=spec.bottleneck_size, non_linearity=spec.non_linearity,
                                dropout=spec.dropout, placement=spec.placement,
-                               modules_to_save=head_modules(model, groups),
+                               modules_to_save=[] if generates(model) else head_modules(model, groups),
                                base_model_name_or_path=str(getattr(model.config, "_name_or_path", "")))
+
+
+def generates(model: nn.Module) -> bool:
+    """A causal language model: its head is pre-trained (often tied to the embeddings), not new."""
+    can = getattr(model, "can_generate", None)
+    return bool(can and can())
 
 
 def takes_pixels(model: nn.Module) -> bool:
@@ -146,7 +153,7 @@ def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
             # PEFT has no image-classification task type: image models take a plain PeftModel, whose forward
             # passes pixel_values through.
-            task_type = None if takes_pixels(model) else "SEQ_CLS"
+            task_type = None if takes_pixels(model) else "CAUSAL_LM" if generates(model) else "SEQ_CLS"
             return get_peft_model(model, peft_config(spec, model, groups, task_type))
     config = bottleneck_config(spec, model, groups)
     for p in model.parameters():

@@ -157,3 +157,85 @@ def pack(rows: Sequence[CausalTokens], max_length: int) -> list[dict]:
     if current["input_ids"]:
         packed.append(current)
     return packed
+
+
+# ---------------------------------------------------------------- reading rows
+
+ROLES = ("system", "user", "assistant")
+
+
+def _messages(value, where: str, problems: list[str]) -> Optional[list[dict]]:
+    import json
+
+    if isinstance(value, str):  # a chat stored as JSON text (CSV, TSV)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: not a JSON list of messages ({e.msg})")
+            return None
+    if hasattr(value, "tolist"):  # Parquet gives arrays
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        problems.append(f"{where}: expected a non-empty list of {{role, content}} messages, got {type(value).__name__}")
+        return None
+    out = []
+    for j, m in enumerate(value, start=1):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            problems.append(f"{where}, message {j}: expected {{\"role\": one of {'/'.join(ROLES)}, \"content\": text}}, "
+                            f"got {str(m)[:80]}")
+            return None
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def read_causal_examples(path, fmt: str, text_col: str, prompt_col: str, completion_col: str, messages_col: str,
+                         train_on: str = "assistant") -> list[CausalExample]:
+    """Rows of one file, by the columns present: chat (messages), prompt/completion, or plain text. Every row is
+    checked; problems name the file, row and column."""
+    from .dataset import _is_missing
+    from .readers import read_table
+
+    df = read_table(path, fmt)
+    columns = list(map(str, df.columns))
+    if messages_col in df.columns:
+        kind = "chat"
+    elif prompt_col in df.columns:
+        if completion_col not in df.columns:
+            raise DataError([f"{path}: has a {prompt_col!r} column but no {completion_col!r} column (columns are: "
+                             f"{', '.join(columns)}); set data.completion_column"])
+        kind = "prompt"
+    elif text_col in df.columns:
+        kind = "text"
+    else:
+        raise DataError([f"{path}: no {messages_col!r} (chat), {prompt_col!r} + {completion_col!r} or {text_col!r} "
+                         f"column (columns are: {', '.join(columns)}); set data.messages_column, data.prompt_column "
+                         "or data.text_column"])
+    problems: list[str] = []
+    examples = []
+    records = df.to_dict("records")
+    for i, row in enumerate(records, start=1):
+        where = f"{path} row {i}"
+        if kind == "chat":
+            messages = _messages(row[messages_col], f"{where}, column {messages_col!r}", problems)
+            if messages is None:
+                continue
+            if train_on != "all" and not any(m["role"] == "assistant" for m in messages):
+                problems.append(f"{where}, column {messages_col!r}: no assistant message, so nothing to learn "
+                                "(or set data.train_on: all)")
+                continue
+            examples.append(CausalExample(messages=messages, source=where))
+            continue
+        cells = {prompt_col: row[prompt_col], completion_col: row[completion_col]} if kind == "prompt" \
+            else {text_col: row[text_col]}
+        bad = [c for c, v in cells.items() if _is_missing(v) or not isinstance(v, str)]
+        for c in bad:
+            problems.append(f"{where}, column {c!r}: expected non-empty text, got {cells[c]!r}")
+        if bad:
+            continue
+        if kind == "prompt":
+            examples.append(CausalExample(prompt=cells[prompt_col], completion=cells[completion_col], source=where))
+        else:
+            examples.append(CausalExample(text=cells[text_col], source=where))
+    if problems:
+        raise DataError(problems)
+    return examples

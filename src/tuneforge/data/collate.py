@@ -30,6 +30,10 @@ class EncodedSplit:
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict[str, torch.Tensor]:
         return collate(self, indices, pad_id)
 
+    def count(self, indices: Sequence[int]) -> int:
+        """What a loss sum over these rows is divided by: one per example."""
+        return len(indices)
+
 
 @dataclass
 class ImageSplit:
@@ -44,6 +48,9 @@ class ImageSplit:
     @property
     def lengths(self) -> list[int]:
         return [1] * len(self.examples)
+
+    def count(self, indices: Sequence[int]) -> int:
+        return len(indices)
 
     def batch(self, indices: Sequence[int], pad_id: int = 0, augment: tuple[int, int] | None = None):
         """`augment`: (seed, epoch) for training batches; None gives the deterministic evaluation view."""
@@ -72,11 +79,64 @@ def encode_labels(task: str, examples: Sequence[TextExample], space: LabelSpace)
     return torch.tensor([ids[ex.label] for ex in examples], dtype=torch.long)
 
 
-def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace):
+@dataclass
+class CausalLMSplit:
+    """Token rows with their labels (-100: no loss); packed rows also carry restarting position ids."""
+    input_ids: list[list[int]]
+    token_labels: list[list[int]]
+    position_ids: list[list[int]] | None = None
+    truncated: int = 0
+    dropped: list = None                     # sources of examples left without targets (not trained on)
+    examples: int = 0                        # examples before packing
+
+    def __post_init__(self):
+        self.dropped = self.dropped or []
+        # Targets per row: the first position is never predicted (nothing before it).
+        self.targets = [sum(t != -100 for t in row[1:]) for row in self.token_labels]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    def count(self, indices: Sequence[int]) -> int:
+        """Loss sums are divided by target tokens, so accumulated steps weigh every token alike."""
+        return sum(self.targets[i] for i in indices)
+
+    def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        batch = {"input_ids": _pad(rows, width, pad_id),
+                 "labels": _pad([self.token_labels[i] for i in indices], width, -100),
+                 # With a key/value cache transformers would not isolate packed examples; training needs none.
+                 "use_cache": False}
+        if self.position_ids is not None:
+            # Packed: no attention mask, so transformers isolates examples by their restarting positions; the
+            # padding becomes one more segment of its own, without loss.
+            batch["position_ids"] = torch.tensor([self.position_ids[i] + list(range(width - len(self.position_ids[i])))
+                                                  for i in indices], dtype=torch.long)
+        else:
+            batch["attention_mask"] = _pad([[1] * len(r) for r in rows], width, 0)
+        return batch
+
+
+def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace, *,
+           train_on: str = "assistant", chat_template: bool = True, packing: bool = False):
     """Text examples tokenized (an EncodedSplit); image examples wrapped with their preprocessing (an ImageSplit,
-    `tokenizer` being the run's ImageProcessing)."""
+    `tokenizer` being the run's ImageProcessing); causal-LM examples tokenized with label masks (a CausalLMSplit)."""
     if task == "image-classification":
         return ImageSplit(list(examples), tokenizer, encode_labels("classification", examples, space))
+    if task == "causal-lm":
+        from .causal import encode_causal, pack
+        split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)
+        if packing:
+            rows = pack(split.rows, max_length)
+            return CausalLMSplit([r["input_ids"] for r in rows], [r["labels"] for r in rows],
+                                 [r["position_ids"] for r in rows], split.truncated, split.dropped, len(split.rows))
+        return CausalLMSplit([r.input_ids for r in split.rows], [r.labels for r in split.rows], None, split.truncated,
+                             split.dropped, len(split.rows))
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -107,3 +167,10 @@ def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[st
     if split.labels is not None:
         batch["labels"] = split.labels[torch.as_tensor(list(indices), dtype=torch.long)]
     return batch
+
+
+def encode_for(recipe, tokenizer, examples: Sequence, space: LabelSpace):
+    """`encode` with the recipe's settings."""
+    d = recipe.data
+    return encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space, train_on=d.train_on,
+                  chat_template=d.chat_template, packing=d.packing)

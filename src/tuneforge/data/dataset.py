@@ -218,6 +218,8 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
     else:
         files = {k: getattr(spec, k) for k in ("train", "validation", "test") if getattr(spec, k)}
         text_col, pair_col, label_col = spec.text_column, spec.text_pair_column, spec.label_column
+    if task == "causal-lm":
+        return _load_causal(spec, files)
     images = task == "image-classification"
     if images:
         from .images import read_image_examples
@@ -256,3 +258,29 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
     if problems:
         raise DataError(problems)
     return splits, space, origin
+
+
+def _load_causal(spec, files: dict) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
+    """Causal-LM rows: no labels to map; validation / test carved from train at random when not given."""
+    from .causal import read_causal_examples
+
+    problems: list[str] = []
+    splits: dict[str, list] = {}
+    for name, path in files.items():
+        try:
+            splits[name] = read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,
+                                                spec.completion_column, spec.messages_column, spec.train_on)
+        except DataError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise DataError(problems)
+    origin = {k: str(v) for k, v in files.items()}
+    carve = {k: getattr(spec, f"{k}_fraction") for k in ("validation", "test") if k not in splits}
+    carve = {k: f for k, f in carve.items() if f > 0}
+    if carve:
+        splits.update(stratified_split(splits["train"], carve, spec.split_seed, stratify=False, where=files["train"]))
+        for k, f in carve.items():
+            origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
+    if spec.limit_train:
+        splits["train"] = splits["train"][: spec.limit_train]
+    return splits, LabelSpace([]), origin

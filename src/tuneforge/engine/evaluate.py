@@ -33,7 +33,7 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
             logits = model(**model_inputs(batch)).logits
         logits = logits.float()
         loss_sum += float(task.loss_sum(logits, batch["labels"]))
-        n += len(batch["labels"])
+        n += split.count(order[start:start + batch_size])
         metrics.update(logits, batch["labels"])
     model.train(was_training)
     return {"loss": loss_sum / max(n, 1), **metrics.compute()}

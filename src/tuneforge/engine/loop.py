@@ -120,14 +120,14 @@ class Loop:
         return s
 
     def _optimizer_step(self, step_batches: list[list[int]], augment: tuple[int, int]) -> None:
-        # Normalize by the examples of the whole accumulated step, not per micro-batch.
-        n_examples = sum(len(b) for b in step_batches)
+        # Normalize by the examples (causal LM: target tokens) of the whole accumulated step, not per micro-batch.
+        normalizer = sum(self.train_split.count(b) for b in step_batches)
         total = 0.0
         for indices in step_batches:
             batch = self.train_split.batch(indices, self.pad_id, augment)
             with autocast(self.cfg.precision):
                 logits = self.model(**model_inputs(batch)).logits
-            loss = self.task.loss_sum(logits, batch["labels"]) / n_examples
+            loss = self.task.loss_sum(logits, batch["labels"]) / normalizer
             loss.backward()
             total += float(loss.detach())
         if self.cfg.max_grad_norm:
@@ -136,7 +136,7 @@ class Loop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.last_loss = total
-        self.state.examples_seen += n_examples
+        self.state.examples_seen += sum(len(b) for b in step_batches)
 
     def evaluate(self) -> dict | None:
         if self.validation is None:

@@ -83,8 +83,38 @@ def load_run_model(model_dir: Path):
     return model, tokenizer
 
 
+def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
+    """A causal language model and its tokenizer; its own head (tied or not) is kept, nothing is new."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TuneforgeError(f"model.name {name!r}: could not load tokenizer/config from {path}: {e}") from None
+    if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    try:
+        if not pretrained:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            return LoadedModel(model, tokenizer, path, sorted(n for n, _ in model.named_parameters()))
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                           use_safetensors=True, output_loading_info=True)
+    except (OSError, EnvironmentError) as e:
+        raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
+    except ValueError as e:
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} is not a causal language model in "
+                             f"transformers: {e}") from None
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+
+
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
-    """The recipe's model with a new head for `space`: a text encoder or an image model by the task."""
+    """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
+    if recipe.task.type == "causal-lm":
+        return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
     id2label = space.id2label if space.names else None
     if recipe.task.type == "image-classification":
         from .vision import load_for_image_classification
@@ -98,3 +128,18 @@ def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
         return loaded
     return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
                                    id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
+
+
+def load_causal_run_model(model_dir: Path):
+    """A saved causal-LM run's model and tokenizer (plain Hugging Face format)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    if not (model_dir / "config.json").exists():
+        raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    model.eval()
+    return model, tokenizer

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .metrics import ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
+from .metrics import CausalLMMetrics, ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,13 @@ def _mse_sum(logits, labels):
     return F.mse_loss(logits.float().reshape(-1), labels.reshape(-1), reduction="sum")
 
 
-_LOWER_IS_BETTER = {"loss", "mse", "mae"}
+def _next_token_ce_sum(logits, labels):
+    # Position t predicts token t + 1; -100 marks positions without loss (prompt, user turns, padding).
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+_LOWER_IS_BETTER = {"loss", "mse", "mae", "perplexity"}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -58,6 +64,10 @@ TASKS: dict[str, Task] = {
     "multi-label": Task(
         name="multi-label", problem_type="multi_label_classification", loss_sum=_bce_sum,
         make_metrics=lambda k, t: MultiLabelMetrics(k, t), default_metric="f1_micro",
+    ),
+    "causal-lm": Task(
+        name="causal-lm", problem_type="causal_lm", loss_sum=_next_token_ce_sum,
+        make_metrics=lambda k, t: CausalLMMetrics(), default_metric="loss",
     ),
     "regression": Task(
         name="regression", problem_type="regression", loss_sum=_mse_sum,

@@ -118,3 +118,26 @@ class RegressionMetrics:
         spearman = float(spearmanr(xy[:, 0], xy[:, 1]).statistic) if n > 1 and vx > 0 and vy > 0 else 0.0
         return {"mse": self.sq_err / n, "mae": float(sabs / n), "pearson": float(pearson),
                 "spearman": 0.0 if math.isnan(spearman) else spearman}
+
+
+class CausalLMMetrics:
+    """Per-token loss over target positions (labels other than -100), its perplexity, and token accuracy (the
+    share of targets the model ranks first). Logits at position t predict the token at t + 1."""
+
+    def __init__(self):
+        self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = logits[:, :-1].float(), labels[:, 1:]
+        keep = labels != -100
+        if not keep.any():
+            return
+        chosen, targets = logits[keep], labels[keep]
+        self.loss_sum += float(torch.nn.functional.cross_entropy(chosen, targets, reduction="sum"))
+        self.tokens += int(keep.sum())
+        self.correct += int((chosen.argmax(-1) == targets).sum())
+
+    def compute(self) -> dict[str, float]:
+        mean = self.loss_sum / self.tokens if self.tokens else 0.0
+        return {"perplexity": math.exp(min(mean, 700.0)), "token_accuracy": self.correct / self.tokens if self.tokens else 0.0,
+                "target_tokens": float(self.tokens)}
