@@ -134,3 +134,58 @@ def test_gradient_checkpointing_changes_memory_not_results(method, tiny_llama, p
     assert seen == {False: False, True: True}
     assert out[True].keys() == out[False].keys()
     assert all(torch.allclose(out[True][k], out[False][k], atol=1e-6) for k in out[True])
+
+
+def test_generation_stops_at_eos_and_streams(tiny_llama, pc_files, tmp_path, capsys):
+    from tuneforge.cli import main
+    from tuneforge.generation import GenerationOptions, generate_ids
+
+    result = tuneforge.fine_tune(lm_recipe(tiny_llama, pc_files, tmp_path / "run",
+                                           task={"sample_prompts": ["one", "three"], "max_new_tokens": 8}))
+    generator = tuneforge.Generator(result.run_dir)
+    model, tok = generator.run.model, generator.run.tokenizer
+    # Make <|im_end|> the certain next token: generation must end right there, after one token, not run to the limit.
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 10.0
+    model.lm_head = head
+    new = generate_ids(model, tok, "one", GenerationOptions(max_new_tokens=20))
+    assert new == [tok.eos_token_id]
+
+    samples = [json.loads(x) for x in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["prompt"]) for s in samples[:2]] == [(0, "one"), (0, "three")]  # before training
+    assert {s["step"] for s in samples} == {0, *[h["step"] for h in result_history(result)]}
+    assert all(s["tokens"] <= 8 for s in samples)
+
+    capsys.readouterr()
+    assert main(["generate", str(result.run_dir), "--prompt", "one", "--max-new-tokens", "5"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.strip() == tuneforge.generate(result.run_dir, "one", GenerationOptions(max_new_tokens=5)).strip()
+
+
+def result_history(result):
+    return json.loads((result.run_dir / "summary.json").read_text())["history"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_saved_causal_models_load_in_a_text_generation_pipeline(method, tiny_llama, pc_files, tmp_path):
+    """The full model, the adapter (base + adapter, through PEFT) and the merged adapter all load in a plain
+    transformers pipeline and write what tuneforge writes."""
+    from transformers import pipeline
+
+    from tuneforge.generation import GenerationOptions
+
+    result = tuneforge.fine_tune(lm_recipe(tiny_llama, pc_files, tmp_path / "run", method={"name": method}))
+    ours = tuneforge.generate(result.run_dir, "one", GenerationOptions(max_new_tokens=6))
+    folders = [result.model_dir]
+    if method == "lora":
+        report = tuneforge.merge(result.run_dir)
+        assert report.max_abs_diff <= report.tolerance
+        folders.append(Path(report.out_dir))
+    chat = [{"role": "user", "content": "one"}]
+    for folder in folders:
+        generate = pipeline("text-generation", model=str(folder))
+        theirs = generate(chat, max_new_tokens=6, do_sample=False)[0]["generated_text"][-1]["content"]
+        assert theirs.strip() == ours.strip(), folder

@@ -5,13 +5,14 @@
     result.metrics["test"]["accuracy"], result.model_dir
 """
 from .errors import DataError, RecipeError, RunDirError, TuneforgeError
+from .generation import GenerationOptions, Generator, generate
 from .inference import Predictor, evaluate, predict
 from .merging import MergeError, MergeReport, merge
 from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
 from .studies import CompareResult, compare
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
            "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
-           "RunDirError", "MergeError"]
+           "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions"]

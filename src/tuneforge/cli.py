@@ -47,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
                     "reloading the base")
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing")
 
+    g = sub.add_parser("generate", help="generate text with a causal-lm run (streamed)")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", required=True, action="append", help="the prompt (a user turn when the model has a chat "
+                   "template); repeatable")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--no-chat-template", action="store_true", help="give the prompt as plain text")
+    g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
+
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/(IA)3 adapter into the base model, checked on held-out inputs")
     m.add_argument("run_dir")
     m.add_argument("--out", help="folder for the merged model (default: RUN_DIR/merged)")
@@ -126,6 +138,17 @@ def _dispatch(args) -> int:
         else:
             for r in records:
                 print(json.dumps(r))
+        return 0
+    if args.command == "generate":
+        from .generation import GenerationOptions, Generator
+
+        generator = Generator(args.run_dir)
+        options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                    top_k=args.top_k, seed=args.seed, chat_template=not args.no_chat_template)
+        for prompt in args.prompt:
+            text = generator(prompt, options, stream=not args.no_stream)
+            if args.no_stream:
+                print(text)
         return 0
     if args.command == "merge":
         tuneforge.merge(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, examples=args.examples,

@@ -274,6 +274,10 @@ class Predictor:
 
     def logits(self, examples, batch_size: Optional[int] = None) -> torch.Tensor:
         split = encode_for(self.recipe, self.run.tokenizer, examples, self.space)
+        if self.recipe.task.type == "causal-lm":  # rows of different lengths: logits where targets are predicted
+            from .engine.evaluate import run_target_logits
+            return run_target_logits(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
+                                     getattr(self.run.tokenizer, "pad_token_id", None) or 0)
         return run_prediction(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                               getattr(self.run.tokenizer, "pad_token_id", None) or 0)
 

@@ -44,6 +44,9 @@ TaskType = Literal["classification", "multi-label", "regression", "pair-classifi
 class TaskSpec(_Section):
     type: TaskType = "classification"
     threshold: float = Field(0.5, gt=0, lt=1, description="multi-label: probability above which a label is predicted")
+    sample_prompts: list[str] = Field(default_factory=list, description="causal-lm: prompts answered (greedily) before "
+                                      "training and at each evaluation, saved in RUN_DIR/samples.jsonl")
+    max_new_tokens: int = Field(64, gt=0, description="causal-lm: length limit of those sample replies")
 
 
 class AugmentSpec(_Section):
@@ -245,6 +248,8 @@ class Recipe(_Section):
         if not images and self.data.dataset == "fashion-mnist":
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
+        if self.task.type != "causal-lm" and self.task.sample_prompts:
+            raise ValueError(f"task.sample_prompts is for causal-lm tasks; task.type is {self.task.type!r}")
         if not images and self.model.image_size is not None:
             raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")
         if not self.model.pretrained and self.method.name != "full":

@@ -161,6 +161,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         cbs.append(EarlyStopping(t.early_stopping.patience))
     if plan is not None and plan.gradual:
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
+    if recipe.task.type == "causal-lm" and recipe.task.sample_prompts:
+        from .generation import SampleGenerations
+        cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
+                                     recipe.task.max_new_tokens, recipe.data.chat_template))
     cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
     if tensorboard_available():
         cbs.append(TensorBoardLogger(run_dir / "tensorboard"))

@@ -54,3 +54,16 @@ def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int, pre
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return torch.stack(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def run_target_logits(model, split, batch_size: int, pad_id: int) -> torch.Tensor:
+    """A causal LM's logits at the positions that predict target tokens, all rows concatenated: what a merged
+    model must reproduce (a vocabulary-wide row per target, not per position, so memory stays small)."""
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        batch = split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id)
+        logits = model(**model_inputs(batch)).logits.float()
+        out.append(logits[:, :-1][batch["labels"][:, 1:] != -100])
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,108 @@
+"""Text generation with a causal-LM run: the prompt rendered with the chat template when the model has one,
+tokens streamed as they come, generation ended by the model's end-of-sequence / end-of-turn token."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import RunDirError
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 128
+    temperature: float = 0.0      # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0                # 0: no top-k cut
+    seed: int = 0
+    chat_template: bool = True    # render the prompt as a user turn when the tokenizer has a template
+
+
+def prompt_ids(tokenizer, prompt: str, chat_template: bool = True) -> torch.Tensor:
+    """The prompt as the model saw prompts in training: a user turn plus the assistant's header, or plain text."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, prompt: str, options: GenerationOptions, streamer=None) -> list[int]:
+    """The new tokens (the EOS that ended generation included, when one did)."""
+    ids = prompt_ids(tokenizer, prompt, options.chat_template)
+    sampling = options.temperature > 0
+    kwargs = {"do_sample": sampling, "max_new_tokens": options.max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
+              "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    if sampling:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+        torch.manual_seed(options.seed)
+    else:  # greedy: no sampling settings, so transformers does not warn about unused ones
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+    finally:
+        model.train(was_training)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def decode(tokenizer, new_ids: list[int]) -> str:
+    return tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
+class Generator:
+    """A finished causal-LM run (full model, or base + adapter) ready to generate."""
+
+    def __init__(self, run_dir: str | Path):
+        from .inference import _open_run
+
+        self.run = _open_run(run_dir)
+        if self.run.recipe.task.type != "causal-lm":
+            raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm run")
+
+    def __call__(self, prompt: str, options: Optional[GenerationOptions] = None, stream: bool = False) -> str:
+        from transformers import TextStreamer
+
+        options = options or GenerationOptions(chat_template=self.run.recipe.data.chat_template)
+        streamer = TextStreamer(self.run.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        return decode(self.run.tokenizer, generate_ids(self.run.model, self.run.tokenizer, prompt, options, streamer))
+
+
+def generate(run_dir: str | Path, prompt: str, options: Optional[GenerationOptions] = None, stream: bool = False) -> str:
+    """Generate a reply to `prompt` with a finished causal-LM run."""
+    return Generator(run_dir)(prompt, options, stream)
+
+
+class SampleGenerations:
+    """At each evaluation, greedy replies to a few fixed prompts, appended to RUN_DIR/samples.jsonl: what the
+    model writes as training goes, beside its loss."""
+
+    def __init__(self, tokenizer, prompts: list[str], path: Path, max_new_tokens: int, chat_template: bool):
+        self.tokenizer, self.prompts, self.path = tokenizer, prompts, path
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, chat_template=chat_template)
+
+    def on_train_start(self, loop):
+        from .engine.callbacks import truncate_jsonl
+
+        if loop.state.global_step == 0:
+            self.path.unlink(missing_ok=True)
+            self._write(loop, step=0)  # before any training: the base model's replies
+        else:  # resumed: replies written after the checkpoint are written again
+            truncate_jsonl(self.path, loop.state.global_step)
+
+    def on_evaluate(self, loop, metrics):
+        self._write(loop, loop.state.global_step)
+
+    def _write(self, loop, step: int) -> None:
+        with open(self.path, "a") as f:
+            for prompt in self.prompts:
+                new = generate_ids(loop.model, self.tokenizer, prompt, self.options)
+                ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
+                f.write(json.dumps({"step": step, "prompt": prompt, "output": decode(self.tokenizer, new),
+                                    "tokens": len(new), "ended": ended}) + "\n")
