@@ -189,3 +189,48 @@ def test_saved_causal_models_load_in_a_text_generation_pipeline(method, tiny_lla
         generate = pipeline("text-generation", model=str(folder))
         theirs = generate(chat, max_new_tokens=6, do_sample=False)[0]["generated_text"][-1]["content"]
         assert theirs.strip() == ours.strip(), folder
+
+
+def _family(kind: str, vocab: int, tok):
+    from transformers import (GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config)
+
+    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                  bos_token_id=tok.bos_token_id)
+    if kind == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig, "mistral": MistralConfig}[kind]
+    extra = {"head_dim": 8} if kind == "gemma" else {}
+    return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=64, **extra, **common)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma", "gpt2", "mistral"])
+def test_other_causal_families_fine_tune_with_full_and_lora(kind, pc_files, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    folder = tmp_path / kind
+    AutoModelForCausalLM.from_config(_family(kind, len(tok), tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    before = untrained_loss(folder, pc_files["validation"])
+    for method in ("full", "lora"):
+        result = tuneforge.fine_tune(lm_recipe(folder, pc_files, tmp_path / f"run-{method}", method={"name": method},
+                                               training={"epochs": 4}))
+        assert result.metrics["validation"]["loss"] < before, (kind, method)
+
+
+@pytest.mark.parametrize("method", [{"name": "dora"}, {"name": "ia3"}, {"name": "prefix"}, {"name": "prompt"},
+                                    {"name": "bottleneck"}, {"name": "freeze", "freeze_embeddings": True, "freeze_layers": 1},
+                                    {"name": "head"}])
+def test_every_method_on_a_causal_lm(method, tiny_llama, pc_files, tmp_path):
+    from helpers import Snapshot
+
+    snap = Snapshot()
+    result = tuneforge.fine_tune(lm_recipe(tiny_llama, pc_files, tmp_path / "run", method=method,
+                                           training={"epochs": 2}), callbacks=[snap])
+    frozen = {n for n in snap.start if n not in snap.trainable_at_start}
+    assert frozen and not (snap.changed() & frozen)
+    assert snap.changed()
+    again = tuneforge.evaluate(result.run_dir, pc_files["validation"])
+    assert again["loss"] == pytest.approx(result.metrics["validation"]["loss"], abs=1e-5)

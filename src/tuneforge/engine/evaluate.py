@@ -6,6 +6,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.collate import EncodedSplit
+from ..tasks.metrics import align_to_labels
 
 
 def autocast(precision: str):
@@ -64,6 +65,6 @@ def run_target_logits(model, split, batch_size: int, pad_id: int) -> torch.Tenso
     out = []
     for start in range(0, len(split), batch_size):
         batch = split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id)
-        logits = model(**model_inputs(batch)).logits.float()
+        logits = align_to_labels(model(**model_inputs(batch)).logits.float(), batch["labels"])
         out.append(logits[:, :-1][batch["labels"][:, 1:] != -100])
     return torch.cat(out) if out else torch.empty(0)

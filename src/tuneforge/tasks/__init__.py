@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .metrics import CausalLMMetrics, ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
+from .metrics import CausalLMMetrics, align_to_labels, ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ def _mse_sum(logits, labels):
 
 def _next_token_ce_sum(logits, labels):
     # Position t predicts token t + 1; -100 marks positions without loss (prompt, user turns, padding).
+    logits = align_to_labels(logits, labels)
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                            reduction="sum")
 

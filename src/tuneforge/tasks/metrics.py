@@ -120,6 +120,12 @@ class RegressionMetrics:
                 "spearman": 0.0 if math.isnan(spearman) else spearman}
 
 
+def align_to_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Prompt tuning puts its virtual tokens before the input, so the output has that many positions more than
+    the labels: the last positions are the input's."""
+    return logits[:, -labels.shape[1]:] if logits.shape[1] > labels.shape[1] else logits
+
+
 class CausalLMMetrics:
     """Per-token loss over target positions (labels other than -100), its perplexity, and token accuracy (the
     share of targets the model ranks first). Logits at position t predict the token at t + 1."""
@@ -128,7 +134,7 @@ class CausalLMMetrics:
         self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = logits[:, :-1].float(), labels[:, 1:]
+        logits, labels = align_to_labels(logits, labels)[:, :-1].float(), labels[:, 1:]
         keep = labels != -100
         if not keep.any():
             return
