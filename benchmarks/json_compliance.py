@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import tuneforge
+from tuneforge.data.causal import stop_ids
 from tuneforge.generation import GenerationOptions, decode, generate_ids
 
 KEYS = {"answer", "confidence"}
@@ -33,6 +34,7 @@ def check(reply: str, answer: str) -> tuple[bool, bool]:
 
 def replies(model, tokenizer, rows: list[dict], max_new_tokens: int) -> tuple[list[dict], float]:
     options = GenerationOptions(max_new_tokens=max_new_tokens)
+    stops = set(stop_ids(tokenizer, model))
     started = time.perf_counter()
     out = []
     for row in rows:
@@ -40,7 +42,7 @@ def replies(model, tokenizer, rows: list[dict], max_new_tokens: int) -> tuple[li
         text = decode(tokenizer, new)
         complies, correct = check(text, row["answer"])
         out.append({"prompt": row["prompt"], "reply": text, "complies": complies, "correct": correct,
-                    "stopped": bool(new) and new[-1] == tokenizer.eos_token_id})
+                    "stopped": bool(new) and new[-1] in stops})
     return out, time.perf_counter() - started
 
 

@@ -129,3 +129,92 @@ def test_pack_starts_a_new_row_when_the_next_example_does_not_fit(tok):
     packed = pack(rows, max_length=9)  # 4 tokens each (with EOS): two per row
     assert [len(p["input_ids"]) for p in packed] == [8, 8, 4]
     assert packed[0]["position_ids"] == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+GEMMA_LIKE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+              "supported') }}{% endif %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+              "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+DEFAULT_SYSTEM = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nbe brief<|im_end|>\n{% endif %}" + CHATML)
+NO_END = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+
+
+def gemma_like_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS + ["model", ":"])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                                  eos_token="<eos>", additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    tok.chat_template = GEMMA_LIKE
+    return tok
+
+
+def test_a_template_with_its_own_end_of_turn_token_trains_and_stops_on_it():
+    from tuneforge.data.causal import end_of_turn_id, stop_ids
+
+    tok = gemma_like_tokenizer()
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn_id(tok) == eot and set(stop_ids(tok)) == {eot, tok.eos_token_id}
+    row = tokenize_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "r")
+    assert tok.convert_ids_to_tokens([t for t in row.labels if t != IGNORE]) == ["hello", "<end_of_turn>"]
+    with pytest.raises(DataError, match="r7: the tokenizer's chat template refused this conversation: System role"):
+        tokenize_chat(tok, [{"role": "system", "content": "be"}, {"role": "assistant", "content": "hi"}], "r7")
+
+
+def test_a_template_without_an_end_marker_gets_eos_after_each_trained_turn():
+    tok = make_tokenizer(NO_END)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "how"}, {"role": "assistant", "content": "fine"}]
+    row = tokenize_chat(tok, messages, "r")
+    labelled = tok.convert_ids_to_tokens([t for t in row.labels if t != IGNORE])
+    assert labelled == ["hello", "<|im_end|>", "fine", "<|im_end|>"]  # EOS of this tokenizer is <|im_end|>
+
+
+def test_a_default_system_prompt_never_gets_loss():
+    tok = make_tokenizer(DEFAULT_SYSTEM)
+    row = tokenize_chat(tok, [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": "fine"}], "r")
+    assert tok.convert_ids_to_tokens(row.input_ids)[:5] == ["<|im_start|>", "system", "be", "brief", "<|im_end|>"]
+    assert tok.convert_ids_to_tokens([t for t in row.labels if t != IGNORE]) == ["hello", "<|im_end|>", "fine", "<|im_end|>"]
+
+
+def test_train_on_all_covers_the_prompt_too(tok):
+    row = encode_causal(tok, [CausalExample(prompt="hi there", completion="hello", source="r")], 64, train_on="all").rows[0]
+    assert row.labels == row.input_ids
+    plain = make_tokenizer(chat_template=None)
+    row = tokenize_prompt_completion(plain, "how are you", "fine", "r", train_on="all")
+    assert row.labels == row.input_ids
+
+
+def test_packed_batches_with_padding_give_the_unpacked_loss(tok):
+    """Through CausalLMSplit.batch: two packed rows of different lengths in one batch (the shorter padded, its
+    padding a segment of its own) against the unpacked split, by summed loss and target count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.data.collate import encode
+    from tuneforge.data.dataset import LabelSpace
+    from tuneforge.engine.evaluate import model_inputs
+    from tuneforge.tasks import get_task
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id)).eval()
+    examples = [CausalExample(prompt=p, completion=c, source=str(i)) for i, (p, c) in
+                enumerate([("hi there", "hello"), ("how are you", "fine thanks"), ("one", "two three four five"),
+                           ("two", "three"), ("five four", "one")])]
+    task = get_task("causal-lm")
+
+    def total(split):
+        with torch.no_grad():
+            batch = split.batch(list(range(len(split))), tok.pad_token_id)
+            return float(task.loss_sum(model(**model_inputs(batch)).logits, batch["labels"])), split.count(range(len(split)))
+
+    unpacked = encode(tok, examples, 24, "causal-lm", LabelSpace([]))
+    packed = encode(tok, examples, 24, "causal-lm", LabelSpace([]), packing=True)
+    assert len(unpacked) == 5 and len(packed) == 3 and len(set(packed.lengths)) > 1
+    (a, n_a), (b, n_b) = total(unpacked), total(packed)
+    assert n_a == n_b and b == pytest.approx(a, rel=1e-5)

@@ -45,8 +45,8 @@ def pc_files(tmp_path) -> dict[str, Path]:
             "validation": write_jsonl(tmp_path / "validation.jsonl", rows[:5])}
 
 
-def lm_recipe(model: Path, files: dict, out: Path, **sections) -> dict:
-    recipe = {"model": {"name": str(model), "max_length": 32}, "task": {"type": "causal-lm"},
+def lm_recipe(model_dir: Path, files: dict, out: Path, **sections) -> dict:
+    recipe = {"model": {"name": str(model_dir), "max_length": 32}, "task": {"type": "causal-lm"},
               "data": {k: str(v) for k, v in files.items()}, "method": {"name": "full"},
               "training": {"epochs": 8, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "progress": False, "seed": 0},
               "output": {"dir": str(out)}}
@@ -234,3 +234,27 @@ def test_every_method_on_a_causal_lm(method, tiny_llama, pc_files, tmp_path):
     assert snap.changed()
     again = tuneforge.evaluate(result.run_dir, pc_files["validation"])
     assert again["loss"] == pytest.approx(result.metrics["validation"]["loss"], abs=1e-5)
+
+
+def test_causal_recipe_checks(tiny_llama, pc_files, tmp_path):
+    from tuneforge.recipe import load_recipe
+
+    with pytest.raises(tuneforge.RecipeError, match="data.packing cannot isolate packed examples under method 'prefix'"):
+        load_recipe(lm_recipe(tiny_llama, pc_files, tmp_path / "r", data={"packing": True}, method={"name": "prefix"}))
+    with pytest.raises(tuneforge.RecipeError, match="data.packing, data.train_on: for causal-lm tasks only"):
+        load_recipe({"data": {"train": "x.csv", "packing": True, "train_on": "all"}})
+    # Every validation example loses its targets to truncation: an error, not a perfect score.
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "one two three four five " * 4, "completion": "one"}] * 3)
+    recipe = lm_recipe(tiny_llama, {"train": pc_files["train"], "validation": long}, tmp_path / "run",
+                       model={"max_length": 16})
+    with pytest.raises(DataError, match=r"validation: all 3 example\(s\) lost every target token"):
+        tuneforge.fine_tune(recipe)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_merge_checks_a_causal_adapter_on_a_given_file(tiny_llama, pc_files, tmp_path):
+    result = tuneforge.fine_tune(lm_recipe(tiny_llama, pc_files, tmp_path / "run", method={"name": "lora"},
+                                           training={"epochs": 1}))
+    report = tuneforge.merge(result.run_dir, data=pc_files["validation"])
+    assert report.inputs == str(pc_files["validation"]) and report.examples == 5
+    assert report.max_abs_diff <= report.tolerance

@@ -100,6 +100,9 @@ def test_smollm2_alias_converts_once_and_chats(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
     folder = resolve_model_path("smollm2-135m")
     assert folder == tmp_path / "models" / "smollm2-135m-instruct" and (folder / "model.safetensors").exists()
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("smollm2-135m") == folder  # reused, not converted again
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written
     loaded = load_for_causal_lm("smollm2-135m", 0)
     assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
     assert loaded.tokenizer.eos_token == "<|im_end|>" and loaded.tokenizer.chat_template

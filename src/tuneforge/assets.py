@@ -109,9 +109,14 @@ def _smollm2() -> Path:
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(folder, target)  # renamed into place last: an interrupted conversion never looks complete
+        complete = lambda: (target / "config.json").exists() and (target / "model.safetensors").exists()  # noqa: E731
+        if target.exists() and not complete():
+            shutil.rmtree(target, ignore_errors=True)  # an interrupted conversion's leftovers
+        try:
+            os.replace(folder, target)  # renamed into place last: an interrupted conversion never looks complete
+        except OSError:
+            if not complete():  # another process finished first: use its folder, drop ours
+                raise
     return target
 
 

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--no-chat-template", action="store_true", help="give the prompt as plain text")
+    g.add_argument("--no-chat-template", action="store_true", help="give the prompt as plain text (default: as the "
+                   "run was trained: a user turn when its rows were rendered with the chat template)")
     g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/(IA)3 adapter into the base model, checked on held-out inputs")
@@ -145,7 +146,8 @@ def _dispatch(args) -> int:
 
         generator = Generator(args.run_dir)
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                    top_k=args.top_k, seed=args.seed, chat_template=not args.no_chat_template)
+                                    top_k=args.top_k, seed=args.seed,
+                                    chat_template=False if args.no_chat_template else None)
         for prompt in args.prompt:
             text = generator(prompt, options, stream=not args.no_stream)
             if args.no_stream:

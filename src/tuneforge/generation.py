@@ -3,12 +3,13 @@ tokens streamed as they come, generation ended by the model's end-of-sequence / 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .data.causal import stop_ids
 from .errors import RunDirError
 
 
@@ -19,12 +20,12 @@ class GenerationOptions:
     top_p: float = 1.0
     top_k: int = 0                # 0: no top-k cut
     seed: int = 0
-    chat_template: bool = True    # render the prompt as a user turn when the tokenizer has a template
+    chat_template: Optional[bool] = None  # prompt as a user turn (tokenizer's template); None: as the run was trained
 
 
-def prompt_ids(tokenizer, prompt: str, chat_template: bool = True) -> torch.Tensor:
+def prompt_ids(tokenizer, prompt: str, chat_template: Optional[bool] = True) -> torch.Tensor:
     """The prompt as the model saw prompts in training: a user turn plus the assistant's header, or plain text."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
+    if chat_template is not False and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -36,7 +37,8 @@ def generate_ids(model, tokenizer, prompt: str, options: GenerationOptions, stre
     """The new tokens (the EOS that ended generation included, when one did)."""
     ids = prompt_ids(tokenizer, prompt, options.chat_template)
     sampling = options.temperature > 0
-    kwargs = {"do_sample": sampling, "max_new_tokens": options.max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
+    # Every token that ends a reply: EOS, the template's end-of-turn token, the model's configured ones.
+    kwargs = {"do_sample": sampling, "max_new_tokens": options.max_new_tokens, "eos_token_id": stop_ids(tokenizer, model),
               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
     if sampling:
         kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
@@ -66,10 +68,17 @@ class Generator:
         if self.run.recipe.task.type != "causal-lm":
             raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm run")
 
+    def prompt_format(self) -> str:
+        summary = self.run.run_dir / "summary.json"
+        fmt = json.loads(summary.read_text()).get("prompt_format") if summary.exists() else None
+        return fmt or ("chat-template" if self.run.recipe.data.chat_template else "plain")
+
     def __call__(self, prompt: str, options: Optional[GenerationOptions] = None, stream: bool = False) -> str:
         from transformers import TextStreamer
 
-        options = options or GenerationOptions(chat_template=self.run.recipe.data.chat_template)
+        options = options or GenerationOptions()
+        if options.chat_template is None:  # as in training: see run summary's prompt_format
+            options = replace(options, chat_template=self.prompt_format() == "chat-template")
         streamer = TextStreamer(self.run.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
         return decode(self.run.tokenizer, generate_ids(self.run.model, self.run.tokenizer, prompt, options, streamer))
 
@@ -86,6 +95,7 @@ class SampleGenerations:
     def __init__(self, tokenizer, prompts: list[str], path: Path, max_new_tokens: int, chat_template: bool):
         self.tokenizer, self.prompts, self.path = tokenizer, prompts, path
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, chat_template=chat_template)
+        self.stops: set[int] = set()
 
     def on_train_start(self, loop):
         from .engine.callbacks import truncate_jsonl
@@ -100,9 +110,10 @@ class SampleGenerations:
         self._write(loop, loop.state.global_step)
 
     def _write(self, loop, step: int) -> None:
+        self.stops = self.stops or set(stop_ids(self.tokenizer, loop.model))
         with open(self.path, "a") as f:
             for prompt in self.prompts:
                 new = generate_ids(loop.model, self.tokenizer, prompt, self.options)
-                ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
+                ended = bool(new) and new[-1] in self.stops
                 f.write(json.dumps({"step": step, "prompt": prompt, "output": decode(self.tokenizer, new),
                                     "tokens": len(new), "ended": ended}) + "\n")

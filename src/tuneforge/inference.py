@@ -226,9 +226,9 @@ class Predictor:
     def _examples(self, data, texts, text_pairs, with_labels: bool, images=None):
         recipe = self.recipe
         if recipe.task.type == "causal-lm":
-            if data is None or not with_labels:
+            if data is None:
                 raise DataError([f"{self.run.run_dir} is a language model: evaluate it on a file of its kind of rows "
-                                 "(loss, perplexity); it writes text with generation, not predictions"])
+                                 "(loss, perplexity); it writes text with `tuneforge generate`, not predictions"])
             from .data.causal import read_causal_examples
             d = recipe.data
             return read_causal_examples(data, d.format, d.text_column, d.prompt_column, d.completion_column,

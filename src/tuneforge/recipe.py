@@ -248,8 +248,16 @@ class Recipe(_Section):
         if not images and self.data.dataset == "fashion-mnist":
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
-        if self.task.type != "causal-lm" and self.task.sample_prompts:
-            raise ValueError(f"task.sample_prompts is for causal-lm tasks; task.type is {self.task.type!r}")
+        if self.task.type != "causal-lm":
+            causal_only = [k for k, v in (("task.sample_prompts", self.task.sample_prompts), ("data.packing", self.data.packing),
+                                          ("data.train_on", self.data.train_on != "assistant"),
+                                          ("data.chat_template", not self.data.chat_template)) if v]
+            if causal_only:
+                raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {self.task.type!r}")
+        if self.data.packing and self.method.name in ("prefix", "prompt"):
+            raise ValueError(f"data.packing cannot isolate packed examples under method {self.method.name!r} (PEFT "
+                             "replaces the restarting position ids, or adds a key/value cache, that isolation relies on); "
+                             "turn packing off or choose another method")
         if not images and self.model.image_size is not None:
             raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")
         if not self.model.pretrained and self.method.name != "full":

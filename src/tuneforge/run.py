@@ -20,7 +20,7 @@ from .engine.checkpoint import atomic_folder, list_checkpoints, load_checkpoint,
 from .engine.evaluate import run_evaluation
 from .engine.loop import Loop, LoopState, count_steps
 from .engine.optim import make_optimizer, make_scheduler, warmup_steps
-from .errors import RecipeError, RunDirError
+from .errors import DataError, RecipeError, RunDirError
 from .methods import (apply_plan, build_param_groups, build_plan, count_parameters, freeze_batchnorm_statistics,
                       set_frozen_modules_eval)
 from .methods.param_groups import group_learning_rates
@@ -144,6 +144,11 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     optimizer = make_optimizer(param_groups)
 
     encoded = {k: encode_for(recipe, tokenizer, v, space) for k, v in splits.items()}
+    emptied = [f"{k}: all {len(splits[k])} example(s) lost every target token to truncation at model.max_length "
+               f"{recipe.model.max_length} (first: {v.dropped[0]}); raise model.max_length"
+               for k, v in encoded.items() if len(v) == 0 and getattr(v, "dropped", None)]
+    if emptied:
+        raise DataError(emptied)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
@@ -161,10 +166,11 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         cbs.append(EarlyStopping(t.early_stopping.patience))
     if plan is not None and plan.gradual:
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
+    prompt_format = _prompt_format(recipe, tokenizer, splits)
     if recipe.task.type == "causal-lm" and recipe.task.sample_prompts:
         from .generation import SampleGenerations
         cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
-                                     recipe.task.max_new_tokens, recipe.data.chat_template))
+                                     recipe.task.max_new_tokens, prompt_format == "chat-template"))
     cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
     if tensorboard_available():
         cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
@@ -219,6 +225,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                "rows": {k: len(v) for k, v in splits.items()},
                "truncated": {k: v.truncated for k, v in encoded.items()},
                "dropped": {k: len(getattr(v, "dropped", None) or []) for k, v in encoded.items()},
+               "prompt_format": prompt_format,
                "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
@@ -278,6 +285,16 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
         stage_note = " (adapter and head; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
     console.print(f"  run directory: {run_dir}")
+
+
+def _prompt_format(recipe, tokenizer, splits) -> Optional[str]:
+    """How a causal-lm run's prompts were rendered in training, so generation renders them the same way."""
+    if recipe.task.type != "causal-lm":
+        return None
+    first = splits["train"][0]
+    templated = bool(getattr(tokenizer, "chat_template", None)) and (
+        first.messages is not None or (first.prompt is not None and recipe.data.chat_template))
+    return "chat-template" if templated else "plain"
 
 
 def _group_summary(order: list[str]) -> str:

@@ -55,47 +55,99 @@ def _eos(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def _render(tokenizer, messages: list[dict], where: str, generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # jinja's TemplateError, or a template's own raise_exception (e.g. no system role)
+        raise DataError([f"{where}: the tokenizer's chat template refused this conversation: {e}"]) from None
+
+
 def assistant_spans(tokenizer, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns (each with its end-of-turn
     marker), found by rendering prefixes."""
-    render = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False,  # noqa: E731
-                                                                   add_generation_prompt=gen)
-    full = render(messages)
+    full = _render(tokenizer, messages, where)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        before = render(messages[:i], True) if i else ""
-        upto = render(messages[: i + 1])
+        upto = _render(tokenizer, messages[: i + 1], where)
+        if i:
+            before = _render(tokenizer, messages[:i], where, generation_prompt=True)
+            start = len(before)
+        else:  # a conversation that opens with the assistant: its text starts where its content does, so a
+            # default system prompt the template inserts before it gets no loss
+            before = ""
+            found = upto.rfind(message["content"]) if message["content"] else -1
+            start = found if found >= 0 else len(upto)
         if not (full.startswith(upto) and upto.startswith(before)):
             raise DataError([f"{where}: the chat template does not render this conversation's prefixes as prefixes of "
                              "the whole (it may rewrite earlier turns, e.g. drop past reasoning); tuneforge cannot tell "
                              "which tokens are the assistant's. Give prompt/completion rows instead"])
-        spans.append((len(before), len(upto)))
+        spans.append((start, len(upto)))
     return full, spans
 
 
-def tokenize_chat(tokenizer, messages: list[dict], where: str, train_on: str = "assistant") -> CausalTokens:
-    """`train_on`: 'assistant' (every assistant turn), 'last' (the final assistant turn), or 'all' tokens."""
+def end_of_turn_id(tokenizer) -> Optional[int]:
+    """The special token the chat template closes an assistant turn with (ChatML's <|im_end|>, Gemma's
+    <end_of_turn>), found by rendering a one-line chat; None without a template or without such a token."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        text, spans = assistant_spans(tokenizer, messages, "chat template")
+    except DataError:
+        return None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    special = set(tokenizer.all_special_ids)
+    start, end = spans[-1]
+    after = text.index("y", start) + 1  # the first special token after the reply's text closes the turn
+    return next((t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if after <= a < end and t in special),
+                None)
+
+
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """Tokens that end a reply: the tokenizer's EOS, the template's end-of-turn token, and the model's own
+    generation_config.eos_token_id (a list for models with several, such as Llama 3)."""
+    ids = [tokenizer.eos_token_id, end_of_turn_id(tokenizer)]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids if i is not None})
+
+
+def tokenize_chat(tokenizer, messages: list[dict], where: str, train_on: str = "assistant",
+                  ends: Optional[set[int]] = None) -> CausalTokens:
+    """`train_on`: 'assistant' (every assistant turn), 'last' (the final assistant turn), or 'all' tokens.
+    `ends`: tokens that may close a turn; a trained turn that ends otherwise (a template without an end-of-turn
+    token) gets EOS appended, so the model learns to stop."""
     text, spans = assistant_spans(tokenizer, messages, where)
     if train_on == "last":
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     if train_on == "all":
-        return CausalTokens(list(ids), list(ids), where)
-    labels = [token if any(s <= start < e for s, e in spans) else IGNORE
-              for token, (start, _) in zip(ids, offsets)]
-    return CausalTokens(list(ids), labels, where)
+        return CausalTokens(ids, list(ids), where)
+    ends = ends if ends is not None else {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} - {None}
+    out_ids, labels = [], []
+    for k, (token, (start, _)) in enumerate(zip(ids, offsets)):
+        inside = any(s <= start < e for s, e in spans)
+        out_ids.append(token)
+        labels.append(token if inside else IGNORE)
+        next_inside = k + 1 < len(ids) and any(s <= offsets[k + 1][0] < e for s, e in spans)
+        if inside and not next_inside and token not in ends:
+            out_ids.append(_eos(tokenizer))
+            labels.append(_eos(tokenizer))
+    return CausalTokens(out_ids, labels, where)
 
 
-def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, where: str) -> CausalTokens:
-    """Without a chat template: prompt tokens (no loss), then completion tokens and EOS (loss)."""
+def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, where: str,
+                               train_on: str = "assistant") -> CausalTokens:
+    """Without a chat template: prompt tokens (no loss unless train_on is 'all'), then completion tokens and EOS."""
     head = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     if head and head[-1] == tokenizer.eos_token_id:  # tokenizers that append EOS: the prompt does not end the text
         head = head[:-1]
     tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos(tokenizer)]
-    return CausalTokens(head + tail, [IGNORE] * len(head) + tail, where)
+    prompt_labels = list(head) if train_on == "all" else [IGNORE] * len(head)
+    return CausalTokens(head + tail, prompt_labels + tail, where)
 
 
 def tokenize_text(tokenizer, text: str, where: str) -> CausalTokens:
@@ -106,17 +158,19 @@ def tokenize_text(tokenizer, text: str, where: str) -> CausalTokens:
     return CausalTokens(list(ids), list(ids), where)
 
 
-def tokenize(tokenizer, example: CausalExample, use_chat_template: bool, train_on: str = "assistant") -> CausalTokens:
+def tokenize(tokenizer, example: CausalExample, use_chat_template: bool, train_on: str = "assistant",
+             ends: Optional[set[int]] = None) -> CausalTokens:
     if example.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError([f"{example.source}: chat messages need a tokenizer with a chat template; this one has none"])
-        return tokenize_chat(tokenizer, example.messages, example.source, train_on)
+        return tokenize_chat(tokenizer, example.messages, example.source, train_on, ends)
     if example.prompt is not None:
         if use_chat_template and getattr(tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": example.prompt},
                         {"role": "assistant", "content": example.completion or ""}]
-            return tokenize_chat(tokenizer, messages, example.source, "assistant")
-        return tokenize_prompt_completion(tokenizer, example.prompt, example.completion or "", example.source)
+            # One assistant turn: 'last' and 'assistant' agree; 'all' also trains on the prompt.
+            return tokenize_chat(tokenizer, messages, example.source, train_on, ends)
+        return tokenize_prompt_completion(tokenizer, example.prompt, example.completion or "", example.source, train_on)
     return tokenize_text(tokenizer, example.text or "", example.source)
 
 
@@ -125,8 +179,9 @@ def encode_causal(tokenizer, examples: Sequence[CausalExample], max_length: int,
     """Tokenize, cut to max_length (counted), and drop (and count) examples left without any target: an example
     that trains nothing must not pass as a silent zero loss."""
     split = CausalSplit(rows=[])
+    ends = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} - {None}  # found once, not per row
     for example in examples:
-        row = tokenize(tokenizer, example, use_chat_template, train_on)
+        row = tokenize(tokenizer, example, use_chat_template, train_on, ends)
         if len(row.input_ids) > max_length:
             split.truncated += 1
             row = CausalTokens(row.input_ids[:max_length], row.labels[:max_length], row.source)

@@ -2,8 +2,8 @@
 on_epoch_end, on_save, on_train_end.
 
 Exactness matters more than brevity here:
-- the loss of each micro-batch is a *sum* divided by the examples of the whole accumulated step, so
-  accumulating 4x8 gives the gradient of one batch of 32;
+- the loss of each micro-batch is a *sum* divided by the examples (causal LM: target tokens) of the whole
+  accumulated step, so accumulating 4x8 gives the gradient of one batch of 32;
 - the data order of epoch e is a permutation drawn from (data_seed, e) alone, so a resumed run can skip
   to the exact step it stopped at; dropout draws from the global RNG, saved in every checkpoint.
 """

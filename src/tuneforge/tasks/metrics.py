@@ -144,6 +144,7 @@ class CausalLMMetrics:
         self.correct += int((chosen.argmax(-1) == targets).sum())
 
     def compute(self) -> dict[str, float]:
-        mean = self.loss_sum / self.tokens if self.tokens else 0.0
-        return {"perplexity": math.exp(min(mean, 700.0)), "token_accuracy": self.correct / self.tokens if self.tokens else 0.0,
+        if not self.tokens:  # nothing was scored: no number can stand for it (never a perfect 1.0)
+            return {"perplexity": float("nan"), "token_accuracy": float("nan"), "target_tokens": 0.0}
+        return {"perplexity": math.exp(min(self.loss_sum / self.tokens, 700.0)), "token_accuracy": self.correct / self.tokens,
                 "target_tokens": float(self.tokens)}
