@@ -43,6 +43,7 @@ class RunResult:
     best_step: Optional[int]
     steps: int
     method: str = "full"
+    task: str = "classification"
     lr: float = 0.0
     stored_bytes: int = 0            # size of the weights a user must keep (the whole model, or the adapter)
     files: dict = field(default_factory=dict)
@@ -218,7 +219,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         stored = _save_model(model, tokenizer, model_dir)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=loop.state.best_step,
-                       steps=loop.state.global_step, method=recipe.method.name, lr=recipe.lr, stored_bytes=stored,
+                       steps=loop.state.global_step, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
                        files={"adapter" if adapter else "model": model_dir, "recipe": run_dir / "recipe.yaml",
                               "metrics": run_dir / "metrics.jsonl", "summary": run_dir / "summary.json"})
     summary = {**result.to_json(), "labels": space.names, "data": origin,
@@ -282,7 +283,8 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
     if recipe.method.is_adapter:
-        stage_note = " (adapter and head; the pre-trained weights are frozen)"
+        stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type != "causal-lm" \
+            else " (adapter; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
     console.print(f"  run directory: {run_dir}")
 
