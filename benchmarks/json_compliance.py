@@ -41,15 +41,31 @@ def replies(model, tokenizer, rows: list[dict], max_new_tokens: int) -> tuple[li
         new = generate_ids(model, tokenizer, row["prompt"], options)
         text = decode(tokenizer, new)
         complies, correct = check(text, row["answer"])
-        out.append({"prompt": row["prompt"], "reply": text, "complies": complies, "correct": correct,
+        out.append({"prompt": row["prompt"], "answer": row["answer"], "reply": text, "complies": complies,
+                    "correct": correct, "mentions": row["answer"].lower() in text.lower(),
                     "stopped": bool(new) and new[-1] in stops})
     return out, time.perf_counter() - started
 
 
 def summary(rows: list[dict]) -> dict:
+    """compliance: valid JSON with exactly the two keys; accuracy: and its answer right; mentions: the right
+    answer appears anywhere in the reply (what the model knows, whatever the format)."""
     n = len(rows)
     return {"compliance": sum(r["complies"] for r in rows) / n, "accuracy": sum(r["correct"] for r in rows) / n,
-            "stopped_at_eos": sum(r["stopped"] for r in rows) / n}
+            "mentions_answer": sum(r["mentions"] for r in rows) / n, "stopped_at_eos": sum(r["stopped"] for r in rows) / n}
+
+
+def write(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    lines = ["| | JSON compliance | JSON answer right | right answer anywhere in the reply | ended at end-of-turn |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ("before", "after"):
+        s = report[name]
+        lines.append(f"| {name} fine-tuning | {s['compliance']:.1%} | {s['accuracy']:.1%} | {s['mentions_answer']:.1%} | "
+                     f"{s['stopped_at_eos']:.1%} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -58,7 +74,17 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/instruction-json")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--rescore", help="a report JSON this script wrote: score its saved replies again, no model run")
     args = ap.parse_args()
+    if args.rescore:
+        report = json.loads(Path(args.rescore).read_text())
+        for name in ("before", "after"):
+            for row in report["replies"][name]:
+                row["complies"], row["correct"] = check(row["reply"], row["answer"])
+                row["mentions"] = row["answer"].lower() in row["reply"].lower()
+            report[name] = summary(report["replies"][name])
+        write(report, Path(args.out))
+        return
     recipe = tuneforge.load_recipe(args.recipe, args.overrides)
     test_rows = [json.loads(line) for line in Path(recipe.data.test).read_text().splitlines()]
 
@@ -83,15 +109,7 @@ def main() -> None:
               "peak_rss_mb": round(peak_mb), "examples": [{"prompt": b["prompt"], "before": b["reply"], "after": a["reply"]}
                                                           for b, a in zip(before[:6], after[:6])],
               "replies": {"before": before, "after": after}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    lines = ["| | JSON compliance | answer correct | stopped at end-of-turn |", "|---|---:|---:|---:|"]
-    for name in ("before", "after"):
-        s = report[name]
-        lines.append(f"| {name} fine-tuning | {s['compliance']:.1%} | {s['accuracy']:.1%} | {s['stopped_at_eos']:.1%} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write(report, Path(args.out))
     print(json.dumps({k: v for k, v in report.items() if k not in ("replies", "examples")}, indent=1))
 
 
