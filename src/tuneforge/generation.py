@@ -3,7 +3,6 @@ tokens streamed as they come, generation ended by the model's end-of-sequence / 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -49,9 +48,7 @@ def generate_ids(model, tokenizer, prompt: str, options: GenerationOptions, stre
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():  # PEFT's generate asks transformers a question v5 deprecates; nothing to act on
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
     finally:
         model.train(was_training)
     return out[0, ids.shape[1]:].tolist()

@@ -274,7 +274,9 @@ def attach_saved_adapter(base: nn.Module, folder: Path, name: str = "default") -
     kind = adapter_kind(folder)
     if kind == "peft":
         from peft import PeftModel
-        return PeftModel.from_pretrained(base, folder, adapter_name=name)
+        with warnings.catch_warnings():  # as in attach_adapter: PEFT asks a question transformers v5 deprecates
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            return PeftModel.from_pretrained(base, folder, adapter_name=name)
     if kind == "bottleneck":
         config = bn.BottleneckConfig(**json.loads((folder / bn.CONFIG_NAME).read_text()))
         bn.inject(base, config)
