@@ -347,32 +347,27 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
 
 def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     """Check recipe, data and model without training; raise on the first class of problems, return a report."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from .assets import resolve_model_path
+    from .models.loading import tokenizer_and_config
 
     recipe = load_recipe(recipe, overrides)
     task = get_task(recipe.task.type)
     splits, space, origin = load_examples(recipe.data, recipe.task.type)
-    if recipe.task.type == "causal-lm":
-        from transformers import AutoModelForCausalLM
-
-        path = resolve_model_path(recipe.model.name)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
-    elif recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
+    remote = recipe.model.trust_remote_code
+    if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):
             loaded = load_for_recipe(recipe, task, space, 0)
         model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path
     else:
-        path = resolve_model_path(recipe.model.name)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-        config.num_labels = task.num_outputs(len(space.names))
+        path, tokenizer, config = tokenizer_and_config(recipe.model.name, remote)
+        if recipe.task.type == "causal-lm":
+            auto = AutoModelForCausalLM
+        else:
+            auto = AutoModelForSequenceClassification
+            config.num_labels = task.num_outputs(len(space.names))
         with torch.device("meta"):  # structure only: no memory, no weights read
-            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+            model = auto.from_config(config, trust_remote_code=remote)
     groups = find_layer_groups(model)
     with torch.random.fork_rng(devices=[]):  # adapter initialization must not move the caller's RNG
         model, plan = _apply_method(model, recipe.method, groups, 0)

@@ -207,8 +207,23 @@ def stratified_split(examples: list[TextExample], fractions: dict[str, float], s
     return {k: [examples[i] for i in sorted(v)] for k, v in out.items()}
 
 
-def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], LabelSpace, dict[str, str]]:
-    """Every split validated, labels mapped; returns (splits, label space, where each split came from)."""
+def _reader(spec, task: str, text_col: str, pair_col, label_col):
+    """The function reading one file of `task`'s rows (validated, problems raised as DataError)."""
+    if task == "causal-lm":
+        from .causal import read_causal_examples
+        return lambda path: read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,
+                                                 spec.completion_column, spec.messages_column, spec.train_on)
+    if task == "image-classification":
+        from .images import read_image_examples
+        fmt = "auto" if spec.dataset else spec.format
+        return lambda path: read_image_examples(path, fmt, spec.image_column, label_col)
+    return lambda path: read_examples_from_file(path, task, text_col, pair_col, label_col, spec.label_separator,
+                                                spec.format)
+
+
+def load_examples(data_spec, task: str) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
+    """Every split validated, labels mapped; returns (splits, label space, where each split came from).
+    Causal-LM rows have no labels: their label space is empty and their splits are carved at random."""
     from ..assets import DATASET_LABELS, DATASETS
 
     spec = data_spec
@@ -218,23 +233,15 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
     else:
         files = {k: getattr(spec, k) for k in ("train", "validation", "test") if getattr(spec, k)}
         text_col, pair_col, label_col = spec.text_column, spec.text_pair_column, spec.label_column
-    if task == "causal-lm":
-        return _load_causal(spec, files)
-    images = task == "image-classification"
-    if images:
-        from .images import read_image_examples
+    read = _reader(spec, task, text_col, pair_col, label_col)
+    if task == "image-classification":
         task = "classification"  # labels, splits and checks are those of single-label classification
 
     problems: list[str] = []
     splits: dict[str, list] = {}
     for name, path in files.items():
         try:
-            if images:
-                splits[name] = read_image_examples(path, "auto" if spec.dataset else spec.format,
-                                                   spec.image_column, label_col)
-            else:
-                splits[name] = read_examples_from_file(path, task, text_col, pair_col, label_col,
-                                                       spec.label_separator, spec.format)
+            splits[name] = read(path)
         except DataError as e:
             problems.extend(e.problems)
     if problems:
@@ -249,38 +256,16 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list[TextExample]], L
         splits.update(parts)
         for k, f in carve.items():
             origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
-    declared = spec.labels or (DATASET_LABELS.get(spec.dataset) if spec.dataset else None)
-    space = build_label_space(task, splits["train"], declared)  # from all rows, before limit_train
+    if task == "causal-lm":
+        space = LabelSpace([])
+    else:
+        declared = spec.labels or (DATASET_LABELS.get(spec.dataset) if spec.dataset else None)
+        space = build_label_space(task, splits["train"], declared)  # from all rows, before limit_train
     if spec.limit_train:
         splits["train"] = splits["train"][: spec.limit_train]
-    for name, examples in splits.items():
-        check_labels(task, examples, space, problems)
+    if task != "causal-lm":
+        for name, examples in splits.items():
+            check_labels(task, examples, space, problems)
     if problems:
         raise DataError(problems)
     return splits, space, origin
-
-
-def _load_causal(spec, files: dict) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
-    """Causal-LM rows: no labels to map; validation / test carved from train at random when not given."""
-    from .causal import read_causal_examples
-
-    problems: list[str] = []
-    splits: dict[str, list] = {}
-    for name, path in files.items():
-        try:
-            splits[name] = read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,
-                                                spec.completion_column, spec.messages_column, spec.train_on)
-        except DataError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise DataError(problems)
-    origin = {k: str(v) for k, v in files.items()}
-    carve = {k: getattr(spec, f"{k}_fraction") for k in ("validation", "test") if k not in splits}
-    carve = {k: f for k, f in carve.items() if f > 0}
-    if carve:
-        splits.update(stratified_split(splits["train"], carve, spec.split_seed, stratify=False, where=files["train"]))
-        for k, f in carve.items():
-            origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
-    if spec.limit_train:
-        splits["train"] = splits["train"][: spec.limit_train]
-    return splits, LabelSpace([]), origin

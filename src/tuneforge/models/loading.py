@@ -27,9 +27,9 @@ def _quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
-                            head_seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def tokenizer_and_config(name: str, trust_remote_code: bool = False):
+    """(folder, tokenizer, config) of a model alias or folder; an unreadable one is named with the reason."""
+    from transformers import AutoConfig, AutoTokenizer
 
     _quiet_transformers()
     path = resolve_model_path(name)
@@ -38,6 +38,14 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not load tokenizer/config from {path}: {e}") from None
+    return path, tokenizer, config
+
+
+def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
+                            head_seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
+    from transformers import AutoModelForSequenceClassification
+
+    path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     config.num_labels = num_outputs
     config.problem_type = problem_type
     if id2label:
@@ -85,15 +93,9 @@ def load_run_model(model_dir: Path):
 
 def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
     """A causal language model and its tokenizer; its own head (tied or not) is kept, nothing is new."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
-    path = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise TuneforgeError(f"model.name {name!r}: could not load tokenizer/config from {path}: {e}") from None
+    path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
