@@ -29,7 +29,7 @@ def test_sequence_logprobs_sum_only_response_tokens():
 
 def test_bradley_terry():
     loss = bradley_terry_loss(t(1.0, 0.0), t(0.0, 2.0))
-    assert loss.item() == pytest.approx((-math.log(sigmoid(1.0)) - math.log(sigmoid(-2.0))) / 2)
+    assert loss.tolist() == pytest.approx([-math.log(sigmoid(1.0)), -math.log(sigmoid(-2.0))])
 
 
 def test_dpo_and_its_label_smoothing():
@@ -43,9 +43,14 @@ def test_dpo_and_its_label_smoothing():
 
 
 def test_ipo():
-    # h = (-2 + 3) - (-4 + 3) = 2; beta 0.25: target 1 / (2 * 0.25) = 2, so the loss is 0; beta 0.5: (2 - 1)^2 = 1.
-    assert ipo_loss(t(-2.0), t(-4.0), t(-3.0), t(-3.0), beta=0.25).item() == pytest.approx(0.0)
-    assert ipo_loss(t(-2.0), t(-4.0), t(-3.0), t(-3.0), beta=0.5).item() == pytest.approx(1.0)
+    # One token each: h = (-2 + 3) - (-4 + 3) = 2; beta 0.25: target 1 / (2 * 0.25) = 2, so the loss is 0;
+    # beta 0.5: (2 - 1)^2 = 1.
+    one = t(1.0)
+    assert ipo_loss(t(-2.0), t(-4.0), t(-3.0), t(-3.0), one, one, beta=0.25).item() == pytest.approx(0.0)
+    assert ipo_loss(t(-2.0), t(-4.0), t(-3.0), t(-3.0), one, one, beta=0.5).item() == pytest.approx(1.0)
+    # Per-token ratios: chosen gains 4 over 2 tokens (2 each), rejected loses 3 over 3 tokens (-1 each): h = 3;
+    # beta 0.5: (3 - 1)^2 = 4.
+    assert ipo_loss(t(-6.0), t(-9.0), t(-10.0), t(-6.0), t(2.0), t(3.0), beta=0.5).item() == pytest.approx(4.0)
 
 
 def test_simpo_normalizes_by_length_and_subtracts_the_margin():

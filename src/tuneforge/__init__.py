@@ -10,9 +10,10 @@ from .inference import Predictor, evaluate, predict
 from .merging import MergeError, MergeReport, merge
 from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
+from .scoring import Scorer, score
 from .studies import CompareResult, compare
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
            "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
-           "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions"]
+           "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions", "score", "Scorer"]

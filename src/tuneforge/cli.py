@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
                    "run was trained: a user turn when its rows were rendered with the chat template)")
     g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
 
+    sc = sub.add_parser("score", help="score (prompt, response) pairs, or preference pairs, with a reward-model run")
+    sc.add_argument("run_dir")
+    sc.add_argument("--data", required=True, help="file with prompt and response columns, or prompt, chosen and "
+                    "rejected columns (then: how often the chosen one scores higher)")
+    sc.add_argument("--response-column", default="response", help="the response column (default: response)")
+    sc.add_argument("--output", help="write one JSON line per row here")
+    sc.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/(IA)3 adapter into the base model, checked on held-out inputs")
     m.add_argument("run_dir")
     m.add_argument("--out", help="folder for the merged model (default: RUN_DIR/merged)")
@@ -152,6 +160,22 @@ def _dispatch(args) -> int:
             text = generator(prompt, options, stream=not args.no_stream)
             if args.no_stream:
                 print(text)
+        return 0
+    if args.command == "score":
+        from .scoring import score
+
+        records, summary = score(args.run_dir, args.data, args.response_column)
+        if args.output:
+            from .inference import write_predictions
+            write_predictions(records, args.output)
+            out.print(f"{len(records)} scores written to {args.output}")
+        elif not args.json:
+            for r in records:
+                print(json.dumps(r))
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            out.print("  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
         return 0
     if args.command == "merge":
         tuneforge.merge(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, examples=args.examples,

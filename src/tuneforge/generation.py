@@ -11,6 +11,7 @@ import torch
 
 from .data.causal import stop_ids
 from .errors import RunDirError
+from .recipe import GENERATIVE_TASKS
 
 
 @dataclass
@@ -65,8 +66,9 @@ class Generator:
         from .inference import _open_run
 
         self.run = _open_run(run_dir)
-        if self.run.recipe.task.type != "causal-lm":
-            raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm run")
+        if self.run.recipe.task.type not in GENERATIVE_TASKS:
+            raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm or "
+                              "preference run")
 
     def prompt_format(self) -> str:
         summary = self.run.run_dir / "summary.json"

@@ -12,12 +12,12 @@ from .adapters import adapter_kind, attach_saved_adapter, load_bottleneck_state,
 from .adapters.bottleneck import CONFIG_NAME as BOTTLENECK_CONFIG
 from .assets import resolve_model_path
 from .data.collate import encode_for
-from .data.dataset import LabelSpace, TextExample, check_labels, read_examples_from_file
+from .data.dataset import UNLABELLED_TASKS, LabelSpace, TextExample, check_labels, read_examples_from_file
 from .engine.evaluate import run_evaluation, run_prediction
 from .errors import DataError, RunDirError
 from .models import load_for_recipe, load_run_model
-from .recipe import Recipe, load_recipe
-from .tasks import get_task
+from .recipe import GENERATIVE_TASKS, Recipe, load_recipe
+from .tasks import get_task, task_for
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _open_run(run_dir: str | Path) -> OpenRun:
     if _is_image(recipe):
         from .models.vision import load_image_run_model
         model, tokenizer = load_image_run_model(run_dir / "model")
-    elif recipe.task.type == "causal-lm":
+    elif recipe.task.type in GENERATIVE_TASKS:
         from .models.loading import load_causal_run_model
         model, tokenizer = load_causal_run_model(run_dir / "model")
         return OpenRun(run_dir, recipe, model, tokenizer, LabelSpace([]))
@@ -225,6 +225,14 @@ class Predictor:
 
     def _examples(self, data, texts, text_pairs, with_labels: bool, images=None):
         recipe = self.recipe
+        if recipe.task.type in ("preference", "reward-model"):
+            if data is None:
+                raise DataError([f"{self.run.run_dir} is a {recipe.task.type} model: evaluate it on a file of "
+                                 "preference pairs" + (" or score responses with `tuneforge score`"
+                                                       if recipe.task.type == "reward-model" else "")])
+            from .data.preference import read_preference_examples
+            d = recipe.data
+            return read_preference_examples(data, d.format, d.prompt_column, d.chosen_column, d.rejected_column)
         if recipe.task.type == "causal-lm":
             if data is None:
                 raise DataError([f"{self.run.run_dir} is a language model: evaluate it on a file of its kind of rows "
@@ -285,20 +293,39 @@ class Predictor:
         recipe, space = self.recipe, self.space
         examples = self._examples(data, None, None, with_labels=True)
         problems: list[str] = []
-        if recipe.task.type != "causal-lm":
+        if recipe.task.type not in UNLABELLED_TASKS:
             check_labels(recipe.task.type, examples, space, problems)
         if problems:
             raise DataError(problems)
         split = encode_for(recipe, self.run.tokenizer, examples, space)
-        task = get_task(recipe.task.type)
+        task = self._task()
         return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
                               batch_size or recipe.training.eval_batch_size,
                               getattr(self.run.tokenizer, "pad_token_id", None) or 0)
+
+    def _task(self):
+        """The run's task; a preference policy's reference is its network with the adapter disabled, or for a
+        whole-network run the base model it started from."""
+        task = task_for(self.recipe)
+        if self.recipe.task.type == "preference" and task.reference is None:
+            from .tasks.preference import AdapterReference, CopyReference
+
+            if self.active is not None:
+                task.reference = AdapterReference()
+            elif not task.reference_free:
+                from .models.loading import load_for_causal_lm
+                task.reference = CopyReference(load_for_causal_lm(self.recipe.model.name, 0,
+                                                                  self.recipe.model.trust_remote_code).model)
+        return task
 
     def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,
                 text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
                 images: Sequence[str | Path] | None = None) -> list[dict]:
         """Predictions for a file, texts, or (image models) images: files or folders of them."""
+        if self.recipe.task.type in ("preference", "reward-model"):
+            what = "generate with `tuneforge generate`" if self.recipe.task.type == "preference" else \
+                "score (prompt, response) pairs with `tuneforge score`"
+            raise DataError([f"{self.run.run_dir} is a {self.recipe.task.type} model: {what}"])
         examples = self._examples(data, texts, text_pairs, with_labels=False, images=images)
         logits = self.logits(examples, batch_size)
         kind, space, threshold = self.recipe.task.type, self.space, self.recipe.task.threshold

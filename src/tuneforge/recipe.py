@@ -38,7 +38,13 @@ class ModelSpec(_Section):
 
 
 TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
-                   "causal-lm"]
+                   "causal-lm", "reward-model", "preference"]
+GENERATIVE_TASKS = ("causal-lm", "preference")  # tasks whose model is a causal LM that generates
+PREFERENCE_LOSSES = ("dpo", "ipo", "simpo", "orpo")
+REFERENCE_FREE = ("simpo", "orpo")
+# Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
+# al.); ORPO's weight of the odds-ratio term 0.1 (Hong et al.).
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
 
 
 class TaskSpec(_Section):
@@ -46,7 +52,26 @@ class TaskSpec(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="multi-label: probability above which a label is predicted")
     sample_prompts: list[str] = Field(default_factory=list, description="causal-lm: prompts answered (greedily) before "
                                       "training and at each evaluation, saved in RUN_DIR/samples.jsonl")
-    max_new_tokens: int = Field(64, gt=0, description="causal-lm: length limit of those sample replies")
+    max_new_tokens: int = Field(64, gt=0, description="causal-lm, preference: length limit of those sample replies")
+    # Preference tuning (task.type: preference)
+    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field(
+        "dpo", description="preference: dpo (sigmoid), ipo, or the reference-free simpo and orpo")
+    beta: Optional[float] = Field(None, gt=0, description="preference: strength (dpo/ipo: beta, default 0.1; simpo: reward "
+                                  "scale, default 2.0; orpo: weight of the odds-ratio term, default 0.1)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="preference, dpo: assumed fraction of flipped pairs "
+                                   "(conservative DPO)")
+    gamma: float = Field(0.5, ge=0, description="preference, simpo: target reward margin")
+    reference: Literal["auto", "copy", "precomputed", "none"] = Field(
+        "auto", description="preference: the reference policy. auto: adapters use the network with the adapter "
+        "disabled (no second copy), other methods a frozen copy (dpo/ipo) or none (simpo/orpo); copy: a frozen copy; "
+        "precomputed: its log-probs computed once before training, no copy kept; none: no reference (simpo/orpo "
+        "only; the KL estimate is then not reported)")
+    disable_dropout: bool = Field(True, description="preference, reward-model: turn dropout off, so the policy and "
+                                  "its reference agree at the start and rewards are not noise")
+
+    @property
+    def preference_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
 
 
 class AugmentSpec(_Section):
@@ -82,6 +107,11 @@ class DataSpec(_Section):
     prompt_column: str = Field("prompt", description="causal-lm: the prompt of prompt/completion rows")
     completion_column: str = Field("completion", description="causal-lm: the completion (what the model learns to write)")
     messages_column: str = Field("messages", description="causal-lm: chat rows, a list of {role, content}")
+    chosen_column: str = Field("chosen", description="preference, reward-model: the preferred response (text, or "
+                               "chat messages)")
+    rejected_column: str = Field("rejected", description="preference, reward-model: the other response")
+    drop_invalid_pairs: bool = Field(False, description="preference, reward-model: skip (and report) pairs whose "
+                                     "responses are empty or identical, instead of stopping with an error")
     train_on: Literal["assistant", "last", "all"] = Field(
         "assistant", description="causal-lm: which tokens have loss: the completion / every assistant turn (assistant), "
         "the final assistant turn (last), or every token (all)")
@@ -248,12 +278,34 @@ class Recipe(_Section):
         if not images and self.data.dataset == "fashion-mnist":
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
-        if self.task.type != "causal-lm":
-            causal_only = [k for k, v in (("task.sample_prompts", self.task.sample_prompts), ("data.packing", self.data.packing),
-                                          ("data.train_on", self.data.train_on != "assistant"),
+        kind = self.task.type
+        generative_only = [k for k, v in (("task.sample_prompts", self.task.sample_prompts),
                                           ("data.chat_template", not self.data.chat_template)) if v]
-            if causal_only:
-                raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {self.task.type!r}")
+        if kind not in GENERATIVE_TASKS and generative_only:
+            raise ValueError(f"{', '.join(generative_only)}: for causal-lm and preference tasks only; task.type is {kind!r}")
+        causal_only = [k for k, v in (("data.packing", self.data.packing),
+                                      ("data.train_on", self.data.train_on != "assistant")) if v]
+        if kind != "causal-lm" and causal_only:
+            raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {kind!r}")
+        preference_keys = [k for k in ("loss", "beta", "label_smoothing", "gamma", "reference")
+                           if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]
+        if kind != "preference" and preference_keys:
+            raise ValueError(f"{', '.join('task.' + k for k in preference_keys)}: for preference tasks only; "
+                             f"task.type is {kind!r}")
+        if kind == "preference":
+            t = self.task
+            if t.label_smoothing and t.loss != "dpo":
+                raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
+            if t.gamma != TaskSpec.model_fields["gamma"].get_default() and t.loss != "simpo":
+                raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
+            if t.reference == "none" and t.loss not in REFERENCE_FREE:
+                raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
+                                 "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
+        if kind not in ("preference", "reward-model") and not self.task.disable_dropout:
+            raise ValueError(f"task.disable_dropout is for preference and reward-model tasks; task.type is {kind!r}")
+        if kind in ("preference", "reward-model") and self.data.dataset:
+            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs; give data.train (a file with "
+                             f"{self.data.prompt_column}, {self.data.chosen_column}, {self.data.rejected_column} columns)")
         if self.data.packing and self.method.name in ("prefix", "prompt"):
             raise ValueError(f"data.packing cannot isolate packed examples under method {self.method.name!r} (PEFT "
                              "replaces the restarting position ids, or adds a key/value cache, that isolation relies on); "

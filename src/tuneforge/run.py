@@ -24,10 +24,11 @@ from .errors import DataError, RecipeError, RunDirError
 from .methods import (apply_plan, build_param_groups, build_plan, count_parameters, freeze_batchnorm_statistics,
                       set_frozen_modules_eval)
 from .methods.param_groups import group_learning_rates
+from .tasks.preference import disable_dropout, make_reference
 from .models import find_layer_groups, load_for_recipe
-from .recipe import Recipe, load_recipe
+from .recipe import GENERATIVE_TASKS, Recipe, load_recipe
 from .report import console as default_console, print_summary
-from .tasks import get_task, higher_is_better
+from .tasks import get_task, higher_is_better, task_for
 
 RecipeLike = Union[str, Path, dict, Recipe]
 
@@ -118,13 +119,20 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     head_seed = t.head_seed if t.head_seed is not None else t.seed
     data_seed = t.data_seed if t.data_seed is not None else t.seed
     run_dir = Path(recipe.output.dir)
-    task = get_task(recipe.task.type)
+    task = task_for(recipe)
 
-    splits, space, origin = load_examples(d, recipe.task.type)
+    notes: list[str] = []
+    splits, space, origin = load_examples(d, recipe.task.type, notes)
     loaded = load_for_recipe(recipe, task, space, head_seed)
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
+    reference_mode = None
+    if recipe.task.type in ("preference", "reward-model") and recipe.task.disable_dropout:
+        disable_dropout(model)
+    if recipe.task.type == "preference":  # before any checkpoint is loaded: the reference is the starting network
+        task.reference, reference_mode = make_reference(recipe.task.reference, recipe.task.loss, model,
+                                                        recipe.method.is_adapter)
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
@@ -132,7 +140,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     # Only now, with recipe, data and model all checked, may an old run be replaced.
     resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console)
     _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-    for w in warnings:
+    for w in notes + warnings:
         console.print(f"[yellow]warning:[/] {w}")
     adapter = recipe.method.is_adapter
     if adapter:  # only the adapter's weights and the head are trained, optimized and checkpointed
@@ -151,6 +159,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     if emptied:
         raise DataError(emptied)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    if reference_mode == "precomputed":
+        _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter, console)
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -168,7 +178,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     if plan is not None and plan.gradual:
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
     prompt_format = _prompt_format(recipe, tokenizer, splits)
-    if recipe.task.type == "causal-lm" and recipe.task.sample_prompts:
+    if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
         from .generation import SampleGenerations
         cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
                                      recipe.task.max_new_tokens, prompt_format == "chat-template"))
@@ -197,7 +207,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan)
+    _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan, reference_mode)
     started = time.perf_counter()
     loop.run()
     train_seconds = time.perf_counter() - started
@@ -226,7 +236,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                "rows": {k: len(v) for k, v in splits.items()},
                "truncated": {k: v.truncated for k, v in encoded.items()},
                "dropped": {k: len(getattr(v, "dropped", None) or []) for k, v in encoded.items()},
-               "prompt_format": prompt_format,
+               "prompt_format": prompt_format, "reference": reference_mode,
                "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
@@ -240,6 +250,24 @@ def _apply_method(model, spec, groups, init_seed: int):
     plan = build_plan(spec, groups)
     apply_plan(model, plan, 0)
     return model, plan
+
+
+def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, console) -> None:
+    """Reference log-probs of every pair, from the network before training (adapters: with the adapter disabled),
+    stored in the splits: training then runs one forward per batch instead of two."""
+    from .tasks.preference import AdapterReference, eval_mode, reference_logps
+
+    started = time.perf_counter()
+    if adapter:
+        logits_of = lambda inputs: AdapterReference().logits(model, inputs)  # noqa: E731
+    else:
+        def logits_of(inputs):
+            with torch.no_grad(), eval_mode(model):
+                return model(**inputs).logits
+    for split in encoded.values():
+        split.reference = reference_logps(split, logits_of, batch_size, pad_id)
+    pairs = sum(len(v) for v in encoded.values())
+    console.print(f"  reference log-probs of {pairs} pairs computed in {time.perf_counter() - started:.1f} s")
 
 
 def _enable_gradient_checkpointing(model) -> None:
@@ -261,7 +289,7 @@ def _save_model(model, tokenizer, model_dir: Path) -> int:
     return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
-def _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan):
+def _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan, reference_mode=None):
     trainable, total = count_parameters(model)
     rows = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     init = "" if recipe.model.pretrained else " · randomly initialized"
@@ -283,17 +311,26 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
     if recipe.method.is_adapter:
-        stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type != "causal-lm" \
+        stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type not in GENERATIVE_TASKS \
             else " (adapter; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
+    if recipe.task.type == "preference":
+        t = recipe.task
+        shown = {"adapter": "the network with its adapter disabled", "copy": "a frozen copy of the starting network",
+                 "precomputed": "log-probs of the starting network, computed once",
+                 "none": "none (reference-free loss)"}[reference_mode]
+        console.print(f"  objective: {t.loss} (beta {t.preference_beta:g}); reference: {shown}")
     console.print(f"  run directory: {run_dir}")
 
 
 def _prompt_format(recipe, tokenizer, splits) -> Optional[str]:
-    """How a causal-lm run's prompts were rendered in training, so generation renders them the same way."""
-    if recipe.task.type != "causal-lm":
+    """How a causal-lm or preference run's prompts were rendered in training, so generation renders them the same
+    way."""
+    if recipe.task.type not in GENERATIVE_TASKS:
         return None
     first = splits["train"][0]
+    if recipe.task.type == "preference":
+        first = first.causal(first.chosen)
     templated = bool(getattr(tokenizer, "chat_template", None)) and (
         first.messages is not None or (first.prompt is not None and recipe.data.chat_template))
     return "chat-template" if templated else "plain"
@@ -352,8 +389,9 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     from .models.loading import tokenizer_and_config
 
     recipe = load_recipe(recipe, overrides)
-    task = get_task(recipe.task.type)
-    splits, space, origin = load_examples(recipe.data, recipe.task.type)
+    task = task_for(recipe)
+    notes: list[str] = []
+    splits, space, origin = load_examples(recipe.data, recipe.task.type, notes)
     remote = recipe.model.trust_remote_code
     if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):
@@ -361,8 +399,10 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
         model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path
     else:
         path, tokenizer, config = tokenizer_and_config(recipe.model.name, remote)
-        if recipe.task.type == "causal-lm":
+        if recipe.task.type in GENERATIVE_TASKS:
             auto = AutoModelForCausalLM
+            if tokenizer.pad_token is None:  # as the loader does: batches need a pad id
+                tokenizer.pad_token = tokenizer.eos_token
         else:
             auto = AutoModelForSequenceClassification
             config.num_labels = task.num_outputs(len(space.names))
@@ -377,4 +417,4 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
                  for k, v in splits.items()}
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
-            "total_parameters": total, "model_path": str(path), "warnings": warnings}
+            "total_parameters": total, "model_path": str(path), "warnings": notes + warnings}

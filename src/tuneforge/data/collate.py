@@ -125,9 +125,16 @@ class CausalLMSplit:
 def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace, *,
            train_on: str = "assistant", chat_template: bool = True, packing: bool = False):
     """Text examples tokenized (an EncodedSplit); image examples wrapped with their preprocessing (an ImageSplit,
-    `tokenizer` being the run's ImageProcessing); causal-LM examples tokenized with label masks (a CausalLMSplit)."""
+    `tokenizer` being the run's ImageProcessing); causal-LM examples tokenized with label masks (a CausalLMSplit);
+    preference pairs as two rows each, for a policy (PolicyPairSplit) or a reward model (RewardPairSplit)."""
     if task == "image-classification":
         return ImageSplit(list(examples), tokenizer, encode_labels("classification", examples, space))
+    if task == "preference":
+        from .preference import encode_policy_pairs
+        return encode_policy_pairs(tokenizer, examples, max_length, chat_template)
+    if task == "reward-model":
+        from .preference import encode_reward_pairs
+        return encode_reward_pairs(tokenizer, examples, max_length)
     if task == "causal-lm":
         from .causal import encode_causal, pack
         split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)

@@ -13,6 +13,7 @@ from ..errors import DataError
 from .readers import read_table
 
 LabelValue = Any  # str (classification), list[str] (multi-label), float (regression)
+UNLABELLED_TASKS = ("causal-lm", "preference", "reward-model")  # rows without a label column
 
 
 @dataclass
@@ -207,8 +208,13 @@ def stratified_split(examples: list[TextExample], fractions: dict[str, float], s
     return {k: [examples[i] for i in sorted(v)] for k, v in out.items()}
 
 
-def _reader(spec, task: str, text_col: str, pair_col, label_col):
+def _reader(spec, task: str, text_col: str, pair_col, label_col, notes: Optional[list] = None):
     """The function reading one file of `task`'s rows (validated, problems raised as DataError)."""
+    if task in UNLABELLED_TASKS and task != "causal-lm":
+        from .preference import read_preference_examples
+        report = notes.append if notes is not None else None
+        return lambda path: read_preference_examples(path, spec.format, spec.prompt_column, spec.chosen_column,
+                                                     spec.rejected_column, spec.drop_invalid_pairs, report)
     if task == "causal-lm":
         from .causal import read_causal_examples
         return lambda path: read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,
@@ -221,9 +227,10 @@ def _reader(spec, task: str, text_col: str, pair_col, label_col):
                                                 spec.format)
 
 
-def load_examples(data_spec, task: str) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
+def load_examples(data_spec, task: str, notes: Optional[list] = None) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
     """Every split validated, labels mapped; returns (splits, label space, where each split came from).
-    Causal-LM rows have no labels: their label space is empty and their splits are carved at random."""
+    Causal-LM and preference rows have no labels: their label space is empty and their splits are carved at
+    random. Rows skipped on purpose (data.drop_invalid_pairs) are reported by appending to `notes`."""
     from ..assets import DATASET_LABELS, DATASETS
 
     spec = data_spec
@@ -233,7 +240,7 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list], LabelSpace, di
     else:
         files = {k: getattr(spec, k) for k in ("train", "validation", "test") if getattr(spec, k)}
         text_col, pair_col, label_col = spec.text_column, spec.text_pair_column, spec.label_column
-    read = _reader(spec, task, text_col, pair_col, label_col)
+    read = _reader(spec, task, text_col, pair_col, label_col, notes)
     if task == "image-classification":
         task = "classification"  # labels, splits and checks are those of single-label classification
 
@@ -256,14 +263,14 @@ def load_examples(data_spec, task: str) -> tuple[dict[str, list], LabelSpace, di
         splits.update(parts)
         for k, f in carve.items():
             origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
-    if task == "causal-lm":
+    if task in UNLABELLED_TASKS:
         space = LabelSpace([])
     else:
         declared = spec.labels or (DATASET_LABELS.get(spec.dataset) if spec.dataset else None)
         space = build_label_space(task, splits["train"], declared)  # from all rows, before limit_train
     if spec.limit_train:
         splits["train"] = splits["train"][: spec.limit_train]
-    if task != "causal-lm":
+    if task not in UNLABELLED_TASKS:
         for name, examples in splits.items():
             check_labels(task, examples, space, problems)
     if problems:

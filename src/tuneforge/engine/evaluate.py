@@ -31,11 +31,10 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
     for start in range(0, len(order), batch_size):
         batch = split.batch(order[start:start + batch_size], pad_id)
         with autocast(precision):
-            logits = model(**model_inputs(batch)).logits
-        logits = logits.float()
-        loss_sum += float(task.loss_sum(logits, batch["labels"]))
+            batch_loss, outputs = task.batch_loss(model, batch, evaluating=True)
+        loss_sum += float(batch_loss)
         n += split.count(order[start:start + batch_size])
-        metrics.update(logits, batch["labels"])
+        metrics.update(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, batch.get("labels"))
     model.train(was_training)
     return {"loss": loss_sum / max(n, 1), **metrics.compute()}
 

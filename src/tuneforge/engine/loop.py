@@ -18,7 +18,7 @@ import torch
 
 from ..data.collate import EncodedSplit
 from .checkpoint import save_checkpoint
-from .evaluate import autocast, model_inputs, run_evaluation
+from .evaluate import autocast, run_evaluation
 
 
 @dataclass
@@ -126,8 +126,8 @@ class Loop:
         for indices in step_batches:
             batch = self.train_split.batch(indices, self.pad_id, augment)
             with autocast(self.cfg.precision):
-                logits = self.model(**model_inputs(batch)).logits
-            loss = self.task.loss_sum(logits, batch["labels"]) / normalizer
+                loss_sum, _ = self.task.batch_loss(self.model, batch)
+            loss = loss_sum / normalizer
             loss.backward()
             total += float(loss.detach())
         if self.cfg.max_grad_norm:

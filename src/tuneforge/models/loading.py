@@ -48,6 +48,12 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     config.num_labels = num_outputs
     config.problem_type = problem_type
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoders (GPT-2, Llama) have no pad token: batches need one, and their classification heads find each
+        # row's last token by it. EOS is safe: rows are right-padded and the head reads the last non-pad token.
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
     if id2label:
         config.id2label = {int(i): n for i, n in id2label.items()}
         config.label2id = {n: int(i) for i, n in id2label.items()}
@@ -115,7 +121,7 @@ def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pr
 
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
     """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
-    if recipe.task.type == "causal-lm":
+    if recipe.task.type in ("causal-lm", "preference"):
         return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
     id2label = space.id2label if space.names else None
     if recipe.task.type == "image-classification":
@@ -128,6 +134,8 @@ def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
         loaded.tokenizer.augment = Augmentation(augment.enabled, tuple(augment.crop_scale), tuple(augment.crop_ratio),
                                                 augment.hflip)
         return loaded
+    if recipe.task.type == "reward-model":
+        id2label = {0: "reward"}
     return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
                                    id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
 

@@ -32,7 +32,7 @@ def print_summary(console: Console, result) -> None:
     console.print(f"steps: {result.steps}; training time: {result.train_seconds:.1f} s; best step: {result.best_step}")
     from ..recipe import ADAPTER_METHODS
     # A language model's head is its own, pre-trained one: an adapter run then stores the adapter alone.
-    what = ("adapter" if result.task == "causal-lm" else "adapter and head") if result.method in ADAPTER_METHODS else "model"
+    what = ("adapter" if result.task in ("causal-lm", "preference") else "adapter and head") if result.method in ADAPTER_METHODS else "model"
     console.print(f"{what} saved to: {result.model_dir} ({format_bytes(result.stored_bytes)} of weights)")
 
 

@@ -1,7 +1,8 @@
 """Tasks: what the data looks like, which head, which loss and metrics.
 
-One entry per task in TASKS. A task's loss returns the *sum* over examples; the loop divides by the number
-of examples in the whole accumulated batch, so accumulating 4x8 equals one batch of 32.
+One entry per task in TASKS. A task's `batch_loss(model, batch)` returns the loss *summed* over the batch's
+examples (causal LM: target tokens; preference: pairs) and what its metrics read; the loop divides by the
+count of the whole accumulated step, so accumulating 4x8 equals one batch of 32.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import CausalLMMetrics, align_to_labels, ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
+from .preference import PreferenceTask, RewardModelTask
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,11 @@ class Task:
 
     def num_outputs(self, num_labels: int) -> int:
         return 1 if self.problem_type == "regression" else num_labels
+
+    def batch_loss(self, model, batch: dict, evaluating: bool = False):
+        """(loss summed over the batch, what the metrics read: the logits)."""
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return self.loss_sum(logits, batch["labels"]), logits
 
 
 def _ce_sum(logits, labels):
@@ -46,7 +53,7 @@ def _next_token_ce_sum(logits, labels):
                            reduction="sum")
 
 
-_LOWER_IS_BETTER = {"loss", "mse", "mae", "perplexity"}
+_LOWER_IS_BETTER = {"loss", "mse", "mae", "perplexity", "kl"}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -74,8 +81,19 @@ TASKS: dict[str, Task] = {
         name="regression", problem_type="regression", loss_sum=_mse_sum,
         make_metrics=lambda k, t: RegressionMetrics(), default_metric="mse",
     ),
+    "reward-model": RewardModelTask(),
+    "preference": PreferenceTask(),  # configured from the recipe by `task_for`
 }
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str):
     return TASKS[name]
+
+
+def task_for(recipe):
+    """The recipe's task; a preference task with the recipe's loss and strength (its reference is set later,
+    once the model exists)."""
+    if recipe.task.type != "preference":
+        return get_task(recipe.task.type)
+    t = recipe.task
+    return PreferenceTask(loss=t.loss, beta=t.preference_beta, label_smoothing=t.label_smoothing, gamma=t.gamma)

@@ -1,0 +1,74 @@
+"""Build the `concise-answers` preference set: for short questions, a reply of at most 12 words that ends by
+itself (chosen) is preferred to a long or unfinished one (rejected). A rule a program checks, and one
+SmolLM2-135M-Instruct breaks on most questions: it explains at length, and often runs out of tokens.
+
+    python examples/concise_answers.py     # writes examples/data/concise-answers/{train,validation,test}.jsonl
+
+The questions are those of examples/json_answers.py (the test split's values and some of its templates are never
+seen in training). The rejected reply of each pair is the model's own greedy reply (48 new tokens at most), so
+preference tuning pushes down what the model actually does; the chosen reply is the bare right answer. Only
+questions whose own reply breaks the rule become pairs. Needs `make smollm2`; deterministic (greedy decoding).
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from json_answers import questions  # noqa: E402
+
+MAX_WORDS = 12
+MAX_NEW_TOKENS = 48
+
+
+def is_concise(reply: str, stopped: bool) -> bool:
+    """The preferred behaviour: at most MAX_WORDS words, and the reply ended by itself (not cut off)."""
+    return stopped and 0 < len(reply.split()) <= MAX_WORDS
+
+
+def base_replies(prompts: list[str], model_name: str = "smollm2-135m") -> list[tuple[str, bool]]:
+    """(greedy reply, ended at an end token) of the base model for each prompt, rendered as `tuneforge generate`
+    renders a chat run's prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.assets import resolve_model_path
+    from tuneforge.data.causal import stop_ids
+    from tuneforge.generation import GenerationOptions, decode, generate_ids
+
+    path = resolve_model_path(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    stops, options = set(stop_ids(tokenizer, model)), GenerationOptions(max_new_tokens=MAX_NEW_TOKENS)
+    out = []
+    for i, prompt in enumerate(prompts, start=1):
+        new = generate_ids(model, tokenizer, prompt, options)
+        out.append((decode(tokenizer, new).strip(), bool(new) and new[-1] in stops))
+        print(f"\r{i}/{len(prompts)} replies", end="", flush=True)
+    print()
+    return out
+
+
+def main(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict[str, Path]:
+    rng = random.Random(0)
+    seen = questions(rng, held_out=False)
+    rng.shuffle(seen)
+    held_out = questions(rng, held_out=True)
+    replies = base_replies([q for q, _ in seen])
+    pairs = [{"prompt": q, "chosen": f"{a}.", "rejected": reply}
+             for (q, a), (reply, stopped) in zip(seen, replies) if not is_concise(reply, stopped)]
+    print(f"{len(pairs)} of {len(seen)} questions get a reply that breaks the rule: they become pairs")
+    validation, train = pairs[:30], pairs[30:]
+    test = [{"prompt": q, "answer": a} for q, a in held_out]
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, rows in (("train", train), ("validation", validation), ("test", test)):
+        files[name] = out / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{files[name]}: {len(rows)} rows")
+    return files
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Preference pairs: a prompt and two responses, one preferred (chosen) to the other (rejected).
+
+Rows come as plain text (prompt, chosen, rejected strings) or as chat messages: the prompt a string or a list
+of {role, content}, each response a string or a list holding one assistant message. A row whose chosen and
+rejected are full conversations, with no prompt column, has the shared turns before them as its prompt (the
+"implicit prompt" form of many public preference sets).
+
+A pair is encoded twice: for a policy (DPO and relatives), each response as a causal-LM row whose labels cover
+the response only, rendered exactly as instruction tuning renders a prompt/completion or chat row; for a reward
+model, each (prompt, response) as one input to a sequence-scoring head.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DataError
+from .causal import ROLES, CausalExample, CausalTokens, _render, end_of_turn_id, tokenize
+
+Text = Union[str, list]  # a string, or chat messages
+
+
+@dataclass
+class PreferenceExample:
+    prompt: Optional[Text]     # None only when both responses carry their whole conversation
+    chosen: Text
+    rejected: Text
+    source: str = ""
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.chosen, list)
+
+    def conversation(self, response: Text) -> list[dict]:
+        """Prompt and response as chat messages."""
+        prompt = self.prompt if isinstance(self.prompt, list) else [{"role": "user", "content": self.prompt or ""}]
+        reply = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+        return prompt + reply
+
+    def causal(self, response: Text) -> CausalExample:
+        """One response as an instruction-tuning row: loss on the response alone."""
+        if self.is_chat or isinstance(self.prompt, list):
+            return CausalExample(messages=self.conversation(response), source=self.source)
+        return CausalExample(prompt=self.prompt or "", completion=response, source=self.source)
+
+
+def _value(cell, where: str, problems: list[str], allow_messages: bool = True) -> Optional[Text]:
+    """A cell as text or a message list; None (with a problem noted) when it is neither or is empty."""
+    if hasattr(cell, "tolist"):  # Parquet gives arrays
+        cell = cell.tolist()
+    if isinstance(cell, str) and allow_messages and cell.lstrip().startswith("[{"):  # messages stored as JSON text
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(cell, str):
+        if not cell.strip():
+            problems.append(f"{where}: empty")
+            return None
+        return cell
+    if isinstance(cell, list) and allow_messages:
+        messages = []
+        for j, m in enumerate(cell, start=1):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                problems.append(f"{where}, message {j}: expected {{\"role\": one of {'/'.join(ROLES)}, \"content\": "
+                                f"text}}, got {str(m)[:80]}")
+                return None
+            messages.append({"role": m["role"], "content": m["content"]})
+        if not messages:
+            problems.append(f"{where}: empty list of messages")
+            return None
+        return messages
+    shown = "an empty cell" if cell is None or (isinstance(cell, float) and cell != cell) else repr(cell)[:80]
+    problems.append(f"{where}: expected text{' or a list of chat messages' if allow_messages else ''}, got {shown}")
+    return None
+
+
+def _split_implicit(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """(shared prompt turns, chosen reply turns, rejected reply turns) of two full conversations."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _response_problem(turns: list) -> Optional[str]:
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        return (f"expected exactly one assistant message after the prompt, got "
+                f"{', '.join(m['role'] for m in turns) or 'none'}")
+    if not turns[0]["content"].strip():
+        return "the assistant message is empty"
+    return None
+
+
+def _same(a: Text, b: Text) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    return a == b
+
+
+def read_preference_examples(path, fmt: str, prompt_col: str, chosen_col: str, rejected_col: str,
+                             drop_invalid: bool = False, report=None) -> list[PreferenceExample]:
+    """Every row of one file, checked. Empty responses and pairs whose responses are identical are named by row;
+    they stop the run, or with `drop_invalid` are skipped and listed through `report` (a callable)."""
+    from .readers import read_table
+
+    df = read_table(path, fmt)
+    columns = list(map(str, df.columns))
+    missing = [c for c in (chosen_col, rejected_col) if c not in df.columns]
+    if missing:
+        keys = {chosen_col: "data.chosen_column", rejected_col: "data.rejected_column"}
+        raise DataError([f"{path}: no column {c!r} (columns are: {', '.join(columns)}); set {keys[c]}" for c in missing])
+    has_prompt = prompt_col in df.columns
+    problems: list[str] = []   # malformed rows: always errors
+    invalid: list[str] = []    # empty or identical responses: errors, or skipped with drop_invalid
+    examples = []
+    for i, row in enumerate(df.to_dict("records"), start=1):
+        where = f"{path} row {i}"
+        cells: dict[str, Optional[Text]] = {}
+        bad = []
+        for col in ([prompt_col] if has_prompt else []) + [chosen_col, rejected_col]:
+            found: list[str] = []
+            cells[col] = _value(row[col], f"{where}, column {col!r}", found)
+            bad += found
+        empties = [b for b in bad if b.endswith(": empty") or "empty list" in b]
+        if bad:
+            (invalid if len(empties) == len(bad) and not any(prompt_col in b for b in empties) else problems).extend(bad)
+            continue
+        prompt, chosen, rejected = cells.get(prompt_col), cells[chosen_col], cells[rejected_col]
+        if isinstance(chosen, list) != isinstance(rejected, list):
+            problems.append(f"{where}: {chosen_col!r} and {rejected_col!r} must both be text or both chat messages")
+            continue
+        if isinstance(chosen, list):
+            if prompt is None:
+                prompt, chosen, rejected = _split_implicit(chosen, rejected)
+                if not prompt:
+                    problems.append(f"{where}: no {prompt_col!r} column, and the two conversations share no turns "
+                                    f"to serve as the prompt; add a {prompt_col!r} column (or set data.prompt_column)")
+                    continue
+            found = [f"{where}, column {c!r}: {p}" for c, turns in ((chosen_col, chosen), (rejected_col, rejected))
+                     if (p := _response_problem(turns))]
+            if found:
+                (invalid if all(f.endswith("is empty") for f in found) else problems).extend(found)
+                continue
+        elif prompt is None:
+            problems.append(f"{where}: text responses need a {prompt_col!r} column (columns are: {', '.join(columns)}); "
+                            "set data.prompt_column")
+            continue
+        if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+            problems.append(f"{where}, column {prompt_col!r}: the prompt ends with an assistant turn; it should end "
+                            "where the responses begin (a user turn)")
+            continue
+        if _same(chosen, rejected):
+            invalid.append(f"{where}: {chosen_col!r} and {rejected_col!r} are identical, so the pair prefers nothing")
+            continue
+        examples.append(PreferenceExample(prompt, chosen, rejected, where))
+    if problems or (invalid and not drop_invalid):
+        fix = [] if not invalid else [f"{len(invalid)} pair(s) above have an empty or identical response: fix or remove "
+                                      "them, or set data.drop_invalid_pairs: true to skip them"]
+        raise DataError(problems + invalid + fix)
+    if invalid and report is not None:
+        report(f"{path}: skipped {len(invalid)} invalid pair(s) (data.drop_invalid_pairs): " + "; ".join(invalid[:5])
+               + (" ..." if len(invalid) > 5 else ""))
+    if not examples:
+        raise DataError([f"{path}: no valid preference pairs"])
+    return examples
+
+
+# ---------------------------------------------------------------- encoding for a policy (DPO and relatives)
+
+@dataclass
+class PolicyPairSplit:
+    """Token rows of each pair's chosen and rejected responses (labels -100 outside the response), batched
+    together as [chosen rows; rejected rows]; `reference` holds reference log-probs once computed (n x 2)."""
+    chosen: list[CausalTokens]
+    rejected: list[CausalTokens]
+    truncated: int = 0
+    dropped: list[str] = field(default_factory=list)
+    reference: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [max(len(c.input_ids), len(r.input_ids)) for c, r in zip(self.chosen, self.rejected)]
+
+    def count(self, indices: Sequence[int]) -> int:
+        """Loss sums are over pairs, so they are divided by pairs."""
+        return len(indices)
+
+    def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
+        rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
+        width = max(len(r.input_ids) for r in rows)
+        batch = {"input_ids": _pad([r.input_ids for r in rows], width, pad_id),
+                 "attention_mask": _pad([[1] * len(r.input_ids) for r in rows], width, 0),
+                 "labels": _pad([r.labels for r in rows], width, -100),
+                 "use_cache": False}
+        if self.reference is not None:
+            batch["reference_logps"] = self.reference[torch.as_tensor(list(indices), dtype=torch.long)]
+        return batch
+
+
+def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def encode_policy_pairs(tokenizer, examples: Sequence[PreferenceExample], max_length: int,
+                        use_chat_template: bool = True) -> PolicyPairSplit:
+    """Both responses of every pair tokenized with the response as the only target; rows longer than max_length
+    are cut (counted); a pair where either response loses every target token is dropped (named)."""
+    split = PolicyPairSplit([], [])
+    ends = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} - {None}
+    for example in examples:
+        rows = []
+        for response in (example.chosen, example.rejected):
+            row = tokenize(tokenizer, example.causal(response), use_chat_template, "last", ends)
+            if len(row.input_ids) > max_length:
+                split.truncated += 1
+                row = CausalTokens(row.input_ids[:max_length], row.labels[:max_length], row.source)
+            rows.append(row)
+        if min(r.targets for r in rows) == 0:
+            split.dropped.append(example.source)
+            continue
+        split.chosen.append(rows[0])
+        split.rejected.append(rows[1])
+    return split
+
+
+# ---------------------------------------------------------------- encoding for a reward model
+
+def reward_text(tokenizer, example: PreferenceExample, response: Text) -> tuple[str, Optional[str]]:
+    """What a reward model reads for one (prompt, response): the conversation rendered with the chat template when
+    the tokenizer has one; else the two texts as a pair for tokenizers with a separator (encoders); else the
+    prompt and response on separate lines."""
+    if getattr(tokenizer, "chat_template", None):
+        return _render(tokenizer, example.conversation(response), example.source), None
+    if example.is_chat or isinstance(example.prompt, list):
+        raise DataError([f"{example.source}: chat messages need a tokenizer with a chat template; this one has none"])
+    if getattr(tokenizer, "sep_token", None):
+        return example.prompt or "", response
+    return f"{example.prompt}\n\n{response}", None
+
+
+@dataclass
+class RewardPairSplit:
+    """Tokenized (prompt, chosen) and (prompt, rejected) inputs, batched as [chosen rows; rejected rows]."""
+    chosen: list[dict]
+    rejected: list[dict]
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [max(len(c["input_ids"]), len(r["input_ids"])) for c, r in zip(self.chosen, self.rejected)]
+
+    def count(self, indices: Sequence[int]) -> int:
+        return len(indices)
+
+    def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
+        rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
+        return _encoder_batch(rows, pad_id)
+
+
+def _encoder_batch(rows: list[dict], pad_id: int) -> dict:
+    width = max(len(r["input_ids"]) for r in rows)
+    batch = {"input_ids": _pad([r["input_ids"] for r in rows], width, pad_id),
+             "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], width, 0)}
+    if "token_type_ids" in rows[0]:
+        batch["token_type_ids"] = _pad([r["token_type_ids"] for r in rows], width, 0)
+    return batch
+
+
+def encode_reward_inputs(tokenizer, texts: Sequence[tuple[str, Optional[str]]], max_length: int) -> tuple[list[dict], int]:
+    """(token rows, rows cut to max_length)."""
+    if not texts:
+        return [], 0
+    firsts, seconds = [t for t, _ in texts], [p for _, p in texts]
+    pairs = seconds if seconds[0] is not None else None
+    templated = pairs is None and bool(getattr(tokenizer, "chat_template", None))
+    kwargs = {"add_special_tokens": not templated}  # a rendered template already holds its special tokens
+    enc = tokenizer(firsts, pairs, truncation=True, max_length=max_length, **kwargs)
+    full = tokenizer(firsts, pairs, **kwargs)["input_ids"]
+    rows = [{k: enc[k][i] for k in enc.keys() if k in ("input_ids", "token_type_ids")} for i in range(len(firsts))]
+    return rows, sum(len(ids) > max_length for ids in full)
+
+
+def encode_reward_pairs(tokenizer, examples: Sequence[PreferenceExample], max_length: int) -> RewardPairSplit:
+    chosen, cut_c = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, e.chosen) for e in examples], max_length)
+    rejected, cut_r = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, e.rejected) for e in examples], max_length)
+    return RewardPairSplit(chosen, rejected, cut_c + cut_r)

@@ -1,0 +1,244 @@
+"""Preference tasks: a reward model (a scalar head, Bradley-Terry loss) and a policy tuned on preference pairs
+(DPO, IPO, SimPO, ORPO), each with its loss per batch of pairs and its metrics.
+
+A batch holds the chosen rows of its pairs, then their rejected rows, so one forward scores both. The policy's
+reference is the network with its adapter disabled (adapters: no second copy in memory), a frozen copy, or
+log-probabilities computed once before training and carried by the batch (`reference_logps`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..objectives.preference import (bradley_terry_loss, dpo_loss, ipo_loss, orpo_loss, sequence_logprobs,
+                                     simpo_loss)
+from .metrics import align_to_labels
+
+_BATCH_ONLY = ("labels", "reference_logps")  # batch keys that are not model inputs
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in _BATCH_ONLY}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Evaluation mode for the block, then every module's own mode back (frozen groups stay in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Dropout probability 0 everywhere (as TRL does for preference training); returns the modules changed."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and m.p:
+            m.p, changed = 0.0, changed + 1
+    return changed
+
+
+# ---------------------------------------------------------------- reward model
+
+class RewardMetrics:
+    """Pairwise accuracy (the chosen response scores higher) and the mean reward margin."""
+
+    def __init__(self):
+        self.chosen: list[torch.Tensor] = []
+        self.rejected: list[torch.Tensor] = []
+
+    def update(self, outputs, labels=None) -> None:
+        chosen, rejected = outputs
+        self.chosen.append(chosen.detach().float().cpu())
+        self.rejected.append(rejected.detach().float().cpu())
+
+    def compute(self) -> dict[str, float]:
+        if not self.chosen:
+            return {"accuracy": float("nan"), "margin": float("nan"), "chosen_reward": float("nan"),
+                    "rejected_reward": float("nan")}
+        c, r = torch.cat(self.chosen), torch.cat(self.rejected)
+        return {"accuracy": float((c > r).float().mean()), "margin": float((c - r).mean()),
+                "chosen_reward": float(c.mean()), "rejected_reward": float(r.mean())}
+
+
+@dataclass(frozen=True)
+class RewardModelTask:
+    name: str = "reward-model"
+    problem_type: str = "regression"  # one unbounded score: pipelines return it as is
+    default_metric: str = "loss"  # continuous: pairwise accuracy ties early and would keep an early model
+
+    def num_outputs(self, num_labels: int) -> int:
+        return 1
+
+    def make_metrics(self, num_labels: int = 1, threshold: float = 0.5) -> RewardMetrics:
+        return RewardMetrics()
+
+    def batch_loss(self, model, batch: dict, evaluating: bool = False):
+        rewards = model(**_inputs(batch)).logits.float().squeeze(-1)
+        chosen, rejected = rewards.chunk(2)
+        return bradley_terry_loss(chosen, rejected).sum(), (chosen, rejected)
+
+
+# ---------------------------------------------------------------- policy: DPO and relatives
+
+class AdapterReference:
+    """The policy network itself with its adapter switched off: the base model, no second copy."""
+
+    def logits(self, model, inputs: dict) -> torch.Tensor:
+        from ..adapters import disabled
+
+        with torch.no_grad(), eval_mode(model), disabled(model):
+            return model(**inputs).logits
+
+
+class CopyReference:
+    """A frozen copy of the network as it was before training."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    def logits(self, model, inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(**inputs).logits
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """(sum over response positions of KL(policy || reference) between the next-token distributions, positions).
+    Row by row, so only one row's vocabulary-wide distributions are held at a time."""
+    total, count = 0.0, 0
+    logits, ref_logits = align_to_labels(logits, labels), align_to_labels(ref_logits, labels)
+    for row in range(labels.shape[0]):
+        keep = labels[row, 1:] != -100
+        if not keep.any():
+            continue
+        p = logits[row, :-1][keep].float().log_softmax(-1)
+        q = ref_logits[row, :-1][keep].float().log_softmax(-1)
+        total += float((p.exp() * (p - q)).sum())
+        count += int(keep.sum())
+    return total, count
+
+
+class PolicyMetrics:
+    """Reward accuracy, mean chosen and rejected rewards (the loss's implicit reward: beta * log(pi / ref) for
+    DPO and IPO, beta * mean token log-prob for SimPO and ORPO), their margin, the mean summed log-probs of
+    each response, and KL(policy || reference) per response token, when a reference network is at hand."""
+
+    def __init__(self):
+        self.parts: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "chosen_logps": [],
+                                                     "rejected_logps": []}
+        self.kl_sum, self.kl_tokens = 0.0, 0
+
+    def update(self, outputs: dict, labels=None) -> None:
+        for k in self.parts:
+            self.parts[k].append(outputs[k].detach().float().cpu())
+        if outputs.get("kl") is not None:
+            self.kl_sum += outputs["kl"][0]
+            self.kl_tokens += outputs["kl"][1]
+
+    def compute(self) -> dict[str, float]:
+        nan = float("nan")
+        if not self.parts["chosen"]:
+            return {k: nan for k in ("reward_accuracy", "chosen_reward", "rejected_reward", "margin", "chosen_logps",
+                                     "rejected_logps", "kl")}
+        v = {k: torch.cat(x) for k, x in self.parts.items()}
+        return {"reward_accuracy": float((v["chosen"] > v["rejected"]).float().mean()),
+                "chosen_reward": float(v["chosen"].mean()), "rejected_reward": float(v["rejected"].mean()),
+                "margin": float((v["chosen"] - v["rejected"]).mean()),
+                "chosen_logps": float(v["chosen_logps"].mean()), "rejected_logps": float(v["rejected_logps"].mean()),
+                "kl": self.kl_sum / self.kl_tokens if self.kl_tokens else nan}
+
+
+@dataclass
+class PreferenceTask:
+    loss: str = "dpo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    gamma: float = 0.5
+    reference: Optional[object] = None   # AdapterReference, CopyReference, or None
+    name: str = "preference"
+    problem_type: str = "causal_lm"
+    default_metric: str = "loss"
+
+    @property
+    def reference_free(self) -> bool:
+        return self.loss in ("simpo", "orpo")
+
+    def num_outputs(self, num_labels: int) -> int:
+        return 0
+
+    def make_metrics(self, num_labels: int = 0, threshold: float = 0.5) -> PolicyMetrics:
+        return PolicyMetrics()
+
+    def per_pair_loss(self, pc, pr, rc, rr, tc, tr) -> torch.Tensor:
+        """The loss of each pair from summed log-probs (policy p, reference r) and response token counts t."""
+        if self.loss == "dpo":
+            return dpo_loss(pc, pr, rc, rr, self.beta, self.label_smoothing)
+        if self.loss == "ipo":
+            return ipo_loss(pc, pr, rc, rr, tc, tr, self.beta)
+        if self.loss == "simpo":
+            return simpo_loss(pc, pr, tc, tr, self.beta, self.gamma)
+        return orpo_loss(pc, pr, tc, tr, self.beta)[0]
+
+    def batch_loss(self, model, batch: dict, evaluating: bool = False):
+        inputs, labels = _inputs(batch), batch["labels"]
+        logits = model(**inputs).logits
+        logps, tokens = sequence_logprobs(align_to_labels(logits, labels), labels)
+        pc, pr = logps.chunk(2)
+        tc, tr = tokens.float().chunk(2)
+        ref_logps, kl = None, None
+        if "reference_logps" in batch:
+            ref_logps = batch["reference_logps"].to(logps.dtype)
+        wants_forward = self.reference is not None and (evaluating or (ref_logps is None and not self.reference_free))
+        if wants_forward:
+            ref_logits = self.reference.logits(model, inputs)
+            if ref_logps is None:
+                ref_logps = torch.stack(sequence_logprobs(align_to_labels(ref_logits, labels), labels)[0].chunk(2), 1)
+            if evaluating:
+                kl = token_kl(logits.detach(), ref_logits, labels)
+        if ref_logps is None and not self.reference_free:
+            raise RuntimeError(f"loss {self.loss!r} needs reference log-probabilities and none were given")
+        rc, rr = (ref_logps[:, 0], ref_logps[:, 1]) if ref_logps is not None else (None, None)
+        loss = self.per_pair_loss(pc, pr, rc, rr, tc, tr)
+        if self.reference_free:
+            chosen, rejected = self.beta * pc / tc, self.beta * pr / tr
+        else:
+            chosen, rejected = self.beta * (pc - rc), self.beta * (pr - rr)
+        outputs = {"chosen": chosen, "rejected": rejected, "chosen_logps": pc, "rejected_logps": pr, "kl": kl}
+        return loss.sum(), outputs
+
+
+@torch.no_grad()
+def reference_logps(split, logits_of, batch_size: int, pad_id: int) -> torch.Tensor:
+    """Every pair's (chosen, rejected) reference log-probs, n x 2, from `logits_of(inputs)`."""
+    out = torch.empty(len(split), 2, dtype=torch.float64)
+    for start in range(0, len(split), batch_size):
+        indices = list(range(start, min(start + batch_size, len(split))))
+        batch = split.batch(indices, pad_id)
+        batch.pop("reference_logps", None)
+        logits = logits_of(_inputs(batch))
+        logps = sequence_logprobs(align_to_labels(logits, batch["labels"]), batch["labels"])[0]
+        out[indices] = torch.stack(logps.double().chunk(2), 1)
+    return out
+
+
+def make_reference(mode: str, loss: str, model: nn.Module, adapter: bool):
+    """The reference network for `task.reference` (None when there is none to keep), and the mode in effect."""
+    if mode == "auto":
+        mode = "adapter" if adapter else ("none" if loss in ("simpo", "orpo") else "copy")
+    if mode == "none":
+        return None, mode
+    if adapter:  # precomputed or not, the base network is at hand for free: the KL estimate needs it
+        return AdapterReference(), mode
+    if mode == "copy":
+        return CopyReference(model), mode
+    return None, mode  # precomputed, whole-network methods: no copy is kept
