@@ -6,13 +6,16 @@ SmolLM2-135M-Instruct breaks on most questions: it explains at length, and often
 
 The questions are those of examples/json_answers.py (the test split's values and some of its templates are never
 seen in training). The rejected reply of each pair is the model's own greedy reply (48 new tokens at most), so
-preference tuning pushes down what the model actually does; the chosen reply is the bare right answer. Only
-questions whose own reply breaks the rule become pairs. Needs `make smollm2`; deterministic (greedy decoding).
+preference tuning pushes down what the model actually does; the chosen reply is one short sentence with the
+right answer, opening the way the model's own replies open ("The capital of Peru is Lima."), so the pair differs
+in what follows rather than in style. Only questions whose own reply breaks the rule become pairs. Needs
+`make smollm2`; deterministic (greedy decoding).
 """
 from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +29,27 @@ MAX_NEW_TOKENS = 48
 def is_concise(reply: str, stopped: bool) -> bool:
     """The preferred behaviour: at most MAX_WORDS words, and the reply ended by itself (not cut off)."""
     return stopped and 0 < len(reply.split()) <= MAX_WORDS
+
+
+# One short sentence per question form of json_answers.questions; other forms get "The answer is X."
+SENTENCES = [
+    (r"What is (\d+) \+ (\d+)\?", lambda m, a: f"{m[1]} + {m[2]} = {a}."),
+    (r"What is (\d+) times (\d+)\?", lambda m, a: f"{m[1]} times {m[2]} is {a}."),
+    (r"What is the capital of (.+)\?", lambda m, a: f"The capital of {m[1]} is {a}."),
+    (r"What is the (opposite|plural) of '(.+)'\?", lambda m, a: f"The {m[1]} of '{m[2]}' is '{a}'."),
+    (r"What colour is (.+)\?", lambda m, a: f"{m[1][0].upper()}{m[1][1:]} is {a}."),
+    (r"Spell '(.+)' backwards\.", lambda m, a: f"'{m[1]}' backwards is '{a}'."),
+    (r"How many letters are in the word '(.+)'\?", lambda m, a: f"The word '{m[1]}' has {a} letters."),
+]
+
+
+def answer_sentence(question: str, answer: str) -> str:
+    """The preferred reply: the right answer in one short sentence."""
+    for pattern, make in SENTENCES:
+        m = re.fullmatch(pattern, question)
+        if m:
+            return make(m, answer)
+    return f"The answer is {answer}."
 
 
 def base_replies(prompts: list[str], model_name: str = "smollm2-135m") -> list[tuple[str, bool]]:
@@ -56,7 +80,7 @@ def main(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict
     rng.shuffle(seen)
     held_out = questions(rng, held_out=True)
     replies = base_replies([q for q, _ in seen])
-    pairs = [{"prompt": q, "chosen": f"{a}.", "rejected": reply}
+    pairs = [{"prompt": q, "chosen": answer_sentence(q, a), "rejected": reply}
              for (q, a), (reply, stopped) in zip(seen, replies) if not is_concise(reply, stopped)]
     print(f"{len(pairs)} of {len(seen)} questions get a reply that breaks the rule: they become pairs")
     validation, train = pairs[:30], pairs[30:]

@@ -196,7 +196,8 @@ def test_dpo_with_lora_learns_the_preference_and_keeps_the_base_frozen(tiny_llam
     again = tuneforge.evaluate(result.run_dir, pref_files["validation"])
     assert again["loss"] == pytest.approx(last["loss"], abs=1e-5) and again["kl"] == pytest.approx(last["kl"], abs=1e-5)
     reply = tuneforge.generate(result.run_dir, "one", tuneforge.GenerationOptions(max_new_tokens=4))
-    assert isinstance(reply, str)
+    merged = tuneforge.merge(result.run_dir)  # checked on the validation pairs' response logits
+    assert merged.examples == len(PAIRS) and merged.max_abs_diff <= merged.tolerance and isinstance(reply, str)
 
 
 @pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])
@@ -281,6 +282,7 @@ def test_reward_model_learns_to_rank_and_scores_files(base, method, tiny_encoder
             value = model(**tok("two", "two one", return_tensors="pt")).logits[0, 0]
         assert float(value) == pytest.approx(records[0]["chosen_score"], abs=1e-4)
     else:  # the new scoring head trains and is saved beside the adapter; the base stays frozen
+        assert tuneforge.merge(result.run_dir).examples == len(REWARD_PAIRS)  # both rewards of each pair checked
         saved = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
         assert any("score" in k for k in saved) and not [k for k in saved if not ("lora_" in k or "score" in k or "norm" in k)], list(saved)
 

@@ -282,7 +282,11 @@ class Predictor:
 
     def logits(self, examples, batch_size: Optional[int] = None) -> torch.Tensor:
         split = encode_for(self.recipe, self.run.tokenizer, examples, self.space)
-        if self.recipe.task.type == "causal-lm":  # rows of different lengths: logits where targets are predicted
+        if self.recipe.task.type == "reward-model":  # each pair is two rows: both rewards
+            from .engine.evaluate import run_pair_rewards
+            return run_pair_rewards(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
+                                    getattr(self.run.tokenizer, "pad_token_id", None) or 0)
+        if self.recipe.task.type in GENERATIVE_TASKS:  # rows of different lengths: logits where targets are predicted
             from .engine.evaluate import run_target_logits
             return run_target_logits(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                                      getattr(self.run.tokenizer, "pad_token_id", None) or 0)

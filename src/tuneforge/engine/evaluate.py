@@ -67,3 +67,15 @@ def run_target_logits(model, split, batch_size: int, pad_id: int) -> torch.Tenso
         logits = align_to_labels(model(**model_inputs(batch)).logits.float(), batch["labels"])
         out.append(logits[:, :-1][batch["labels"][:, 1:] != -100])
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def run_pair_rewards(model, split, batch_size: int, pad_id: int) -> torch.Tensor:
+    """A reward model's scores of every pair's chosen and rejected inputs (n x 2)."""
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        batch = split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id)
+        rewards = model(**model_inputs(batch)).logits.float().squeeze(-1)
+        out.append(torch.stack(rewards.chunk(2), 1))
+    return torch.cat(out) if out else torch.empty(0, 2)
