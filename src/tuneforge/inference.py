@@ -225,6 +225,12 @@ class Predictor:
 
     def _examples(self, data, texts, text_pairs, with_labels: bool, images=None):
         recipe = self.recipe
+        if recipe.task.type == "grpo":
+            if data is None:
+                raise DataError([f"{self.run.run_dir} is a grpo policy: evaluate it on a file of prompts (mean reward "
+                                 "of sampled completions), or generate with `tuneforge generate`"])
+            from .data.prompts import read_prompt_examples
+            return read_prompt_examples(data, recipe.data.format, recipe.data.prompt_column)
         if recipe.task.type in ("preference", "reward-model"):
             if data is None:
                 raise DataError([f"{self.run.run_dir} is a {recipe.task.type} model: evaluate it on a file of "
@@ -286,6 +292,9 @@ class Predictor:
             from .engine.evaluate import run_pair_rewards
             return run_pair_rewards(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                                     getattr(self.run.tokenizer, "pad_token_id", None) or 0)
+        if self.recipe.task.type == "grpo":  # prompts alone: logits at every prompt position
+            from .data.collate import CausalLMSplit
+            split = CausalLMSplit(split.prompt_ids, [list(ids) for ids in split.prompt_ids])
         if self.recipe.task.type in GENERATIVE_TASKS:  # rows of different lengths: logits where targets are predicted
             from .engine.evaluate import run_target_logits
             return run_target_logits(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
@@ -311,12 +320,18 @@ class Predictor:
         """The run's task; a preference policy's reference is its network with the adapter disabled, or for a
         whole-network run the base model it started from."""
         task = task_for(self.recipe)
-        if self.recipe.task.type == "preference" and task.reference is None:
+        if self.recipe.task.type == "grpo":
+            from .data.causal import stop_ids
+            from .tasks.grpo import load_reward
+            task.reward, task.tokenizer = load_reward(self.recipe.task.reward), self.run.tokenizer
+            task.stop_ids = stop_ids(self.run.tokenizer, self.run.model)
+        needs_reference = task.beta > 0 if self.recipe.task.type == "grpo" else not getattr(task, "reference_free", True)
+        if self.recipe.task.type in ("preference", "grpo") and task.reference is None:
             from .tasks.preference import AdapterReference, CopyReference
 
             if self.active is not None:
                 task.reference = AdapterReference()
-            elif not task.reference_free:
+            elif needs_reference:
                 from .models.loading import load_for_causal_lm
                 task.reference = CopyReference(load_for_causal_lm(self.recipe.model.name, 0,
                                                                   self.recipe.model.trust_remote_code).model)
@@ -326,8 +341,8 @@ class Predictor:
                 text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
                 images: Sequence[str | Path] | None = None) -> list[dict]:
         """Predictions for a file, texts, or (image models) images: files or folders of them."""
-        if self.recipe.task.type in ("preference", "reward-model"):
-            what = "generate with `tuneforge generate`" if self.recipe.task.type == "preference" else \
+        if self.recipe.task.type in ("preference", "reward-model", "grpo"):
+            what = "generate with `tuneforge generate`" if self.recipe.task.type != "reward-model" else \
                 "score (prompt, response) pairs with `tuneforge score`"
             raise DataError([f"{self.run.run_dir} is a {self.recipe.task.type} model: {what}"])
         examples = self._examples(data, texts, text_pairs, with_labels=False, images=images)

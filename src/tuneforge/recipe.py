@@ -38,13 +38,13 @@ class ModelSpec(_Section):
 
 
 TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
-                   "causal-lm", "reward-model", "preference"]
-GENERATIVE_TASKS = ("causal-lm", "preference")  # tasks whose model is a causal LM that generates
+                   "causal-lm", "reward-model", "preference", "grpo"]
+GENERATIVE_TASKS = ("causal-lm", "preference", "grpo")  # tasks whose model is a causal LM that generates
 PREFERENCE_LOSSES = ("dpo", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
 # Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
 # al.); ORPO's weight of the odds-ratio term 0.1 (Hong et al.).
-DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "grpo": 0.04}  # grpo: KL weight (Shao et al.)
 
 
 class TaskSpec(_Section):
@@ -52,12 +52,14 @@ class TaskSpec(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="multi-label: probability above which a label is predicted")
     sample_prompts: list[str] = Field(default_factory=list, description="causal-lm: prompts answered (greedily) before "
                                       "training and at each evaluation, saved in RUN_DIR/samples.jsonl")
-    max_new_tokens: int = Field(64, gt=0, description="causal-lm, preference: length limit of those sample replies")
+    max_new_tokens: int = Field(64, gt=0, description="causal-lm, preference: length limit of those sample replies; "
+                                "grpo: also of the completions sampled in training")
     # Preference tuning (task.type: preference)
     loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field(
         "dpo", description="preference: dpo (sigmoid), ipo, or the reference-free simpo and orpo")
-    beta: Optional[float] = Field(None, gt=0, description="preference: strength (dpo/ipo: beta, default 0.1; simpo: reward "
-                                  "scale, default 2.0; orpo: weight of the odds-ratio term, default 0.1)")
+    beta: Optional[float] = Field(None, ge=0, description="preference: strength (dpo/ipo: beta, default 0.1; simpo: reward "
+                                  "scale, default 2.0; orpo: weight of the odds-ratio term, default 0.1); grpo: weight of "
+                                  "the KL penalty towards the reference, default 0.04 (0: no reference needed)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="preference, dpo: assumed fraction of flipped pairs "
                                    "(conservative DPO)")
     gamma: float = Field(0.5, ge=0, description="preference, simpo: target reward margin")
@@ -66,12 +68,20 @@ class TaskSpec(_Section):
         "disabled (no second copy), other methods a frozen copy (dpo/ipo) or none (simpo/orpo); copy: a frozen copy; "
         "precomputed: its log-probs computed once before training, no copy kept; none: no reference (simpo/orpo "
         "only; the KL estimate is then not reported)")
-    disable_dropout: bool = Field(True, description="preference, reward-model: turn dropout off, so the policy and "
-                                  "its reference agree at the start and rewards are not noise")
+    disable_dropout: bool = Field(True, description="preference, reward-model, grpo: turn dropout off, so the policy "
+                                  "and its reference agree at the start and rewards are not noise")
+    # GRPO (task.type: grpo)
+    reward: Optional[str] = Field(None, description="grpo: the reward, a Python function 'file.py:name' or "
+                                  "'module:name' called as fn(prompts, completions, **other_columns) -> numbers, or a "
+                                  "reward-model run directory")
+    num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of those completions")
 
     @property
     def preference_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
+        if self.beta is not None:
+            return self.beta
+        return DEFAULT_BETA["grpo" if self.type == "grpo" else self.loss]
 
 
 class AugmentSpec(_Section):
@@ -287,11 +297,24 @@ class Recipe(_Section):
                                       ("data.train_on", self.data.train_on != "assistant")) if v]
         if kind != "causal-lm" and causal_only:
             raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {kind!r}")
-        preference_keys = [k for k in ("loss", "beta", "label_smoothing", "gamma", "reference")
-                           if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]
-        if kind != "preference" and preference_keys:
-            raise ValueError(f"{', '.join('task.' + k for k in preference_keys)}: for preference tasks only; "
-                             f"task.type is {kind!r}")
+        changed = lambda keys: [k for k in keys if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]  # noqa: E731
+        owners = {"preference": ("loss", "label_smoothing", "gamma"), "grpo": ("reward", "num_generations", "temperature"),
+                  ("preference", "grpo"): ("beta", "reference")}
+        for owner, keys in owners.items():
+            allowed = owner if isinstance(owner, tuple) else (owner,)
+            if kind not in allowed and changed(keys):
+                raise ValueError(f"{', '.join('task.' + k for k in changed(keys))}: for {' and '.join(allowed)} tasks "
+                                 f"only; task.type is {kind!r}")
+        if kind == "grpo":
+            if not self.task.reward:
+                raise ValueError("task.reward: grpo needs a reward: a Python function 'file.py:name' or 'module:name', "
+                                 "or a reward-model run directory")
+            if self.task.reference == "precomputed":
+                raise ValueError("task.reference: precomputed does not apply to grpo (its completions are sampled "
+                                 "during training); use auto or copy")
+            if self.task.reference == "none" and self.task.preference_beta:
+                raise ValueError("task.reference: none leaves grpo's KL penalty without a reference; set task.beta: 0 "
+                                 "or use auto / copy")
         if kind == "preference":
             t = self.task
             if t.label_smoothing and t.loss != "dpo":
@@ -301,11 +324,12 @@ class Recipe(_Section):
             if t.reference == "none" and t.loss not in REFERENCE_FREE:
                 raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
                                  "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
-        if kind not in ("preference", "reward-model") and not self.task.disable_dropout:
-            raise ValueError(f"task.disable_dropout is for preference and reward-model tasks; task.type is {kind!r}")
-        if kind in ("preference", "reward-model") and self.data.dataset:
-            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs; give data.train (a file with "
-                             f"{self.data.prompt_column}, {self.data.chosen_column}, {self.data.rejected_column} columns)")
+        if kind not in ("preference", "reward-model", "grpo") and not self.task.disable_dropout:
+            raise ValueError(f"task.disable_dropout is for preference, reward-model and grpo tasks; task.type is {kind!r}")
+        if kind in ("preference", "reward-model", "grpo") and self.data.dataset:
+            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs or prompts; give data.train "
+                             f"(a file with {self.data.prompt_column!r}" + (" and the reward's columns)" if kind == "grpo" else
+                             f", {self.data.chosen_column!r} and {self.data.rejected_column!r} columns)"))
         if self.data.packing and self.method.name in ("prefix", "prompt"):
             raise ValueError(f"data.packing cannot isolate packed examples under method {self.method.name!r} (PEFT "
                              "replaces the restarting position ids, or adds a key/value cache, that isolation relies on); "

@@ -26,7 +26,7 @@ from .methods import (apply_plan, build_param_groups, build_plan, count_paramete
 from .methods.param_groups import group_learning_rates
 from .tasks.preference import disable_dropout, make_reference
 from .models import find_layer_groups, load_for_recipe
-from .recipe import GENERATIVE_TASKS, Recipe, load_recipe
+from .recipe import GENERATIVE_TASKS, REFERENCE_FREE, Recipe, load_recipe
 from .report import console as default_console, print_summary
 from .tasks import get_task, higher_is_better, task_for
 
@@ -128,11 +128,13 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
     reference_mode = None
-    if recipe.task.type in ("preference", "reward-model") and recipe.task.disable_dropout:
+    if recipe.task.type in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
         disable_dropout(model)
-    if recipe.task.type == "preference":  # before any checkpoint is loaded: the reference is the starting network
-        task.reference, reference_mode = make_reference(recipe.task.reference, recipe.task.loss, model,
-                                                        recipe.method.is_adapter)
+    if recipe.task.type in ("preference", "grpo"):  # before any checkpoint is loaded: the reference is the start
+        needed = recipe.task.preference_beta > 0 if recipe.task.type == "grpo" else recipe.task.loss not in REFERENCE_FREE
+        task.reference, reference_mode = make_reference(recipe.task.reference, needed, model, recipe.method.is_adapter)
+    if recipe.task.type == "grpo":
+        _prepare_grpo(task, recipe, tokenizer, model)
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
@@ -252,6 +254,14 @@ def _apply_method(model, spec, groups, init_seed: int):
     return model, plan
 
 
+def _prepare_grpo(task, recipe, tokenizer, model) -> None:
+    """The reward (the user's function or a reward-model run), the tokenizer and the tokens that end a completion."""
+    from .data.causal import stop_ids
+    from .tasks.grpo import load_reward
+
+    task.reward, task.tokenizer, task.stop_ids = load_reward(recipe.task.reward), tokenizer, stop_ids(tokenizer, model)
+
+
 def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, console) -> None:
     """Reference log-probs of every pair, from the network before training (adapters: with the adapter disabled),
     stored in the splits: training then runs one forward per batch instead of two."""
@@ -314,12 +324,15 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
         stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type not in GENERATIVE_TASKS \
             else " (adapter; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
-    if recipe.task.type == "preference":
+    if recipe.task.type in ("preference", "grpo"):
         t = recipe.task
         shown = {"adapter": "the network with its adapter disabled", "copy": "a frozen copy of the starting network",
                  "precomputed": "log-probs of the starting network, computed once",
-                 "none": "none (reference-free loss)"}[reference_mode]
-        console.print(f"  objective: {t.loss} (beta {t.preference_beta:g}); reference: {shown}")
+                 "none": "none"}[reference_mode]
+        objective = f"{t.loss} (beta {t.preference_beta:g})" if t.type == "preference" else \
+            f"grpo ({t.num_generations} completions per prompt at temperature {t.temperature:g}, KL weight " \
+            f"{t.preference_beta:g}); reward: {t.reward}"
+        console.print(f"  objective: {objective}; reference: {shown}")
     console.print(f"  run directory: {run_dir}")
 
 
@@ -331,6 +344,10 @@ def _prompt_format(recipe, tokenizer, splits) -> Optional[str]:
     first = splits["train"][0]
     if recipe.task.type == "preference":
         first = first.causal(first.chosen)
+    if recipe.task.type == "grpo":
+        chat = isinstance(first.prompt, list)
+        templated = bool(getattr(tokenizer, "chat_template", None)) and (chat or recipe.data.chat_template)
+        return "chat-template" if templated else "plain"
     templated = bool(getattr(tokenizer, "chat_template", None)) and (
         first.messages is not None or (first.prompt is not None and recipe.data.chat_template))
     return "chat-template" if templated else "plain"
@@ -408,6 +425,9 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
             config.num_labels = task.num_outputs(len(space.names))
         with torch.device("meta"):  # structure only: no memory, no weights read
             model = auto.from_config(config, trust_remote_code=remote)
+    if recipe.task.type == "grpo":  # the reward must import and be callable before a run starts
+        from .tasks.grpo import load_reward
+        load_reward(recipe.task.reward)
     groups = find_layer_groups(model)
     with torch.random.fork_rng(devices=[]):  # adapter initialization must not move the caller's RNG
         model, plan = _apply_method(model, recipe.method, groups, 0)

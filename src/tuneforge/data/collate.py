@@ -129,6 +129,9 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
     preference pairs as two rows each, for a policy (PolicyPairSplit) or a reward model (RewardPairSplit)."""
     if task == "image-classification":
         return ImageSplit(list(examples), tokenizer, encode_labels("classification", examples, space))
+    if task == "grpo":
+        from .prompts import encode_prompts
+        return encode_prompts(tokenizer, examples, max_length, chat_template)
     if task == "preference":
         from .preference import encode_policy_pairs
         return encode_policy_pairs(tokenizer, examples, max_length, chat_template)

@@ -13,7 +13,7 @@ from ..errors import DataError
 from .readers import read_table
 
 LabelValue = Any  # str (classification), list[str] (multi-label), float (regression)
-UNLABELLED_TASKS = ("causal-lm", "preference", "reward-model")  # rows without a label column
+UNLABELLED_TASKS = ("causal-lm", "preference", "reward-model", "grpo")  # rows without a label column
 
 
 @dataclass
@@ -210,7 +210,10 @@ def stratified_split(examples: list[TextExample], fractions: dict[str, float], s
 
 def _reader(spec, task: str, text_col: str, pair_col, label_col, notes: Optional[list] = None):
     """The function reading one file of `task`'s rows (validated, problems raised as DataError)."""
-    if task in UNLABELLED_TASKS and task != "causal-lm":
+    if task == "grpo":
+        from .prompts import read_prompt_examples
+        return lambda path: read_prompt_examples(path, spec.format, spec.prompt_column)
+    if task in ("preference", "reward-model"):
         from .preference import read_preference_examples
         report = notes.append if notes is not None else None
         return lambda path: read_preference_examples(path, spec.format, spec.prompt_column, spec.chosen_column,

@@ -121,7 +121,7 @@ def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pr
 
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
     """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
-    if recipe.task.type in ("causal-lm", "preference"):
+    if recipe.task.type in ("causal-lm", "preference", "grpo"):
         return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
     id2label = space.id2label if space.names else None
     if recipe.task.type == "image-classification":

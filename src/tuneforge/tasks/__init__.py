@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import CausalLMMetrics, align_to_labels, ClassificationMetrics, MultiLabelMetrics, RegressionMetrics
+from .grpo import GRPOTask
 from .preference import PreferenceTask, RewardModelTask
 
 
@@ -83,6 +84,7 @@ TASKS: dict[str, Task] = {
     ),
     "reward-model": RewardModelTask(),
     "preference": PreferenceTask(),  # configured from the recipe by `task_for`
+    "grpo": GRPOTask(),              # likewise
 }
 
 
@@ -91,9 +93,12 @@ def get_task(name: str):
 
 
 def task_for(recipe):
-    """The recipe's task; a preference task with the recipe's loss and strength (its reference is set later,
-    once the model exists)."""
-    if recipe.task.type != "preference":
-        return get_task(recipe.task.type)
+    """The recipe's task; a preference or GRPO task with the recipe's settings (reference, reward and tokenizer
+    are set later, once the model exists)."""
     t = recipe.task
+    if t.type == "grpo":
+        return GRPOTask(num_generations=t.num_generations, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                        beta=t.preference_beta)
+    if t.type != "preference":
+        return get_task(t.type)
     return PreferenceTask(loss=t.loss, beta=t.preference_beta, label_smoothing=t.label_smoothing, gamma=t.gamma)

@@ -231,10 +231,11 @@ def reference_logps(split, logits_of, batch_size: int, pad_id: int) -> torch.Ten
     return out
 
 
-def make_reference(mode: str, loss: str, model: nn.Module, adapter: bool):
-    """The reference network for `task.reference` (None when there is none to keep), and the mode in effect."""
+def make_reference(mode: str, needed: bool, model: nn.Module, adapter: bool):
+    """The reference network for `task.reference` (None when there is none to keep), and the mode in effect.
+    `needed`: whether the loss uses a reference (DPO, IPO; GRPO with a KL penalty)."""
     if mode == "auto":
-        mode = "adapter" if adapter else ("none" if loss in ("simpo", "orpo") else "copy")
+        mode = "adapter" if adapter else ("copy" if needed else "none")
     if mode == "none":
         return None, mode
     if adapter:  # precomputed or not, the base network is at hand for free: the KL estimate needs it

@@ -1,0 +1,197 @@
+"""GRPO as a task: each batch of prompts is answered G times by the policy being trained (sampling), the
+completions are scored by a reward (a Python function, or a trained reward-model run), and the loss raises the
+log-probability of completions that scored above their group's mean (see objectives/grpo.py).
+
+Evaluation samples G completions per validation prompt from a fixed seed (so evaluations compare alike and do
+not move the training RNG) and reports their mean reward, its spread within groups, their length, how many
+ended by themselves, and the per-token KL from the reference when there is one.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import RecipeError, TuneforgeError
+from ..objectives.grpo import group_advantages, grpo_token_loss, k3_kl
+from .metrics import align_to_labels
+from .preference import eval_mode
+
+EVAL_SEED = 1234  # evaluation samples are drawn from this seed, apart from training's RNG
+
+
+def load_reward(spec: str) -> Callable[..., list]:
+    """`task.reward` as a callable(prompts, completions, **columns) -> rewards: 'file.py:name' or
+    'package.module:name' (the user's own code, named in their recipe), or a reward-model run directory."""
+    if ":" not in spec and Path(spec).is_dir():
+        from ..scoring import Scorer
+        from ..data.preference import PreferenceExample
+
+        scorer = Scorer(spec)
+
+        def score(prompts, completions, **_):
+            examples = [PreferenceExample(p, c, c, f"completion {i + 1}") for i, (p, c) in enumerate(zip(prompts, completions))]
+            return scorer.scores(examples, list(completions))
+        return score
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise RecipeError([f"task.reward: {spec!r} is neither 'file.py:function', 'module:function' nor a "
+                           "reward-model run directory"])
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise RecipeError([f"task.reward: no file {where!r}"])
+            module_spec = importlib.util.spec_from_file_location(f"tuneforge_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except RecipeError:
+        raise
+    except Exception as e:  # the user's module failed to import: say where
+        raise RecipeError([f"task.reward: importing {where!r} failed: {type(e).__name__}: {e}"]) from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RecipeError([f"task.reward: {where!r} has no function {name!r}"])
+    return fn
+
+
+def call_reward(fn, prompts: list[str], completions: list[str], columns: dict) -> torch.Tensor:
+    try:
+        values = fn(prompts, completions, **columns)
+    except Exception as e:
+        raise TuneforgeError(f"task.reward raised {type(e).__name__}: {e}") from e
+    values = list(values) if values is not None else []
+    if len(values) != len(completions):
+        raise TuneforgeError(f"task.reward returned {len(values)} rewards for {len(completions)} completions; it must "
+                             "return one number per completion")
+    try:
+        out = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise TuneforgeError(f"task.reward must return numbers; got {values[:3]!r}...") from None
+    if not torch.isfinite(out).all():
+        raise TuneforgeError(f"task.reward returned a non-finite reward ({values}); return finite numbers")
+    return out
+
+
+class GRPOMetrics:
+    def __init__(self):
+        self.rewards: list[torch.Tensor] = []
+        self.group_std: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
+        self.stopped: list[torch.Tensor] = []
+        self.kl_sum, self.kl_tokens = 0.0, 0
+
+    def update(self, outputs: dict, labels=None) -> None:
+        self.rewards.append(outputs["rewards"])
+        self.group_std.append(outputs["group_std"])
+        self.tokens.append(outputs["tokens"].float())
+        self.stopped.append(outputs["stopped"].float())
+        if outputs.get("kl") is not None:
+            self.kl_sum += outputs["kl"][0]
+            self.kl_tokens += outputs["kl"][1]
+
+    def compute(self) -> dict[str, float]:
+        if not self.rewards:
+            return {k: float("nan") for k in ("reward", "reward_std", "completion_tokens", "stopped", "kl")}
+        return {"reward": float(torch.cat(self.rewards).mean()), "reward_std": float(torch.cat(self.group_std).mean()),
+                "completion_tokens": float(torch.cat(self.tokens).mean()),
+                "stopped": float(torch.cat(self.stopped).mean()),
+                "kl": self.kl_sum / self.kl_tokens if self.kl_tokens else float("nan")}
+
+
+@dataclass
+class GRPOTask:
+    num_generations: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    beta: float = 0.04
+    reward: Optional[Callable] = None
+    tokenizer: object = None
+    stop_ids: list = field(default_factory=list)
+    reference: Optional[object] = None
+    name: str = "grpo"
+    problem_type: str = "causal_lm"
+    default_metric: str = "reward"
+
+    def num_outputs(self, num_labels: int) -> int:
+        return 0
+
+    def make_metrics(self, num_labels: int = 0, threshold: float = 0.5) -> GRPOMetrics:
+        return GRPOMetrics()
+
+    @torch.no_grad()
+    def sample(self, model, prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+        """G completions per prompt (prompt by prompt, in order): token ids with the stop token that ended each
+        (if any), and whether one did."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        width = max(len(p) for p in prompt_ids)
+        # Left padding: every prompt ends where generation starts.
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        with eval_mode(model):
+            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
+                                 temperature=self.temperature, top_p=1.0, top_k=0,
+                                 max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_generations,
+                                 eos_token_id=self.stop_ids, pad_token_id=pad)
+        completions, stopped = [], []
+        stops = set(self.stop_ids)
+        for row in out[:, width:].tolist():
+            end = next((i for i, t in enumerate(row) if t in stops), None)
+            completions.append(row[: end + 1] if end is not None else row)
+            stopped.append(end is not None)
+        return completions, torch.tensor(stopped)
+
+    def batch_loss(self, model, batch: dict, evaluating: bool = False):
+        from ..data.prompts import extras_by_column, prompt_text
+
+        prompts, examples, g = batch["prompt_ids"], batch["examples"], self.num_generations
+        if evaluating:  # the same draws at every evaluation, and training's RNG untouched
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(EVAL_SEED)
+                completions, stopped = self.sample(model, prompts)
+        else:
+            completions, stopped = self.sample(model, prompts)
+        texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        rewards = call_reward(self.reward, [prompt_text(e.prompt) for e in examples for _ in range(g)], texts,
+                              extras_by_column(examples, g))
+        advantages = group_advantages(rewards, g)
+
+        # Prompt + completion rows, right-padded; labels mark the completion tokens.
+        rows, labels = [], []
+        for i, completion in enumerate(completions):
+            prompt = prompts[i // g]
+            rows.append(prompt + completion)
+            labels.append([-100] * len(prompt) + completion)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        inputs = {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+                  "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+                  "use_cache": False}
+        label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        logits = align_to_labels(model(**inputs).logits, label_ids)
+        logps, mask = _token_logps(logits, label_ids)
+        ref_logps, kl = None, None
+        if self.reference is not None and (self.beta or evaluating):
+            ref_logits = align_to_labels(self.reference.logits(model, inputs), label_ids)
+            ref_logps = _token_logps(ref_logits, label_ids)[0]
+            if evaluating:
+                kl = (float((k3_kl(logps, ref_logps) * mask).sum()), int(mask.sum()))
+        per_completion = grpo_token_loss(logps, mask, advantages, ref_logps, self.beta)
+        loss = per_completion.view(-1, g).mean(1).sum()
+        outputs = {"rewards": rewards, "group_std": rewards.view(-1, g).std(1, unbiased=True),
+                   "tokens": torch.tensor([len(c) for c in completions]), "stopped": stopped, "kl": kl}
+        return loss, outputs
+
+
+def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each next token, mask of completion positions), both rows x (tokens - 1)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logps * mask, mask
