@@ -249,7 +249,7 @@ def test_causal_recipe_checks(tiny_llama, pc_files, tmp_path):
     long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "one two three four five " * 4, "completion": "one"}] * 3)
     recipe = lm_recipe(tiny_llama, {"train": pc_files["train"], "validation": long}, tmp_path / "run",
                        model={"max_length": 16})
-    with pytest.raises(DataError, match=r"validation: all 3 example\(s\) lost every target token"):
+    with pytest.raises(DataError, match=r"validation: all 3 example\(s\) were left with nothing to train on"):
         tuneforge.fine_tune(recipe)
     assert not (tmp_path / "run" / "summary.json").exists()
 

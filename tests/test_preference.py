@@ -71,18 +71,58 @@ def test_empty_and_identical_pairs_are_named_by_row_or_skipped_on_request(tmp_pa
     rows = [{"prompt": "one", "chosen": "two", "rejected": "three"},
             {"prompt": "two", "chosen": "", "rejected": "three"},
             {"prompt": "three", "chosen": "four five", "rejected": " four five "},
-            {"prompt": "four", "chosen": "five", "rejected": "one"}]
-    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+            {"prompt": "four", "chosen": "five", "rejected": None}]
+    (tmp_path / "prompt").mkdir()  # a folder named like the prompt column changes nothing
+    path = write_jsonl(tmp_path / "prompt" / "pairs.jsonl", rows)
     with pytest.raises(DataError) as e:
         read_preference_examples(path, "auto", "prompt", "chosen", "rejected")
     text = str(e.value)
     assert f"{path} row 2, column 'chosen': empty" in text
     assert f"{path} row 3: 'chosen' and 'rejected' are identical" in text
-    assert "row 1" not in text and "row 4" not in text and "data.drop_invalid_pairs" in text
+    assert f"{path} row 4, column 'rejected': empty" in text
+    assert "row 1" not in text and "data.drop_invalid_pairs" in text
     notes: list[str] = []
     kept = read_preference_examples(path, "auto", "prompt", "chosen", "rejected", drop_invalid=True, report=notes.append)
-    assert [k.prompt for k in kept] == ["one", "four"]
-    assert "skipped 2 invalid pair(s)" in notes[0] and "row 2" in notes[0] and "row 3" in notes[0]
+    assert [k.prompt for k in kept] == ["one"]
+    assert "skipped 3 invalid pair(s)" in notes[0] and all(f"row {i}" in notes[0] for i in (2, 3, 4))
+
+
+def test_messages_written_into_csv_cells_as_json_or_python_literals(tmp_path):
+    import pandas as pd
+
+    reply = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"prompt": ["hi", "yo"], "chosen": [json.dumps(reply("hello")), str(reply("hey"))],
+                  "rejected": [json.dumps(reply("go")), str(reply("no"))]}).to_csv(path, index=False)
+    pairs = read_preference_examples(path, "auto", "prompt", "chosen", "rejected")
+    assert pairs[1].chosen == reply("hey") and pairs[0].rejected == reply("go")
+    text = tmp_path / "text.csv"  # a text answer that merely looks like a list stays text
+    pd.DataFrame({"prompt": ["a"], "chosen": ["[1, 2]"], "rejected": ["[3]"]}).to_csv(text, index=False)
+    assert read_preference_examples(text, "auto", "prompt", "chosen", "rejected")[0].chosen == "[1, 2]"
+    broken = tmp_path / "broken.csv"
+    pd.DataFrame({"prompt": ["a"], "chosen": ['[{"role": "assistant", "content": "x"'], "rejected": ["b"]}).to_csv(broken, index=False)
+    with pytest.raises(DataError, match="row 1, column 'chosen': looks like a list of chat messages"):
+        read_preference_examples(broken, "auto", "prompt", "chosen", "rejected")
+
+
+def test_whole_conversations_beside_a_prompt_column_are_split_at_the_reply(tmp_path):
+    conv = lambda reply: [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]  # noqa: E731
+    path = write_jsonl(tmp_path / "uf.jsonl", [{"prompt": "hi", "chosen": conv("hello"), "rejected": conv("go")}])
+    pair = read_preference_examples(path, "auto", "prompt", "chosen", "rejected")[0]
+    assert pair.prompt == [{"role": "user", "content": "hi"}] and pair.chosen == [{"role": "assistant", "content": "hello"}]
+
+
+def test_reward_inputs_lose_the_prompt_start_not_the_response(tiny_encoder):
+    from transformers import AutoTokenizer
+    from tuneforge.data.preference import PreferenceExample, encode_reward_pairs
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    long_prompt = " ".join(["one", "two", "three"] * 5)
+    split = encode_reward_pairs(tok, [PreferenceExample(long_prompt, "four five", "five four", "row 1"),
+                                      PreferenceExample(long_prompt + " four", "five", "five", "row 2")], 8)
+    chosen = tok.convert_ids_to_tokens(split.chosen[0]["input_ids"])
+    assert len(chosen) == 8 and chosen[-3:] == ["four", "five", "[SEP]"] and split.truncated == 4  # rows cut
+    assert split.dropped == ["row 2"] and len(split) == 1  # identical sides: nothing to learn, named
 
 
 def test_malformed_rows_are_errors_even_when_dropping_invalid_pairs(tmp_path):
@@ -305,7 +345,7 @@ def test_score_command_writes_one_line_per_row(tiny_encoder, reward_files, tmp_p
 
 def test_recipe_checks_for_preference_keys(tiny_llama, pref_files, tmp_path):
     base = pref_recipe(tiny_llama, pref_files, tmp_path / "r")
-    with pytest.raises(RecipeError, match="task.beta: for preference tasks only"):
+    with pytest.raises(RecipeError, match="task.beta: for preference and grpo tasks only"):
         tuneforge.load_recipe({**base, "task": {"type": "causal-lm", "beta": 0.2}})
     with pytest.raises(RecipeError, match="task.reference: none leaves loss 'dpo'"):
         tuneforge.load_recipe({**base, "task": {"type": "preference", "reference": "none"}})
@@ -313,6 +353,18 @@ def test_recipe_checks_for_preference_keys(tiny_llama, pref_files, tmp_path):
         tuneforge.load_recipe({**base, "task": {"type": "preference", "gamma": 1.0}})
     with pytest.raises(RecipeError, match="data.packing: for causal-lm tasks only"):
         tuneforge.load_recipe({**base, "data": {**base["data"], "packing": True}})
+    with pytest.raises(RecipeError, match="task.reference: copy is for whole-network methods"):
+        tuneforge.load_recipe({**base, "task": {"type": "preference", "reference": "copy"}})
+    with pytest.raises(RecipeError, match="precomputed log-probs are unused by loss 'simpo'"):
+        tuneforge.load_recipe({**base, "task": {"type": "preference", "loss": "simpo", "reference": "precomputed"}})
+    with pytest.raises(RecipeError, match="method 'prompt' cannot train a reward model"):
+        tuneforge.load_recipe({**base, "task": {"type": "reward-model"}, "method": {"name": "prompt"}})
+    with pytest.raises(RecipeError, match="data.chosen_column: for preference and reward-model tasks only"):
+        tuneforge.load_recipe({**base, "task": {"type": "causal-lm"}, "data": {**base["data"], "chosen_column": "good"}})
+    with pytest.raises(RecipeError, match="training.metric: kl needs a reference network"):
+        tuneforge.fine_tune({**base, "task": {"type": "preference", "loss": "simpo"}, "method": {"name": "full"},
+                             "training": {**base["training"], "metric": "kl"}})
+    assert not (tmp_path / "r").exists()
     recipe = tuneforge.load_recipe({**base, "task": {"type": "preference", "loss": "simpo"}})
     assert recipe.task.preference_beta == 2.0
     report = tuneforge.validate(base)

@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", required=True, help="file with prompt and response columns, or prompt, chosen and "
                     "rejected columns (then: how often the chosen one scores higher)")
     sc.add_argument("--response-column", default="response", help="the response column (default: response)")
+    sc.add_argument("--prompt-column", help="the prompt column (default: the run's data.prompt_column)")
     sc.add_argument("--output", help="write one JSON line per row here")
     sc.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -164,7 +165,7 @@ def _dispatch(args) -> int:
     if args.command == "score":
         from .scoring import score
 
-        records, summary = score(args.run_dir, args.data, args.response_column)
+        records, summary = score(args.run_dir, args.data, args.response_column, prompt_column=args.prompt_column)
         if args.output:
             from .inference import write_predictions
             write_predictions(records, args.output)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -238,7 +239,8 @@ class Predictor:
                                                        if recipe.task.type == "reward-model" else "")])
             from .data.preference import read_preference_examples
             d = recipe.data
-            return read_preference_examples(data, d.format, d.prompt_column, d.chosen_column, d.rejected_column)
+            return read_preference_examples(data, d.format, d.prompt_column, d.chosen_column, d.rejected_column,
+                                            d.drop_invalid_pairs, lambda note: print(f"warning: {note}", file=sys.stderr))
         if recipe.task.type == "causal-lm":
             if data is None:
                 raise DataError([f"{self.run.run_dir} is a language model: evaluate it on a file of its kind of rows "
@@ -314,7 +316,7 @@ class Predictor:
         task = self._task()
         return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
                               batch_size or recipe.training.eval_batch_size,
-                              getattr(self.run.tokenizer, "pad_token_id", None) or 0)
+                              getattr(self.run.tokenizer, "pad_token_id", None) or 0, recipe.training.precision)
 
     def _task(self):
         """The run's task; a preference policy's reference is its network with the adapter disabled, or for a

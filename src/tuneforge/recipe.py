@@ -289,10 +289,23 @@ class Recipe(_Section):
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
         kind = self.task.type
-        generative_only = [k for k, v in (("task.sample_prompts", self.task.sample_prompts),
-                                          ("data.chat_template", not self.data.chat_template)) if v]
-        if kind not in GENERATIVE_TASKS and generative_only:
-            raise ValueError(f"{', '.join(generative_only)}: for causal-lm and preference tasks only; task.type is {kind!r}")
+        if kind not in GENERATIVE_TASKS and self.task.sample_prompts:
+            raise ValueError(f"task.sample_prompts: for causal-lm, preference and grpo tasks only; task.type is {kind!r}")
+        if kind not in (*GENERATIVE_TASKS, "reward-model") and not self.data.chat_template:
+            raise ValueError(f"data.chat_template: for causal-lm, preference, grpo and reward-model tasks only; task.type "
+                             f"is {kind!r}")
+        pair_keys = [k for k in ("chosen_column", "rejected_column", "drop_invalid_pairs")
+                     if getattr(self.data, k) != DataSpec.model_fields[k].get_default()]
+        if kind not in ("preference", "reward-model") and pair_keys:
+            raise ValueError(f"{', '.join('data.' + k for k in pair_keys)}: for preference and reward-model tasks only; "
+                             f"task.type is {kind!r}")
+        if kind in ("preference", "grpo") and self.method.is_adapter and self.task.reference == "copy":
+            raise ValueError(f"task.reference: copy is for whole-network methods; with an adapter ({self.method.name}) the "
+                             "reference is the base network, the adapter switched off (no copy needed); use auto")
+        if kind == "reward-model" and self.method.name == "prompt":
+            raise ValueError("method 'prompt' cannot train a reward model: PEFT feeds the model input embeddings, so a "
+                             "decoder's score head cannot find each row's last token; use lora, dora, ia3 or a freezing "
+                             "method")
         causal_only = [k for k, v in (("data.packing", self.data.packing),
                                       ("data.train_on", self.data.train_on != "assistant")) if v]
         if kind != "causal-lm" and causal_only:
@@ -321,6 +334,9 @@ class Recipe(_Section):
                 raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
             if t.gamma != TaskSpec.model_fields["gamma"].get_default() and t.loss != "simpo":
                 raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
+            if t.reference == "precomputed" and t.loss in REFERENCE_FREE:
+                raise ValueError(f"task.reference: precomputed log-probs are unused by loss {t.loss!r} (reference-free); "
+                                 "use auto (or copy, to measure the KL divergence)")
             if t.reference == "none" and t.loss not in REFERENCE_FREE:
                 raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
                                  "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")

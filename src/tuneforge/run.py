@@ -135,6 +135,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         task.reference, reference_mode = make_reference(recipe.task.reference, needed, model, recipe.method.is_adapter)
     if recipe.task.type == "grpo":
         _prepare_grpo(task, recipe, tokenizer, model)
+    if reference_mode is not None and task.reference is None and t.metric == "kl":
+        raise RecipeError([f"training.metric: kl needs a reference network at evaluation, and task.reference "
+                           f"{recipe.task.reference!r} keeps none here ({reference_mode}); use reference: copy, or "
+                           "another metric"])
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
@@ -155,14 +159,14 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     optimizer = make_optimizer(param_groups)
 
     encoded = {k: encode_for(recipe, tokenizer, v, space) for k, v in splits.items()}
-    emptied = [f"{k}: all {len(splits[k])} example(s) lost every target token to truncation at model.max_length "
-               f"{recipe.model.max_length} (first: {v.dropped[0]}); raise model.max_length"
+    emptied = [f"{k}: all {len(splits[k])} example(s) were left with nothing to train on by truncation at "
+               f"model.max_length {recipe.model.max_length} (first: {v.dropped[0]}); raise model.max_length"
                for k, v in encoded.items() if len(v) == 0 and getattr(v, "dropped", None)]
     if emptied:
         raise DataError(emptied)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     if reference_mode == "precomputed":
-        _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter, console)
+        _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter, t.precision, console)
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -262,17 +266,21 @@ def _prepare_grpo(task, recipe, tokenizer, model) -> None:
     task.reward, task.tokenizer, task.stop_ids = load_reward(recipe.task.reward), tokenizer, stop_ids(tokenizer, model)
 
 
-def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, console) -> None:
+def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, precision: str,
+                          console) -> None:
     """Reference log-probs of every pair, from the network before training (adapters: with the adapter disabled),
-    stored in the splits: training then runs one forward per batch instead of two."""
+    stored in the splits: training then runs one forward per batch instead of two. Computed at the training
+    precision, so policy and reference agree exactly at the start."""
+    from .engine.evaluate import autocast
     from .tasks.preference import AdapterReference, eval_mode, reference_logps
 
     started = time.perf_counter()
-    if adapter:
-        logits_of = lambda inputs: AdapterReference().logits(model, inputs)  # noqa: E731
-    else:
-        def logits_of(inputs):
-            with torch.no_grad(), eval_mode(model):
+
+    def logits_of(inputs):
+        with torch.no_grad(), autocast(precision):
+            if adapter:
+                return AdapterReference().logits(model, inputs)
+            with eval_mode(model):
                 return model(**inputs).logits
     for split in encoded.values():
         split.reference = reference_logps(split, logits_of, batch_size, pad_id)
@@ -311,8 +319,9 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
         console.print(f"  truncated to {recipe.model.max_length} tokens: " + ", ".join(f"{k} {n}" for k, n in cut.items()))
     dropped = {k: v.dropped for k, v in encoded.items() if getattr(v, "dropped", None)}
     for k, sources in dropped.items():
-        console.print(f"  [yellow]dropped from {k}:[/] {len(sources)} example(s) with no target token left after "
-                      f"truncation (first: {sources[0]}); raise model.max_length to keep them")
+        console.print(f"  [yellow]dropped from {k}:[/] {len(sources)} example(s) with nothing left to train on after "
+                      f"truncation (no target token, or a pair's two sides made identical; first: {sources[0]}); "
+                      "raise model.max_length to keep them")
     packed = {k: (v.examples, len(v)) for k, v in encoded.items() if getattr(v, "position_ids", None) is not None}
     if packed:
         console.print("  packed: " + ", ".join(f"{k} {n} examples into {r} rows" for k, (n, r) in packed.items()))
@@ -333,6 +342,8 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
             f"grpo ({t.num_generations} completions per prompt at temperature {t.temperature:g}, KL weight " \
             f"{t.preference_beta:g}); reward: {t.reward}"
         console.print(f"  objective: {objective}; reference: {shown}")
+    if recipe.task.type in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
+        console.print("  dropout: off, the adapter's included (task.disable_dropout)")
     console.print(f"  run directory: {run_dir}")
 
 

@@ -28,8 +28,10 @@ class Scorer:
     def scores(self, examples: Sequence[PreferenceExample], responses: Sequence, batch_size: Optional[int] = None) -> list[float]:
         """The reward of each (example's prompt, response)."""
         tokenizer, recipe = self.run.tokenizer, self.run.recipe
-        rows, _ = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, r) for e, r in zip(examples, responses)],
-                                       recipe.model.max_length)
+        use_template = recipe.data.chat_template
+        templated = use_template and bool(getattr(tokenizer, "chat_template", None))
+        rows, _ = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, r, use_template)
+                                                   for e, r in zip(examples, responses)], recipe.model.max_length, templated)
         size = batch_size or recipe.training.eval_batch_size
         pad_id = getattr(tokenizer, "pad_token_id", None) or 0
         self.run.model.eval()
@@ -39,17 +41,18 @@ class Scorer:
             out.extend(self.run.model(**batch).logits.float().squeeze(-1).tolist())
         return out
 
-    def score_file(self, data: str | Path, response_column: str = "response",
-                   batch_size: Optional[int] = None) -> tuple[list[dict], dict]:
+    def score_file(self, data: str | Path, response_column: str = "response", batch_size: Optional[int] = None,
+                   prompt_column: Optional[str] = None) -> tuple[list[dict], dict]:
         """(one record per row, summary). Rows are (prompt, response), or preference pairs when the file has the
         run's chosen and rejected columns."""
         from .data.preference import read_preference_examples
         from .data.readers import read_table
 
         d = self.run.recipe.data
+        prompt_col = prompt_column or d.prompt_column
         columns = set(map(str, read_table(data, d.format).columns))
         if {d.chosen_column, d.rejected_column} <= columns:
-            pairs = read_preference_examples(data, d.format, d.prompt_column, d.chosen_column, d.rejected_column)
+            pairs = read_preference_examples(data, d.format, prompt_col, d.chosen_column, d.rejected_column)
             chosen = self.scores(pairs, [p.chosen for p in pairs], batch_size)
             rejected = self.scores(pairs, [p.rejected for p in pairs], batch_size)
             records = [{"row": p.source.rsplit(" ", 1)[-1], "chosen_score": c, "rejected_score": r,
@@ -57,7 +60,7 @@ class Scorer:
             n = len(records)
             return records, {"pairs": n, "accuracy": sum(r["prefers_chosen"] for r in records) / n,
                              "margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
-        examples = read_responses(data, d.format, d.prompt_column, response_column)
+        examples = read_responses(data, d.format, prompt_col, response_column)
         values = self.scores(examples, [e.chosen for e in examples], batch_size)
         records = [{"row": e.source.rsplit(" ", 1)[-1], "score": v} for e, v in zip(examples, values)]
         return records, {"rows": len(records), "mean_score": sum(values) / len(values)}
@@ -89,6 +92,6 @@ def read_responses(path, fmt: str, prompt_col: str, response_col: str) -> list[P
 
 
 def score(run_dir: str | Path, data: str | Path, response_column: str = "response",
-          batch_size: Optional[int] = None) -> tuple[list[dict], dict]:
+          batch_size: Optional[int] = None, prompt_column: Optional[str] = None) -> tuple[list[dict], dict]:
     """Score a file with a reward-model run: (one record per row, summary)."""
-    return Scorer(run_dir).score_file(data, response_column, batch_size)
+    return Scorer(run_dir).score_file(data, response_column, batch_size, prompt_column)

@@ -137,7 +137,7 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
         return encode_policy_pairs(tokenizer, examples, max_length, chat_template)
     if task == "reward-model":
         from .preference import encode_reward_pairs
-        return encode_reward_pairs(tokenizer, examples, max_length)
+        return encode_reward_pairs(tokenizer, examples, max_length, chat_template)
     if task == "causal-lm":
         from .causal import encode_causal, pack
         split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)

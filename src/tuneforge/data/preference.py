@@ -11,6 +11,7 @@ model, each (prompt, response) as one input to a sequence-scoring head.
 """
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -47,18 +48,40 @@ class PreferenceExample:
         return CausalExample(prompt=self.prompt or "", completion=response, source=self.source)
 
 
-def _value(cell, where: str, problems: list[str], allow_messages: bool = True) -> Optional[Text]:
-    """A cell as text or a message list; None (with a problem noted) when it is neither or is empty."""
+def _parse_messages(text: str):
+    """A list of messages written into a text cell (CSV, TSV): as JSON, or as a Python literal (what pandas'
+    to_csv writes); None when the text is not such a list."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            continue
+        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+            return value
+    return None
+
+
+def _value(cell, where: str, problems: list[str], allow_messages: bool = True,
+           empties: Optional[list[str]] = None) -> Optional[Text]:
+    """A cell as text or a message list; None when it is neither (a problem noted) or is empty (noted in
+    `empties` when given, else among the problems)."""
     if hasattr(cell, "tolist"):  # Parquet gives arrays
         cell = cell.tolist()
-    if isinstance(cell, str) and allow_messages and cell.lstrip().startswith("[{"):  # messages stored as JSON text
-        try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError:
-            pass
+    empty = (empties if empties is not None else problems).append
+    if isinstance(cell, str) and allow_messages and cell.lstrip().startswith("["):  # messages written as text?
+        parsed = _parse_messages(cell)
+        if parsed is not None:
+            cell = parsed
+        elif cell.lstrip().startswith("[{") and ('"role"' in cell or "'role'" in cell):
+            problems.append(f"{where}: looks like a list of chat messages but is neither valid JSON nor a Python "
+                            f"literal: {cell[:80]!r}")
+            return None
+    if cell is None or (isinstance(cell, float) and cell != cell):
+        empty(f"{where}: empty")
+        return None
     if isinstance(cell, str):
         if not cell.strip():
-            problems.append(f"{where}: empty")
+            empty(f"{where}: empty")
             return None
         return cell
     if isinstance(cell, list) and allow_messages:
@@ -70,11 +93,11 @@ def _value(cell, where: str, problems: list[str], allow_messages: bool = True) -
                 return None
             messages.append({"role": m["role"], "content": m["content"]})
         if not messages:
-            problems.append(f"{where}: empty list of messages")
+            empty(f"{where}: empty list of messages")
             return None
         return messages
-    shown = "an empty cell" if cell is None or (isinstance(cell, float) and cell != cell) else repr(cell)[:80]
-    problems.append(f"{where}: expected text{' or a list of chat messages' if allow_messages else ''}, got {shown}")
+    problems.append(f"{where}: expected text{' or a list of chat messages' if allow_messages else ''}, got "
+                    f"{repr(cell)[:80]}")
     return None
 
 
@@ -120,21 +143,24 @@ def read_preference_examples(path, fmt: str, prompt_col: str, chosen_col: str, r
     for i, row in enumerate(df.to_dict("records"), start=1):
         where = f"{path} row {i}"
         cells: dict[str, Optional[Text]] = {}
-        bad = []
+        bad: list[str] = []           # malformed cells
+        empty_responses: list[str] = []
         for col in ([prompt_col] if has_prompt else []) + [chosen_col, rejected_col]:
-            found: list[str] = []
-            cells[col] = _value(row[col], f"{where}, column {col!r}", found)
-            bad += found
-        empties = [b for b in bad if b.endswith(": empty") or "empty list" in b]
-        if bad:
-            (invalid if len(empties) == len(bad) and not any(prompt_col in b for b in empties) else problems).extend(bad)
+            # An empty prompt is malformed; an empty response makes an invalid pair (skippable).
+            cells[col] = _value(row[col], f"{where}, column {col!r}", bad,
+                                empties=None if col == prompt_col else empty_responses)
+        if bad or empty_responses:
+            problems.extend(bad)
+            if not bad:
+                invalid.extend(empty_responses)
             continue
         prompt, chosen, rejected = cells.get(prompt_col), cells[chosen_col], cells[rejected_col]
         if isinstance(chosen, list) != isinstance(rejected, list):
             problems.append(f"{where}: {chosen_col!r} and {rejected_col!r} must both be text or both chat messages")
             continue
         if isinstance(chosen, list):
-            if prompt is None:
+            if prompt is None or (len(chosen) > 1 and len(rejected) > 1):
+                # Whole conversations: their shared turns are the prompt (a prompt column, if any, repeats them).
                 prompt, chosen, rejected = _split_implicit(chosen, rejected)
                 if not prompt:
                     problems.append(f"{where}: no {prompt_col!r} column, and the two conversations share no turns "
@@ -232,11 +258,12 @@ def encode_policy_pairs(tokenizer, examples: Sequence[PreferenceExample], max_le
 
 # ---------------------------------------------------------------- encoding for a reward model
 
-def reward_text(tokenizer, example: PreferenceExample, response: Text) -> tuple[str, Optional[str]]:
+def reward_text(tokenizer, example: PreferenceExample, response: Text,
+                use_chat_template: bool = True) -> tuple[str, Optional[str]]:
     """What a reward model reads for one (prompt, response): the conversation rendered with the chat template when
-    the tokenizer has one; else the two texts as a pair for tokenizers with a separator (encoders); else the
-    prompt and response on separate lines."""
-    if getattr(tokenizer, "chat_template", None):
+    the tokenizer has one (and data.chat_template is on); else the two texts as a pair for tokenizers with a
+    separator (encoders); else the prompt and response on separate lines."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
         return _render(tokenizer, example.conversation(response), example.source), None
     if example.is_chat or isinstance(example.prompt, list):
         raise DataError([f"{example.source}: chat messages need a tokenizer with a chat template; this one has none"])
@@ -251,6 +278,7 @@ class RewardPairSplit:
     chosen: list[dict]
     rejected: list[dict]
     truncated: int = 0
+    dropped: list[str] = field(default_factory=list)  # pairs whose two inputs became identical when cut
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -276,21 +304,41 @@ def _encoder_batch(rows: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def encode_reward_inputs(tokenizer, texts: Sequence[tuple[str, Optional[str]]], max_length: int) -> tuple[list[dict], int]:
-    """(token rows, rows cut to max_length)."""
+def encode_reward_inputs(tokenizer, texts: Sequence[tuple[str, Optional[str]]], max_length: int,
+                         templated: bool = False) -> tuple[list[dict], int]:
+    """(token rows, rows cut to max_length). Long inputs lose their beginning (the prompt's start), never the
+    response the reward is about: the score is read at the end."""
     if not texts:
         return [], 0
     firsts, seconds = [t for t, _ in texts], [p for _, p in texts]
     pairs = seconds if seconds[0] is not None else None
-    templated = pairs is None and bool(getattr(tokenizer, "chat_template", None))
     kwargs = {"add_special_tokens": not templated}  # a rendered template already holds its special tokens
-    enc = tokenizer(firsts, pairs, truncation=True, max_length=max_length, **kwargs)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(firsts, pairs, truncation="only_first" if pairs else True, max_length=max_length, **kwargs)
+    except Exception:  # a response longer than max_length by itself: cut both, from the left
+        enc = tokenizer(firsts, pairs, truncation=True, max_length=max_length, **kwargs)
+    finally:
+        tokenizer.truncation_side = side
     full = tokenizer(firsts, pairs, **kwargs)["input_ids"]
     rows = [{k: enc[k][i] for k in enc.keys() if k in ("input_ids", "token_type_ids")} for i in range(len(firsts))]
     return rows, sum(len(ids) > max_length for ids in full)
 
 
-def encode_reward_pairs(tokenizer, examples: Sequence[PreferenceExample], max_length: int) -> RewardPairSplit:
-    chosen, cut_c = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, e.chosen) for e in examples], max_length)
-    rejected, cut_r = encode_reward_inputs(tokenizer, [reward_text(tokenizer, e, e.rejected) for e in examples], max_length)
-    return RewardPairSplit(chosen, rejected, cut_c + cut_r)
+def encode_reward_pairs(tokenizer, examples: Sequence[PreferenceExample], max_length: int,
+                        use_chat_template: bool = True) -> RewardPairSplit:
+    """Both sides of every pair; a pair whose two inputs are identical once cut to max_length (nothing left to
+    tell them apart) is dropped and named."""
+    texts = lambda side: [reward_text(tokenizer, e, getattr(e, side), use_chat_template) for e in examples]  # noqa: E731
+    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    chosen, cut_c = encode_reward_inputs(tokenizer, texts("chosen"), max_length, templated)
+    rejected, cut_r = encode_reward_inputs(tokenizer, texts("rejected"), max_length, templated)
+    split = RewardPairSplit([], [], cut_c + cut_r)
+    for example, c, r in zip(examples, chosen, rejected):
+        if c["input_ids"] == r["input_ids"]:
+            split.dropped.append(example.source)
+            continue
+        split.chosen.append(c)
+        split.rejected.append(r)
+    return split

@@ -48,11 +48,16 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     config.num_labels = num_outputs
     config.problem_type = problem_type
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        # Decoders (GPT-2, Llama) have no pad token: batches need one, and their classification heads find each
-        # row's last token by it. EOS is safe: rows are right-padded and the head reads the last non-pad token.
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+    if tokenizer.pad_token is None:
+        # Decoders (GPT-2, Llama) often have no pad token: batches need one, and their classification heads find
+        # each row's last token by it. The config's own pad id if it has one, else EOS (safe: rows are
+        # right-padded and the head reads the last non-pad token).
+        configured = getattr(config, "pad_token_id", None)
+        if isinstance(configured, int) and 0 <= configured < len(tokenizer):
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(configured)
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is not None:  # batches are padded with the id the head looks for
         config.pad_token_id = tokenizer.pad_token_id
     if id2label:
         config.id2label = {int(i): n for i, n in id2label.items()}

@@ -39,11 +39,15 @@ def eval_mode(model: nn.Module):
 
 
 def disable_dropout(model: nn.Module) -> int:
-    """Dropout probability 0 everywhere (as TRL does for preference training); returns the modules changed."""
+    """Dropout probability 0 everywhere (as TRL does for preference training), adapters' included, and the
+    attention dropout some architectures apply as a number (Llama's `attention_dropout`); returns the modules
+    changed."""
     changed = 0
     for m in model.modules():
         if isinstance(m, nn.Dropout) and m.p:
             m.p, changed = 0.0, changed + 1
+        elif isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout:
+            m.attention_dropout, changed = 0.0, changed + 1
     return changed
 
 
@@ -130,7 +134,7 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
 
 class PolicyMetrics:
     """Reward accuracy, mean chosen and rejected rewards (the loss's implicit reward: beta * log(pi / ref) for
-    DPO and IPO, beta * mean token log-prob for SimPO and ORPO), their margin, the mean summed log-probs of
+    DPO, the same per token for IPO, beta * mean token log-prob for SimPO and ORPO), their margin, the mean summed log-probs of
     each response, and KL(policy || reference) per response token, when a reference network is at hand."""
 
     def __init__(self):
@@ -211,6 +215,8 @@ class PreferenceTask:
         loss = self.per_pair_loss(pc, pr, rc, rr, tc, tr)
         if self.reference_free:
             chosen, rejected = self.beta * pc / tc, self.beta * pr / tr
+        elif self.loss == "ipo":  # its loss compares per-token log-ratios: so do its rewards
+            chosen, rejected = self.beta * (pc - rc) / tc, self.beta * (pr - rr) / tr
         else:
             chosen, rejected = self.beta * (pc - rc), self.beta * (pr - rr)
         outputs = {"chosen": chosen, "rejected": rejected, "chosen_logps": pc, "rejected_logps": pr, "kl": kl}
