@@ -114,3 +114,30 @@ def test_resumed_grpo_run_equals_an_uninterrupted_one(tiny_llama, grpo_setup, tm
         tuneforge.fine_tune(recipe, callbacks=[InterruptAt(3)])
     resumed = tuneforge.fine_tune(recipe, resume=True)
     assert resumed.metrics == full.metrics
+
+
+def test_completion_logps_use_the_sampling_temperature_and_only_completion_positions():
+    from tuneforge.tasks.grpo import completion_logps
+
+    logits = torch.tensor([[[0.0, 2.0, 0.0], [4.0, 0.0, 0.0], [9.0, 9.0, 9.0]]])  # 1 row, 3 positions, 3 tokens
+    ids = torch.tensor([[2, 1, 0]])  # prompt [2], completion [1, 0]: position 0 predicts 1, position 1 predicts 0
+    logps, mask = completion_logps(logits, ids, starts=[1], lengths=[2], temperature=2.0)
+    expected = [1 - math.log(math.e + 2), 2 - math.log(math.e ** 2 + 2)]  # logits halved, then log-softmax
+    assert logps.tolist()[0] == pytest.approx(expected) and mask.tolist() == [[True, True]]
+
+
+def test_a_reward_file_is_found_beside_the_recipe(tmp_path, tiny_llama):
+    import yaml
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "reward.py").write_text(REWARD)
+    write_jsonl(folder / "prompts.jsonl", [{"prompt": "one", "target": "five"}] * 4)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": str(tiny_llama)}, "task": {"type": "grpo", "reward": "reward.py:reward"},
+         "data": {"train": "prompts.jsonl"}}))
+    recipe = tuneforge.load_recipe(folder / "recipe.yaml")
+    assert recipe.task.reward == f"{(folder / 'reward.py').resolve()}:reward"
+    with pytest.raises(tuneforge.DataError, match="'completions' would clash"):
+        from tuneforge.data.prompts import read_prompt_examples
+        read_prompt_examples(write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completions": 1}]), "auto", "prompt")

@@ -294,7 +294,7 @@ class Predictor:
             from .engine.evaluate import run_pair_rewards
             return run_pair_rewards(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                                     getattr(self.run.tokenizer, "pad_token_id", None) or 0)
-        if self.recipe.task.type == "grpo":  # prompts alone: logits at every prompt position
+        if self.recipe.task.type == "grpo":  # prompts alone: the logits predicting each prompt token after the first
             from .data.collate import CausalLMSplit
             split = CausalLMSplit(split.prompt_ids, [list(ids) for ids in split.prompt_ids])
         if self.recipe.task.type in GENERATIVE_TASKS:  # rows of different lengths: logits where targets are predicted

@@ -481,14 +481,31 @@ def load_recipe(source: Union[str, Path, dict, Recipe], overrides: Optional[list
     return parse_recipe(data, name)
 
 
+def _relative_to(base: Path, value: str) -> str:
+    """A path written in a recipe file, resolved against the recipe's folder (unless it only exists as given)."""
+    if Path(value).is_absolute():
+        return value
+    candidate = base / value
+    return str(candidate.resolve()) if candidate.exists() or not Path(value).exists() else value
+
+
 def _resolve_data_paths(data: Any, base: Path) -> Any:
-    if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+    """Data files, and a grpo reward's file or run directory, relative to the recipe's folder; stored absolute in
+    the run's recipe.yaml, so evaluate and resume work from any folder."""
+    if not isinstance(data, dict):
         return data
-    section = dict(data["data"])
-    for key in ("train", "validation", "test"):
-        value = section.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute():
-            candidate = base / value
-            if candidate.exists() or not Path(value).exists():
-                section[key] = str(candidate)
-    return {**data, "data": section}
+    out = dict(data)
+    if isinstance(data.get("data"), dict):
+        section = dict(data["data"])
+        for key in ("train", "validation", "test"):
+            if isinstance(section.get(key), str):
+                section[key] = _relative_to(base, section[key])
+        out["data"] = section
+    task = data.get("task")
+    if isinstance(task, dict) and isinstance(task.get("reward"), str):
+        where, sep, name = task["reward"].rpartition(":")
+        if sep and where.endswith(".py"):
+            out["task"] = {**task, "reward": f"{_relative_to(base, where)}:{name}"}
+        elif not sep:
+            out["task"] = {**task, "reward": _relative_to(base, task["reward"])}
+    return out

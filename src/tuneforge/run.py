@@ -391,6 +391,10 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
     if limits and recipe.model.max_length > min(limits):
         problems.append(f"model.max_length: {recipe.model.max_length} is more than {recipe.model.name!r} takes "
                         f"({min(limits)} tokens); use at most {min(limits)}")
+    elif limits and recipe.task.type == "grpo" and recipe.model.max_length + recipe.task.max_new_tokens > min(limits):
+        problems.append(f"model.max_length {recipe.model.max_length} (the prompt) + task.max_new_tokens "
+                        f"{recipe.task.max_new_tokens} (the completion) is more than {recipe.model.name!r} takes "
+                        f"({min(limits)} positions); lower one of them")
     elif limits and recipe.method.name in ("prefix", "prompt") and \
             recipe.model.max_length + recipe.method.num_virtual_tokens > min(limits):
         problems.append(f"model.max_length {recipe.model.max_length} + method.num_virtual_tokens "

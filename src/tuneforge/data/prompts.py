@@ -10,6 +10,9 @@ from ..errors import DataError
 from .preference import _value
 
 
+RESERVED = {"prompts", "completions"}  # the reward function's own arguments
+
+
 @dataclass
 class PromptExample:
     prompt: Union[str, list]
@@ -44,6 +47,10 @@ def read_prompt_examples(path, fmt: str, prompt_col: str) -> list[PromptExample]
             problems.append(f"{where}, column {prompt_col!r}: a chat prompt must end with a user turn")
             continue
         extras = {str(k): _plain(v) for k, v in row.items() if k != prompt_col}
+        clash = sorted(RESERVED & set(extras))
+        if clash:
+            raise DataError([f"{path}: column(s) {', '.join(map(repr, clash))} would clash with the reward function's "
+                             "own arguments (prompts, completions); rename them"])
         out.append(PromptExample(prompt, extras, where))
     if problems:
         raise DataError(problems)
@@ -100,11 +107,6 @@ def encode_prompts(tokenizer, examples: Sequence[PromptExample], max_length: int
             row, cut = row[-max_length:], cut + 1
         ids.append(row)
     return PromptSplit(ids, list(examples), cut)
-
-
-def prompt_text(prompt: Union[str, list]) -> str:
-    """What the reward function receives as the prompt: the text, or the last user turn of a chat."""
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def extras_by_column(examples: Sequence[PromptExample], repeat: int) -> dict[str, list]:

@@ -18,7 +18,6 @@ import torch
 
 from ..errors import RecipeError, TuneforgeError
 from ..objectives.grpo import group_advantages, grpo_token_loss, k3_kl
-from .metrics import align_to_labels
 from .preference import eval_mode
 
 EVAL_SEED = 1234  # evaluation samples are drawn from this seed, apart from training's RNG
@@ -125,20 +124,29 @@ class GRPOTask:
     def make_metrics(self, num_labels: int = 0, threshold: float = 0.5) -> GRPOMetrics:
         return GRPOMetrics()
 
+    def _pad_id(self) -> int:
+        if self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        return self.stop_ids[0] if self.stop_ids else 0
+
     @torch.no_grad()
     def sample(self, model, prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
         """G completions per prompt (prompt by prompt, in order): token ids with the stop token that ended each
-        (if any), and whether one did."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        (if any), and whether one did. Drawn from the policy itself: the model's own generation settings
+        (repetition penalty, minimum length, banned tokens, ...) are overridden, so the samples' log-probs are the
+        policy's."""
+        pad = self._pad_id()
         width = max(len(p) for p in prompt_ids)
         # Left padding: every prompt ends where generation starts.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
         with eval_mode(model):
             out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
-                                 temperature=self.temperature, top_p=1.0, top_k=0,
+                                 temperature=self.temperature, top_p=1.0, top_k=0, min_p=None, typical_p=1.0,
+                                 repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, min_length=0,
+                                 suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,
                                  max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_generations,
-                                 eos_token_id=self.stop_ids, pad_token_id=pad)
+                                 eos_token_id=self.stop_ids or None, pad_token_id=pad)
         completions, stopped = [], []
         stops = set(self.stop_ids)
         for row in out[:, width:].tolist():
@@ -148,38 +156,36 @@ class GRPOTask:
         return completions, torch.tensor(stopped)
 
     def batch_loss(self, model, batch: dict, evaluating: bool = False):
-        from ..data.prompts import extras_by_column, prompt_text
+        from ..data.prompts import extras_by_column
 
         prompts, examples, g = batch["prompt_ids"], batch["examples"], self.num_generations
-        if evaluating:  # the same draws at every evaluation, and training's RNG untouched
+        if evaluating:  # the same draws at every evaluation (of the same batches), and training's RNG untouched
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(EVAL_SEED)
                 completions, stopped = self.sample(model, prompts)
         else:
             completions, stopped = self.sample(model, prompts)
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        rewards = call_reward(self.reward, [prompt_text(e.prompt) for e in examples for _ in range(g)], texts,
+        rewards = call_reward(self.reward, [e.prompt for e in examples for _ in range(g)], texts,
                               extras_by_column(examples, g))
         advantages = group_advantages(rewards, g)
 
-        # Prompt + completion rows, right-padded; labels mark the completion tokens.
-        rows, labels = [], []
-        for i, completion in enumerate(completions):
-            prompt = prompts[i // g]
-            rows.append(prompt + completion)
-            labels.append([-100] * len(prompt) + completion)
+        # Prompt + completion rows, right-padded (positions need no help, whatever the adapter).
+        rows = [prompts[i // g] + c for i, c in enumerate(completions)]
+        starts = [len(prompts[i // g]) for i in range(len(completions))]
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self._pad_id()
         inputs = {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
                   "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
                   "use_cache": False}
-        label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
-        logits = align_to_labels(model(**inputs).logits, label_ids)
-        logps, mask = _token_logps(logits, label_ids)
+        logits = model(**inputs).logits[:, -width:]  # prompt tuning's virtual positions come first: dropped
+        logps, mask = completion_logps(logits, inputs["input_ids"], starts, [len(c) for c in completions],
+                                       self.temperature)
         ref_logps, kl = None, None
         if self.reference is not None and (self.beta or evaluating):
-            ref_logits = align_to_labels(self.reference.logits(model, inputs), label_ids)
-            ref_logps = _token_logps(ref_logits, label_ids)[0]
+            ref_logits = self.reference.logits(model, inputs)[:, -width:]
+            ref_logps = completion_logps(ref_logits, inputs["input_ids"], starts, [len(c) for c in completions],
+                                         self.temperature)[0]
             if evaluating:
                 kl = (float((k3_kl(logps, ref_logps) * mask).sum()), int(mask.sum()))
         per_completion = grpo_token_loss(logps, mask, advantages, ref_logps, self.beta)
@@ -189,9 +195,21 @@ class GRPOTask:
         return loss, outputs
 
 
-def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each next token, mask of completion positions), both rows x (tokens - 1)."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != -100
-    logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return logps * mask, mask
+def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, starts: list[int], lengths: list[int],
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each completion token under the temperature-scaled distribution it was sampled from, mask),
+    both completions x longest completion. Only the completion positions are normalized, row by row, so no
+    vocabulary-wide copy of the whole batch is made."""
+    longest = max(lengths)
+    mask = torch.zeros(len(lengths), longest, dtype=torch.bool)
+    rows = []
+    for i, (start, n) in enumerate(zip(starts, lengths)):
+        if n == 0:
+            rows.append(torch.zeros(longest))
+            continue
+        scores = logits[i, start - 1:start - 1 + n].float() / temperature  # position t predicts token t + 1
+        targets = input_ids[i, start:start + n]
+        row = scores.gather(1, targets.unsqueeze(1)).squeeze(1) - scores.logsumexp(-1)
+        rows.append(torch.cat([row, row.new_zeros(longest - n)]))
+        mask[i, :n] = True
+    return torch.stack(rows), mask
