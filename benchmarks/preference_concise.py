@@ -3,6 +3,9 @@ words, ended by itself), before and after DPO with LoRA on examples/data/concise
 policy's implicit reward, and a separately trained reward model, rank held-out pairs.
 
     python benchmarks/preference_concise.py [--recipe examples/smollm2-concise.yaml] [--out docs/results/preference-concise]
+    python benchmarks/preference_concise.py --recipe examples/smollm2-grpo.yaml --out docs/results/grpo-concise
+
+With a GRPO recipe, steps 1 and 3 only (there are no pairs to rank).
 
 One process:
 1. greedy replies of the base model to the 66 held-out questions (never seen in training; some in question forms
@@ -83,11 +86,12 @@ def write(report: dict, out: Path) -> None:
              "|---|---:|---:|---:|---:|"]
     for name in ("before", "after"):
         s = report[name]
-        lines.append(f"| {name} DPO | {s['concise']:.1%} | {s['stopped']:.1%} | {s['median_words']} | "
+        lines.append(f"| {name} {report['recipe']['task']['type'].upper().replace('PREFERENCE', 'DPO')} | {s['concise']:.1%} | {s['stopped']:.1%} | {s['median_words']} | "
                      f"{s['mentions_answer']:.1%} |")
-    lines += ["", "| held-out pairs | pairwise accuracy |", "|---|---:|",
-              f"| DPO policy's implicit reward ({report['held_out_pairs']} pairs) | "
-              f"{report['policy_held_out']['reward_accuracy']:.1%} |"]
+    if report.get("policy_held_out"):
+        lines += ["", "| held-out pairs | pairwise accuracy |", "|---|---:|",
+                  f"| DPO policy's implicit reward ({report['held_out_pairs']} pairs) | "
+                  f"{report['policy_held_out']['reward_accuracy']:.1%} |"]
     if report.get("reward_model"):
         lines.append(f"| MiniLM reward model | {report['reward_model']['held_out']['accuracy']:.1%} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -117,7 +121,8 @@ def main() -> None:
     started = time.perf_counter()
     result = tuneforge.fine_tune(recipe, overwrite=True)
     wall = time.perf_counter() - started
-    policy_held_out = tuneforge.evaluate(result.run_dir, pairs)
+    grpo = recipe.task.type == "grpo"
+    policy_held_out = None if grpo else tuneforge.evaluate(result.run_dir, pairs)
     generator = tuneforge.Generator(result.run_dir)
     after, after_s = replies(generator.run.model, generator.run.tokenizer, test_rows)
 
@@ -130,7 +135,7 @@ def main() -> None:
               "generation_seconds": {"before": round(before_s, 1), "after": round(after_s, 1)},
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "replies": {"before": before, "after": after}}
-    if not args.no_reward_model:
+    if not args.no_reward_model and not grpo:
         report["reward_model"] = reward_model(args.recipe, pairs, run_dir.parent / f"{run_dir.name}-reward-model")
     write(report, Path(args.out))
 

@@ -3,6 +3,7 @@ itself (chosen) is preferred to a long or unfinished one (rejected). A rule a pr
 SmolLM2-135M-Instruct breaks on most questions: it explains at length, and often runs out of tokens.
 
     python examples/concise_answers.py     # writes examples/data/concise-answers/{train,validation,test}.jsonl
+                                           # and prompts-{train,validation}.jsonl (questions and answers, for GRPO)
 
 The questions are those of examples/json_answers.py (the test split's values and some of its templates are never
 seen in training). The rejected reply of each pair is the model's own greedy reply (48 new tokens at most), so
@@ -74,7 +75,22 @@ def base_replies(prompts: list[str], model_name: str = "smollm2-135m") -> list[t
     return out
 
 
+def write_prompts(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict[str, Path]:
+    """The same training questions as prompts with their answers, for GRPO (no model needed): 20 for validation,
+    the rest for training."""
+    rng = random.Random(0)
+    seen = questions(rng, held_out=False)
+    rng.shuffle(seen)
+    rows = [{"prompt": q, "answer": a} for q, a in seen]
+    files = {"prompts-train": out / "prompts-train.jsonl", "prompts-validation": out / "prompts-validation.jsonl"}
+    out.mkdir(parents=True, exist_ok=True)
+    files["prompts-validation"].write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    files["prompts-train"].write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    return files
+
+
 def main(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict[str, Path]:
+    write_prompts(out)
     rng = random.Random(0)
     seen = questions(rng, held_out=False)
     rng.shuffle(seen)

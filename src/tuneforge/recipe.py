@@ -40,7 +40,6 @@ class ModelSpec(_Section):
 TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
                    "causal-lm", "reward-model", "preference", "grpo"]
 GENERATIVE_TASKS = ("causal-lm", "preference", "grpo")  # tasks whose model is a causal LM that generates
-PREFERENCE_LOSSES = ("dpo", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
 # Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
 # al.); ORPO's weight of the odds-ratio term 0.1 (Hong et al.).
@@ -64,10 +63,10 @@ class TaskSpec(_Section):
                                    "(conservative DPO)")
     gamma: float = Field(0.5, ge=0, description="preference, simpo: target reward margin")
     reference: Literal["auto", "copy", "precomputed", "none"] = Field(
-        "auto", description="preference: the reference policy. auto: adapters use the network with the adapter "
-        "disabled (no second copy), other methods a frozen copy (dpo/ipo) or none (simpo/orpo); copy: a frozen copy; "
-        "precomputed: its log-probs computed once before training, no copy kept; none: no reference (simpo/orpo "
-        "only; the KL estimate is then not reported)")
+        "auto", description="preference, grpo: the reference policy. auto: adapters use the network with the adapter "
+        "disabled (no second copy), other methods a frozen copy (dpo/ipo, grpo with beta > 0) or none (simpo/orpo); "
+        "copy: a frozen copy (whole-network methods); precomputed (dpo/ipo): its log-probs computed once before "
+        "training, no copy kept; none: no reference (the KL estimate is then not reported)")
     disable_dropout: bool = Field(True, description="preference, reward-model, grpo: turn dropout off, so the policy "
                                   "and its reference agree at the start and rewards are not noise")
     # GRPO (task.type: grpo)
@@ -288,64 +287,6 @@ class Recipe(_Section):
         if not images and self.data.dataset == "fashion-mnist":
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
-        kind = self.task.type
-        if kind not in GENERATIVE_TASKS and self.task.sample_prompts:
-            raise ValueError(f"task.sample_prompts: for causal-lm, preference and grpo tasks only; task.type is {kind!r}")
-        if kind not in (*GENERATIVE_TASKS, "reward-model") and not self.data.chat_template:
-            raise ValueError(f"data.chat_template: for causal-lm, preference, grpo and reward-model tasks only; task.type "
-                             f"is {kind!r}")
-        pair_keys = [k for k in ("chosen_column", "rejected_column", "drop_invalid_pairs")
-                     if getattr(self.data, k) != DataSpec.model_fields[k].get_default()]
-        if kind not in ("preference", "reward-model") and pair_keys:
-            raise ValueError(f"{', '.join('data.' + k for k in pair_keys)}: for preference and reward-model tasks only; "
-                             f"task.type is {kind!r}")
-        if kind in ("preference", "grpo") and self.method.is_adapter and self.task.reference == "copy":
-            raise ValueError(f"task.reference: copy is for whole-network methods; with an adapter ({self.method.name}) the "
-                             "reference is the base network, the adapter switched off (no copy needed); use auto")
-        if kind == "reward-model" and self.method.name == "prompt":
-            raise ValueError("method 'prompt' cannot train a reward model: PEFT feeds the model input embeddings, so a "
-                             "decoder's score head cannot find each row's last token; use lora, dora, ia3 or a freezing "
-                             "method")
-        causal_only = [k for k, v in (("data.packing", self.data.packing),
-                                      ("data.train_on", self.data.train_on != "assistant")) if v]
-        if kind != "causal-lm" and causal_only:
-            raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {kind!r}")
-        changed = lambda keys: [k for k in keys if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]  # noqa: E731
-        owners = {"preference": ("loss", "label_smoothing", "gamma"), "grpo": ("reward", "num_generations", "temperature"),
-                  ("preference", "grpo"): ("beta", "reference")}
-        for owner, keys in owners.items():
-            allowed = owner if isinstance(owner, tuple) else (owner,)
-            if kind not in allowed and changed(keys):
-                raise ValueError(f"{', '.join('task.' + k for k in changed(keys))}: for {' and '.join(allowed)} tasks "
-                                 f"only; task.type is {kind!r}")
-        if kind == "grpo":
-            if not self.task.reward:
-                raise ValueError("task.reward: grpo needs a reward: a Python function 'file.py:name' or 'module:name', "
-                                 "or a reward-model run directory")
-            if self.task.reference == "precomputed":
-                raise ValueError("task.reference: precomputed does not apply to grpo (its completions are sampled "
-                                 "during training); use auto or copy")
-            if self.task.reference == "none" and self.task.preference_beta:
-                raise ValueError("task.reference: none leaves grpo's KL penalty without a reference; set task.beta: 0 "
-                                 "or use auto / copy")
-        if kind == "preference":
-            t = self.task
-            if t.label_smoothing and t.loss != "dpo":
-                raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
-            if t.gamma != TaskSpec.model_fields["gamma"].get_default() and t.loss != "simpo":
-                raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
-            if t.reference == "precomputed" and t.loss in REFERENCE_FREE:
-                raise ValueError(f"task.reference: precomputed log-probs are unused by loss {t.loss!r} (reference-free); "
-                                 "use auto (or copy, to measure the KL divergence)")
-            if t.reference == "none" and t.loss not in REFERENCE_FREE:
-                raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
-                                 "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
-        if kind not in ("preference", "reward-model", "grpo") and not self.task.disable_dropout:
-            raise ValueError(f"task.disable_dropout is for preference, reward-model and grpo tasks; task.type is {kind!r}")
-        if kind in ("preference", "reward-model", "grpo") and self.data.dataset:
-            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs or prompts; give data.train "
-                             f"(a file with {self.data.prompt_column!r}" + (" and the reward's columns)" if kind == "grpo" else
-                             f", {self.data.chosen_column!r} and {self.data.rejected_column!r} columns)"))
         if self.data.packing and self.method.name in ("prefix", "prompt"):
             raise ValueError(f"data.packing cannot isolate packed examples under method {self.method.name!r} (PEFT "
                              "replaces the restarting position ids, or adds a key/value cache, that isolation relies on); "
@@ -359,6 +300,73 @@ class Recipe(_Section):
         if images and self.method.name in IMAGE_UNSUPPORTED:
             raise ValueError(f"method {self.method.name!r} does not apply to image models: "
                              f"{IMAGE_UNSUPPORTED[self.method.name]}. Use lora, dora or ia3, or a freezing method")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_of_the_task(self):
+        """Options set for a task that does not read them are errors, not silently ignored."""
+        kind = self.task.type
+        if kind not in GENERATIVE_TASKS and self.task.sample_prompts:
+            raise ValueError(f"task.sample_prompts: for causal-lm, preference and grpo tasks only; task.type is {kind!r}")
+        if kind not in (*GENERATIVE_TASKS, "reward-model") and not self.data.chat_template:
+            raise ValueError(f"data.chat_template: for causal-lm, preference, grpo and reward-model tasks only; task.type "
+                             f"is {kind!r}")
+        causal_only = [k for k, v in (("data.packing", self.data.packing),
+                                      ("data.train_on", self.data.train_on != "assistant")) if v]
+        if kind != "causal-lm" and causal_only:
+            raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {kind!r}")
+        pair_keys = [k for k in ("chosen_column", "rejected_column", "drop_invalid_pairs")
+                     if getattr(self.data, k) != DataSpec.model_fields[k].get_default()]
+        if kind not in ("preference", "reward-model") and pair_keys:
+            raise ValueError(f"{', '.join('data.' + k for k in pair_keys)}: for preference and reward-model tasks only; "
+                             f"task.type is {kind!r}")
+        changed = lambda keys: [k for k in keys if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]  # noqa: E731
+        owners = {("preference",): ("loss", "label_smoothing", "gamma"), ("grpo",): ("reward", "num_generations", "temperature"),
+                  ("preference", "grpo"): ("beta", "reference")}
+        for allowed, keys in owners.items():
+            if kind not in allowed and changed(keys):
+                raise ValueError(f"{', '.join('task.' + k for k in changed(keys))}: for {' and '.join(allowed)} tasks "
+                                 f"only; task.type is {kind!r}")
+        if kind not in ("preference", "reward-model", "grpo") and not self.task.disable_dropout:
+            raise ValueError(f"task.disable_dropout is for preference, reward-model and grpo tasks; task.type is {kind!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_objectives(self):
+        """Preference, reward-model and GRPO runs: a consistent loss, reference and data source."""
+        kind, t = self.task.type, self.task
+        if kind in ("preference", "reward-model", "grpo") and self.data.dataset:
+            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs or prompts; give data.train "
+                             f"(a file with {self.data.prompt_column!r}" + (" and the reward's columns)" if kind == "grpo" else
+                             f", {self.data.chosen_column!r} and {self.data.rejected_column!r} columns)"))
+        if kind in ("preference", "grpo") and self.method.is_adapter and t.reference == "copy":
+            raise ValueError(f"task.reference: copy is for whole-network methods; with an adapter ({self.method.name}) the "
+                             "reference is the base network, the adapter switched off (no copy needed); use auto")
+        if kind == "reward-model" and self.method.name == "prompt":
+            raise ValueError("method 'prompt' cannot train a reward model: PEFT feeds the model input embeddings, so a "
+                             "decoder's score head cannot find each row's last token; use lora, dora, ia3 or a freezing "
+                             "method")
+        if kind == "grpo":
+            if not t.reward:
+                raise ValueError("task.reward: grpo needs a reward: a Python function 'file.py:name' or 'module:name', "
+                                 "or a reward-model run directory")
+            if t.reference == "precomputed":
+                raise ValueError("task.reference: precomputed does not apply to grpo (its completions are sampled "
+                                 "during training); use auto or copy")
+            if t.reference == "none" and t.preference_beta:
+                raise ValueError("task.reference: none leaves grpo's KL penalty without a reference; set task.beta: 0 "
+                                 "or use auto / copy")
+        if kind == "preference":
+            if t.label_smoothing and t.loss != "dpo":
+                raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
+            if t.gamma != TaskSpec.model_fields["gamma"].get_default() and t.loss != "simpo":
+                raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
+            if t.reference == "precomputed" and t.loss in REFERENCE_FREE:
+                raise ValueError(f"task.reference: precomputed log-probs are unused by loss {t.loss!r} (reference-free); "
+                                 "use auto (or copy, to measure the KL divergence)")
+            if t.reference == "none" and t.loss not in REFERENCE_FREE:
+                raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
+                                 "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
         return self
 
     @property

@@ -127,18 +127,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
-    reference_mode = None
-    if recipe.task.type in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
-        disable_dropout(model)
-    if recipe.task.type in ("preference", "grpo"):  # before any checkpoint is loaded: the reference is the start
-        needed = recipe.task.preference_beta > 0 if recipe.task.type == "grpo" else recipe.task.loss not in REFERENCE_FREE
-        task.reference, reference_mode = make_reference(recipe.task.reference, needed, model, recipe.method.is_adapter)
-    if recipe.task.type == "grpo":
-        _prepare_grpo(task, recipe, tokenizer, model)
-    if reference_mode is not None and task.reference is None and t.metric == "kl":
-        raise RecipeError([f"training.metric: kl needs a reference network at evaluation, and task.reference "
-                           f"{recipe.task.reference!r} keeps none here ({reference_mode}); use reference: copy, or "
-                           "another metric"])
+    reference_mode = _prepare_objective(recipe, task, model, tokenizer)  # before a checkpoint loads: the start
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
@@ -165,8 +154,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     if emptied:
         raise DataError(emptied)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    reference_note = None
     if reference_mode == "precomputed":
-        _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter, t.precision, console)
+        reference_note = _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter,
+                                               t.precision)
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -214,6 +205,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan, reference_mode)
+    if reference_note:
+        console.print(reference_note)
     started = time.perf_counter()
     loop.run()
     train_seconds = time.perf_counter() - started
@@ -258,16 +251,27 @@ def _apply_method(model, spec, groups, init_seed: int):
     return model, plan
 
 
-def _prepare_grpo(task, recipe, tokenizer, model) -> None:
-    """The reward (the user's function or a reward-model run), the tokenizer and the tokens that end a completion."""
-    from .data.causal import stop_ids
-    from .tasks.grpo import load_reward
+def _prepare_objective(recipe, task, model, tokenizer) -> Optional[str]:
+    """Preference, reward-model and GRPO runs: dropout off, the reference policy (the starting network: called
+    before any checkpoint is loaded), GRPO's reward and stop tokens. Returns the reference mode in effect."""
+    kind = recipe.task.type
+    if kind in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
+        disable_dropout(model)
+    if kind not in ("preference", "grpo"):
+        return None
+    needed = recipe.task.preference_beta > 0 if kind == "grpo" else recipe.task.loss not in REFERENCE_FREE
+    task.reference, mode = make_reference(recipe.task.reference, needed, model, recipe.method.is_adapter)
+    if kind == "grpo":
+        from .data.causal import stop_ids
+        from .tasks.grpo import load_reward
+        task.reward, task.tokenizer, task.stop_ids = load_reward(recipe.task.reward), tokenizer, stop_ids(tokenizer, model)
+    if task.reference is None and recipe.training.metric == "kl":
+        raise RecipeError([f"training.metric: kl needs a reference network at evaluation, and task.reference "
+                           f"{recipe.task.reference!r} keeps none here ({mode}); use reference: copy, or another metric"])
+    return mode
 
-    task.reward, task.tokenizer, task.stop_ids = load_reward(recipe.task.reward), tokenizer, stop_ids(tokenizer, model)
 
-
-def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, precision: str,
-                          console) -> None:
+def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, precision: str) -> str:
     """Reference log-probs of every pair, from the network before training (adapters: with the adapter disabled),
     stored in the splits: training then runs one forward per batch instead of two. Computed at the training
     precision, so policy and reference agree exactly at the start."""
@@ -285,7 +289,7 @@ def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, ad
     for split in encoded.values():
         split.reference = reference_logps(split, logits_of, batch_size, pad_id)
     pairs = sum(len(v) for v in encoded.values())
-    console.print(f"  reference log-probs of {pairs} pairs computed in {time.perf_counter() - started:.1f} s")
+    return f"  reference log-probs of {pairs} pairs computed in {time.perf_counter() - started:.1f} s"
 
 
 def _enable_gradient_checkpointing(model) -> None:
