@@ -86,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
                    "prompt[:N], bottleneck[:SIZE]; options as name:key=value:..., e.g. lora:r=16:alpha=32:lr=5e-4")
     c.add_argument("--seeds", type=int, default=1, help="seeds per method: the recipe's seed, seed+1, ... (default 1)")
     c.add_argument("--out", help="study folder (default: the recipe's output.dir + '-compare')")
+
+    tu = sub.add_parser("tune", help="search hyperparameters (any recipe key) with Optuna")
+    tu.add_argument("recipe")
+    tu.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
+    tu.add_argument("--space", required=True, help="YAML: recipe key -> {low, high[, log, step]} or {choices: [...]}, "
+                    "optionally `when: {other.key: value}`")
+    tu.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20); a study "
+                    "continued from its storage runs only the ones missing")
+    tu.add_argument("--sampler", choices=["grid", "random", "tpe", "gp"], default="tpe")
+    tu.add_argument("--pruner", choices=["median", "hyperband", "asha", "none"], default="median")
+    tu.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db); postgresql://... lets "
+                    "several machines work one study")
+    tu.add_argument("--study", help="study name (default: the study folder's name)")
+    tu.add_argument("--out", help="study folder (default: the recipe's output.dir + '-tune')")
+    tu.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     return p
 
 
@@ -99,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; the latest checkpoint is kept: continue with `tuneforge train RECIPE --resume`",
-              file=sys.stderr)
+        how = "run the same command again to continue the study" if args.command == "tune" else \
+            "the latest checkpoint is kept: continue with `tuneforge train RECIPE --resume`"
+        print(f"\ninterrupted; {how}", file=sys.stderr)
         return 130
 
 
@@ -181,6 +197,18 @@ def _dispatch(args) -> int:
     if args.command == "merge":
         tuneforge.merge(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, examples=args.examples,
                         atol=args.atol, rtol=args.rtol, console=out)
+        return 0
+    if args.command == "tune":
+        from .studies.tune import tune
+
+        result = tune(args.recipe, args.space, args.trials, sampler=args.sampler, pruner=args.pruner,
+                      storage=args.storage, study_name=args.study, study_dir=args.out, overrides=args.overrides,
+                      seed=args.seed, console=out)
+        if result.best_recipe:
+            out.print(f"best: validation {result.metric} {result.best_value:.4g} with {result.best_params}; recipe "
+                      f"{result.best_recipe} (tuneforge train {result.best_recipe})")
+        else:
+            out.print("[yellow]no trial completed[/]: see the trials table and each trial's run directory")
         return 0
     if args.command == "compare":
         tuneforge.compare(args.recipe, args.methods, seeds=args.seeds, overrides=args.overrides, study_dir=args.out,
