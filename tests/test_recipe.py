@@ -100,3 +100,7 @@ def test_every_example_recipe_is_valid():
     assert len(examples) >= 7
     for path in examples:
         load_recipe(path)  # raises RecipeError with every problem if one is stale
+    from tuneforge.studies.space import read_space
+    demo = load_recipe(Path(__file__).parent.parent / "examples" / "demo.yaml")
+    for path in sorted((Path(__file__).parent.parent / "examples" / "spaces").glob("*.yaml")):
+        assert read_space(path, demo)  # search spaces name real recipe keys

@@ -132,3 +132,7 @@ def test_space_errors_name_the_key(tiny_bert, sentiment_files, tmp_path):
         read_space({"method.r": {"choices": [4], "when": {"method.name": "lora"}}}, recipe)
     with pytest.raises(RecipeError, match="grid search needs a finite set"):
         tune(recipe, LR_RANGE, 1, sampler="grid", study_dir=tmp_path / "g")
+    no_validation = recipe_for(tiny_bert, {"train": sentiment_files["train"]}, tmp_path)
+    no_validation["data"]["validation_fraction"] = 0.0
+    with pytest.raises(RecipeError, match="a search needs validation data"):
+        tune(no_validation, LR_RANGE, 1, study_dir=tmp_path / "v")

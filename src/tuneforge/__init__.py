@@ -11,9 +11,10 @@ from .merging import MergeError, MergeReport, merge
 from .recipe import Recipe, load_recipe
 from .run import RunResult, fine_tune, validate
 from .scoring import Scorer, score
-from .studies import CompareResult, compare
+from .studies import CompareResult, SeedStudy, TuneResult, compare, seed_study, tune
 
 __version__ = "0.4.0"
 __all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
            "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
-           "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions", "score", "Scorer"]
+           "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions", "score", "Scorer", "tune", "TuneResult",
+           "seed_study", "SeedStudy"]

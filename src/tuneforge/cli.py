@@ -21,6 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    t.add_argument("--seeds", type=int, help="train with N seeds (in OUTPUT_DIR/seed-<i>): per-seed table, mean, std "
+                   "and 95%% interval")
+    t.add_argument("--vary", choices=["both", "init", "data"], default="both", help="with --seeds: which seeds vary, "
+                   "weight initialization (head, adapter, dropout), data order, or both (default)")
+    t.add_argument("--keep", type=int, help="with --seeds: early discard, continue only the best K seeds ...")
+    t.add_argument("--discard-after", type=float, help="... judged by the validation metric after this fraction of "
+                   "training (e.g. 0.3)")
 
     v = sub.add_parser("validate", help="check recipe, data and model without training")
     v.add_argument("recipe")
@@ -122,10 +129,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     import tuneforge
+    from .errors import TuneforgeError
     from .run import _group_summary
     from .report import console, metrics_table
 
     out = console()
+    if args.command == "train" and args.seeds:
+        from .studies.seeds import seed_study
+
+        if args.resume:
+            out.print("a seed study always continues what it finds: finished seeds are reused, unfinished ones resumed")
+        study = seed_study(args.recipe, args.seeds, vary=args.vary, keep=args.keep, discard_after=args.discard_after,
+                           overrides=args.overrides, console=out)
+        if args.json:
+            print(json.dumps({k: str(v) for k, v in study.files.items()}, indent=1))
+        return 0
+    if args.command == "train" and (args.keep or args.discard_after):
+        raise TuneforgeError("--keep and --discard-after go with --seeds N")
     if args.command == "train":
         result = tuneforge.fine_tune(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite,
                                      console=out)

@@ -268,6 +268,12 @@ def _columns(rows: list[MethodSummary], seeds: int) -> list[tuple[str, list[str]
     cols = [
         ("method", [r.label for r in rows]),
         (metric_head, [f"{r.mean:.4f} ± {r.std:.4f}" if seeds > 1 else f"{r.mean:.4f}" for r in rows]),
+    ]
+    if seeds > 1:
+        from .seeds import interval95
+        bounds = [interval95(r.values)[2:] if r.runs > 1 else None for r in rows]
+        cols.append(("95% interval of the mean", [f"[{b[0]:.4f}, {b[1]:.4f}]" if b else "" for b in bounds]))
+    cols += [
         ("trainable params", [f"{r.trainable_parameters:,}" for r in rows]),
         ("trainable %", [f"{r.trainable_percent:.2f}" for r in rows]),
         ("lr", [f"{r.lr:g}" for r in rows]),
