@@ -28,7 +28,7 @@ from .tasks.preference import disable_dropout, make_reference
 from .models import find_layer_groups, load_for_recipe
 from .recipe import GENERATIVE_TASKS, REFERENCE_FREE, Recipe, load_recipe
 from .report import console as default_console, print_summary
-from .tasks import get_task, higher_is_better, task_for
+from .tasks import higher_is_better, task_for
 
 RecipeLike = Union[str, Path, dict, Recipe]
 

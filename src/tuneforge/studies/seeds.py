@@ -134,6 +134,10 @@ def seed_study(recipe: Union[str, Path, dict, Recipe], seeds: int, *, vary: str 
         raise RecipeError([f"--keep {keep}: keep between 1 and {seeds - 1} of the {seeds} seeds"])
     if discard_after is not None and not (0 < discard_after < 1):
         raise RecipeError([f"--discard-after {discard_after}: a fraction of training, between 0 and 1"])
+    d = base.data
+    if keep is not None and d.dataset is None and d.validation is None and d.validation_fraction == 0:
+        raise RecipeError(["early discard ranks seeds by their validation metric: give data.validation or a "
+                           "data.validation_fraction above 0"])
     metric = base.training.metric or task_for(base).default_metric
     higher = higher_is_better(metric)
     plan = seed_recipes(base, seeds, vary)
