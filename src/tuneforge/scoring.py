@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data.preference import PreferenceExample, _encoder_batch, _value, encode_reward_inputs, reward_text
+from .data.preference import PreferenceExample, encode_reward_inputs, encoder_batch, reward_text, text_or_messages
 from .errors import DataError, RunDirError
 
 
@@ -37,7 +37,7 @@ class Scorer:
         self.run.model.eval()
         out: list[float] = []
         for start in range(0, len(rows), size):
-            batch = _encoder_batch(rows[start:start + size], pad_id)
+            batch = encoder_batch(rows[start:start + size], pad_id)
             out.extend(self.run.model(**batch).logits.float().squeeze(-1).tolist())
         return out
 
@@ -80,8 +80,8 @@ def read_responses(path, fmt: str, prompt_col: str, response_col: str) -> list[P
     out = []
     for i, row in enumerate(df.to_dict("records"), start=1):
         where = f"{path} row {i}"
-        prompt = _value(row[prompt_col], f"{where}, column {prompt_col!r}", problems)
-        response = _value(row[response_col], f"{where}, column {response_col!r}", problems)
+        prompt = text_or_messages(row[prompt_col], f"{where}, column {prompt_col!r}", problems)
+        response = text_or_messages(row[response_col], f"{where}, column {response_col!r}", problems)
         if prompt is not None and response is not None:
             out.append(PreferenceExample(prompt, response, response, where))
     if problems:

@@ -61,7 +61,7 @@ def _parse_messages(text: str):
     return None
 
 
-def _value(cell, where: str, problems: list[str], allow_messages: bool = True,
+def text_or_messages(cell, where: str, problems: list[str], allow_messages: bool = True,
            empties: Optional[list[str]] = None) -> Optional[Text]:
     """A cell as text or a message list; None when it is neither (a problem noted) or is empty (noted in
     `empties` when given, else among the problems)."""
@@ -147,7 +147,7 @@ def read_preference_examples(path, fmt: str, prompt_col: str, chosen_col: str, r
         empty_responses: list[str] = []
         for col in ([prompt_col] if has_prompt else []) + [chosen_col, rejected_col]:
             # An empty prompt is malformed; an empty response makes an invalid pair (skippable).
-            cells[col] = _value(row[col], f"{where}, column {col!r}", bad,
+            cells[col] = text_or_messages(row[col], f"{where}, column {col!r}", bad,
                                 empties=None if col == prompt_col else empty_responses)
         if bad or empty_responses:
             problems.extend(bad)
@@ -292,10 +292,10 @@ class RewardPairSplit:
 
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
         rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
-        return _encoder_batch(rows, pad_id)
+        return encoder_batch(rows, pad_id)
 
 
-def _encoder_batch(rows: list[dict], pad_id: int) -> dict:
+def encoder_batch(rows: list[dict], pad_id: int) -> dict:
     width = max(len(r["input_ids"]) for r in rows)
     batch = {"input_ids": _pad([r["input_ids"] for r in rows], width, pad_id),
              "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], width, 0)}

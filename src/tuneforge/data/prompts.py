@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 from ..errors import DataError
-from .preference import _value
+from .preference import text_or_messages
 
 
 RESERVED = {"prompts", "completions"}  # the reward function's own arguments
@@ -40,7 +40,7 @@ def read_prompt_examples(path, fmt: str, prompt_col: str) -> list[PromptExample]
     out = []
     for i, row in enumerate(df.to_dict("records"), start=1):
         where = f"{path} row {i}"
-        prompt = _value(row[prompt_col], f"{where}, column {prompt_col!r}", problems)
+        prompt = text_or_messages(row[prompt_col], f"{where}, column {prompt_col!r}", problems)
         if prompt is None:
             continue
         if isinstance(prompt, list) and prompt[-1]["role"] != "user":
