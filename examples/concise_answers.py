@@ -14,14 +14,13 @@ in what follows rather than in style. Only questions whose own reply breaks the 
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from json_answers import questions  # noqa: E402
+from json_answers import questions, write_splits  # noqa: E402
 
 MAX_WORDS = 12
 MAX_NEW_TOKENS = 48
@@ -82,11 +81,7 @@ def write_prompts(out: Path = Path(__file__).parent / "data" / "concise-answers"
     seen = questions(rng, held_out=False)
     rng.shuffle(seen)
     rows = [{"prompt": q, "answer": a} for q, a in seen]
-    files = {"prompts-train": out / "prompts-train.jsonl", "prompts-validation": out / "prompts-validation.jsonl"}
-    out.mkdir(parents=True, exist_ok=True)
-    files["prompts-validation"].write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
-    files["prompts-train"].write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
-    return files
+    return write_splits(out, {"prompts-validation": rows[:20], "prompts-train": rows[20:]})
 
 
 def main(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict[str, Path]:
@@ -101,13 +96,7 @@ def main(out: Path = Path(__file__).parent / "data" / "concise-answers") -> dict
     print(f"{len(pairs)} of {len(seen)} questions get a reply that breaks the rule: they become pairs")
     validation, train = pairs[:30], pairs[30:]
     test = [{"prompt": q, "answer": a} for q, a in held_out]
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, rows in (("train", train), ("validation", validation), ("test", test)):
-        files[name] = out / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"{files[name]}: {len(rows)} rows")
-    return files
+    return write_splits(out, {"train": train, "validation": validation, "test": test})
 
 
 if __name__ == "__main__":

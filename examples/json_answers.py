@@ -74,9 +74,14 @@ def main(out: Path = Path(__file__).parent / "data" / "json-answers") -> dict[st
     rng.shuffle(train)
     validation, train = train[:40], train[40:]
     test = [{"prompt": q, "completion": reply(a, rng), "answer": a} for q, a in questions(rng, held_out=True)]
+    return write_splits(out, {"train": train, "validation": validation, "test": test})
+
+
+def write_splits(out: Path, splits: dict[str, list[dict]]) -> dict[str, Path]:
+    """Each split as OUT/<name>.jsonl, one JSON object per line."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, rows in (("train", train), ("validation", validation), ("test", test)):
+    for name, rows in splits.items():
         files[name] = out / f"{name}.jsonl"
         files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{files[name]}: {len(rows)} rows")

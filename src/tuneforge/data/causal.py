@@ -233,6 +233,12 @@ def _messages(value, where: str, problems: list[str]) -> Optional[list[dict]]:
     if not isinstance(value, list) or not value:
         problems.append(f"{where}: expected a non-empty list of {{role, content}} messages, got {type(value).__name__}")
         return None
+    return checked_messages(value, where, problems)
+
+
+def checked_messages(value: list, where: str, problems: list[str]) -> Optional[list[dict]]:
+    """Each item a {role, content} message with a known role and text content (extra keys dropped); None, with
+    the first bad message named in `problems`, otherwise."""
     out = []
     for j, m in enumerate(value, start=1):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):

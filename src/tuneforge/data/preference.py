@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DataError
-from .causal import ROLES, CausalExample, CausalTokens, _render, end_of_turn_id, tokenize
+from .causal import CausalExample, CausalTokens, _render, checked_messages, end_of_turn_id, tokenize
 
 Text = Union[str, list]  # a string, or chat messages
 
@@ -85,17 +85,10 @@ def text_or_messages(cell, where: str, problems: list[str], allow_messages: bool
             return None
         return cell
     if isinstance(cell, list) and allow_messages:
-        messages = []
-        for j, m in enumerate(cell, start=1):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                problems.append(f"{where}, message {j}: expected {{\"role\": one of {'/'.join(ROLES)}, \"content\": "
-                                f"text}}, got {str(m)[:80]}")
-                return None
-            messages.append({"role": m["role"], "content": m["content"]})
-        if not messages:
+        if not cell:
             empty(f"{where}: empty list of messages")
             return None
-        return messages
+        return checked_messages(cell, where, problems)
     problems.append(f"{where}: expected text{' or a list of chat messages' if allow_messages else ''}, got "
                     f"{repr(cell)[:80]}")
     return None
