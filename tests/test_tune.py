@@ -2,6 +2,7 @@
 continuing an interrupted study, two workers on one SQLite study, and the best recipe reproducing its trial."""
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from conftest import tiny_recipe
 optuna = pytest.importorskip("optuna")
 
 from tuneforge.studies.space import read_space  # noqa: E402
-from tuneforge.studies.tune import ReportToTrial, tune  # noqa: E402
+from tuneforge.studies.tune import ReportToTrial, _open_study, tune  # noqa: E402
 
 LR_RANGE = {"training.lr": {"low": 1e-4, "high": 3e-3, "log": True}}
 
@@ -120,6 +121,32 @@ def test_two_workers_share_one_sqlite_study(tiny_bert, sentiment_files, tmp_path
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     dirs = [Path(t.user_attrs["recipe"]["output"]["dir"]) for t in study.trials]
     assert len(set(d.name for d in dirs)) == len(dirs) and all((d / "summary.json").exists() for d in dirs)
+
+
+def _open_together(url, barrier, results):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    barrier.wait()  # all at once on the new database: the race to create its schema
+    try:
+        _open_study("together", url, "maximize", None, None)
+        results.put("ok")
+    except Exception as error:  # noqa: BLE001 - the test reports which
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_workers_opening_a_new_sqlite_study_at_once_all_succeed(tmp_path):
+    # Without retries, about one start in four here loses the schema-version insert with an IntegrityError.
+    context = multiprocessing.get_context("fork")
+    for round_number in range(5):
+        url = f"sqlite:///{tmp_path / f'new-{round_number}.db'}"
+        barrier, results = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_together, args=(url, barrier, results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join()
+        assert outcomes == ["ok"] * 4
+    assert len(optuna.get_all_study_summaries(url)) == 1
 
 
 def test_space_errors_name_the_key(tiny_bert, sentiment_files, tmp_path):

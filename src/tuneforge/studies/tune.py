@@ -92,6 +92,23 @@ def _storage_url(storage: Optional[str], study_dir: Path) -> str:
     return storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
+def _open_study(name: str, url: str, direction: str, sampler, pruner, attempts: int = 6):
+    """Create or load the study. Workers started together on a new database race to create its tables and
+    schema-version row: the loser gets an integrity or "database is locked" error, and on a retry finds the
+    schema made by the winner, so a few retries with a growing pause settle it."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction=direction,
+                                       sampler=sampler, pruner=pruner)
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], trials: int = 20, *,
          sampler: str = "tpe", pruner: str = "median", storage: Optional[str] = None, study_name: Optional[str] = None,
          study_dir: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None, seed: int = 0,
@@ -116,8 +133,7 @@ def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], 
     url = _storage_url(storage, study_dir)
     name = study_name or study_dir.name
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction=direction,
-                                sampler=make_sampler(sampler, params, seed, trials), pruner=make_pruner(pruner))
+    study = _open_study(name, url, direction, make_sampler(sampler, params, seed, trials), make_pruner(pruner))
     if study.user_attrs.get("metric") not in (None, metric):
         raise RecipeError([f"study {name!r} in {url} optimizes {study.user_attrs['metric']!r}, this recipe {metric!r}; "
                            "use another --study name"])
