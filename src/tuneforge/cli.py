@@ -108,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--study", help="study name (default: the study folder's name)")
     tu.add_argument("--out", help="study folder (default: the recipe's output.dir + '-tune')")
     tu.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+
+    w = sub.add_parser("weak", help="weak supervision: analyze a recipe's labeling functions, or write its weak labels")
+    wsub = w.add_subparsers(dest="weak_command", required=True)
+    wa = wsub.add_parser("analyze", help="each rule's coverage, overlaps, conflicts and accuracy (against "
+                         "weak.gold_column), and the label models' accuracy")
+    wa.add_argument("recipe")
+    wa.add_argument("overrides", nargs="*")
+    wa.add_argument("--out", help="folder for analysis.{md,csv,json} and labels.jsonl (default: output.dir + '-weak')")
+    wl = wsub.add_parser("label", help="label the training rows (rules + label model) and write them as JSONL")
+    wl.add_argument("recipe")
+    wl.add_argument("overrides", nargs="*")
+    wl.add_argument("--out", required=True, help="the JSONL file to write: text, label (null: no rule voted), "
+                    "probabilities, votes")
     return p
 
 
@@ -233,6 +246,17 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         tuneforge.compare(args.recipe, args.methods, seeds=args.seeds, overrides=args.overrides, study_dir=args.out,
                           console=out)
+        return 0
+    if args.command == "weak" and args.weak_command == "analyze":
+        from .weak.api import analyze_weak
+        analyze_weak(args.recipe, args.overrides, args.out, console=out)
+        return 0
+    if args.command == "weak":
+        from .weak.api import weak_labels
+        data = weak_labels(args.recipe, args.overrides, args.out)
+        summary = data.summary()
+        out.print(f"{summary['rows']} rows written to {args.out}: {summary['labelled']} labelled, "
+                  f"{summary['unlabelled']} without a label")
         return 0
     raise AssertionError(args.command)
 

@@ -264,6 +264,78 @@ class TrainingSpec(_Section):
     _every = field_validator("eval_every")(classmethod(lambda cls, v: _epoch_or_steps(v)))
 
 
+class RuleSpec(_Section):
+    name: str = Field(description="the rule's name, shown in the analysis")
+    label: str = Field(description="the label it votes when it fires")
+    keywords: list[str] = Field(default_factory=list, description="fires when any of these words or phrases occurs "
+                                "as whole words")
+    regex: Optional[str] = Field(None, description="fires when this regular expression matches anywhere (re.search)")
+    case_sensitive: bool = False
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_name(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if bool(self.keywords) == bool(self.regex):
+            raise ValueError(f"rule {self.name!r}: give keywords (a list) or regex (a pattern), exactly one")
+        return self
+
+
+class SelfTrainingSpec(_Section):
+    """COSINE (Yu et al., 2021) after the weak-label fine-tuning; defaults from the paper's released settings."""
+    steps: int = Field(1000, gt=0, description="optimizer steps of self-training (the paper's T2)")
+    update_every: int = Field(50, gt=0, description="steps between refreshes of the pseudo-labels by the current "
+                              "model, on every row (T3)")
+    threshold: float = Field(0.6, ge=0, lt=1, description="rows whose pseudo-label confidence 1 - H/log C is at most "
+                             "this are left out of the step (xi)")
+    power: float = Field(2.0, gt=0, description="sharpening exponent of the soft pseudo-labels")
+    contrastive_weight: float = Field(1.0, ge=0, description="weight of the contrastive regularizer on encoder "
+                                      "features (lambda_1; 0 turns it off)")
+    margin: float = Field(1.0, gt=0, description="contrastive margin gamma: rows of different pseudo-labels are pushed "
+                          "at least this far apart (scaled squared Euclidean distance)")
+    confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer KL(uniform || "
+                                     "prediction) (lambda_2)")
+    lr: Optional[float] = Field(None, gt=0, description="learning rate of self-training (default: the run's)")
+
+
+class WeakSpec(_Section):
+    labeling_functions: Optional[str] = Field(None, description="a Python file whose @labeling_function rules label "
+                                              "the training rows")
+    rules: list[RuleSpec] = Field(default_factory=list, description="declared keyword / regex rules, applied with the "
+                                  "labeling functions")
+    label_model: Literal["majority", "one-coin", "dawid-skene"] = Field(
+        "one-coin", description="turns the rules' votes into labels: majority vote; one-coin (Dawid-Skene EM with one "
+        "accuracy per rule: for rules that each vote one class); dawid-skene (a full confusion matrix per source: for "
+        "sources that vote many classes)")
+    column: Optional[str] = Field(None, description="instead of rules: train's column of weak labels made elsewhere "
+                                  "(a label, a list of class probabilities, or an abstain value)")
+    abstain: list[str] = Field(default_factory=lambda: ["-1"], description="values of weak.column meaning 'no label' "
+                               "(an empty cell always does)")
+    gold_column: Optional[str] = Field(None, description="train's gold labels, if some exist: used only to measure the "
+                                       "rules and the label model, never trained on")
+    unlabeled: Optional[str] = Field(None, description="a file of further rows without labels (data.text_column), used "
+                                     "by self-training only")
+    soft: bool = Field(True, description="train on the label model's probabilities; false: on its most likely label")
+    self_training: Optional[SelfTrainingSpec] = Field(None, description="COSINE self-training after fine-tuning on the "
+                                                      "weak labels; omit for none")
+
+    @field_validator("abstain", mode="before")
+    @classmethod
+    def _names(cls, v):
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        rules = bool(self.labeling_functions or self.rules)
+        if rules == bool(self.column):
+            raise ValueError("weak: give labeling_functions and/or rules (tuneforge labels the rows), or column (weak "
+                             "labels already in the training file), one of the two")
+        return self
+
+
 class OutputSpec(_Section):
     dir: str = "runs/run"
 
@@ -274,6 +346,8 @@ class Recipe(_Section):
     data: DataSpec
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    weak: Optional[WeakSpec] = Field(None, description="weak supervision: labels from rules or a weak-label column, "
+                                     "and optional COSINE self-training")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -367,6 +441,21 @@ class Recipe(_Section):
             if t.reference == "none" and t.loss not in REFERENCE_FREE:
                 raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
                                  "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
+        return self
+
+    @model_validator(mode="after")
+    def _weak_supervision(self):
+        if self.weak is None:
+            return self
+        if self.task.type != "classification":
+            raise ValueError(f"weak supervision is for task.type classification; it is {self.task.type!r}")
+        if self.data.dataset:
+            raise ValueError(f"weak supervision reads data.train (rows to label); data.dataset {self.data.dataset!r} "
+                             "has gold labels already")
+        if self.weak.self_training and self.method.name in ("prefix", "prompt"):
+            raise ValueError(f"weak.self_training reads the encoder's features at the first token, which method "
+                             f"{self.method.name!r} shifts by its virtual tokens; use full, a freezing method, lora, "
+                             "dora, ia3 or bottleneck")
         return self
 
     @property
@@ -509,6 +598,10 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
             if isinstance(section.get(key), str):
                 section[key] = _relative_to(base, section[key])
         out["data"] = section
+    weak = data.get("weak")
+    if isinstance(weak, dict):
+        out["weak"] = {**weak, **{k: _relative_to(base, weak[k]) for k in ("labeling_functions", "unlabeled")
+                                  if isinstance(weak.get(k), str)}}
     task = data.get("task")
     if isinstance(task, dict) and isinstance(task.get("reward"), str):
         where, sep, name = task["reward"].rpartition(":")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from .adapters import adapter_param_groups, attach_adapter, save_adapter, trainable_names
@@ -122,7 +123,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     task = task_for(recipe)
 
     notes: list[str] = []
-    splits, space, origin = load_examples(d, recipe.task.type, notes)
+    splits, space, origin, weak_data = _load_data(recipe, notes)
     loaded = load_for_recipe(recipe, task, space, head_seed)
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     groups = find_layer_groups(model)
@@ -138,13 +139,9 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     for w in notes + warnings:
         console.print(f"[yellow]warning:[/] {w}")
     adapter = recipe.method.is_adapter
-    if adapter:  # only the adapter's weights and the head are trained, optimized and checkpointed
-        param_groups = adapter_param_groups(model, recipe.lr, t.head_lr, t.weight_decay)
-        saved_names = trainable_names(model)
-    else:
-        rates = group_learning_rates(groups, recipe.lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
-        param_groups = build_param_groups(model, groups, rates, t.weight_decay)
-        saved_names = None
+    param_groups = _param_groups(recipe, model, groups, recipe.lr)
+    # Adapters: only the adapter's weights and the head are trained, optimized and checkpointed.
+    saved_names = trainable_names(model) if adapter else None
     optimizer = make_optimizer(param_groups)
 
     encoded = {k: encode_for(recipe, tokenizer, v, space) for k, v in splits.items()}
@@ -158,6 +155,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     if reference_mode == "precomputed":
         reference_note = _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter,
                                                t.precision)
+    if weak_data is not None and recipe.weak.soft:
+        encoded["train"].labels = weak_data.targets  # cross-entropy against the label model's probabilities
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -207,12 +206,19 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan, reference_mode)
     if reference_note:
         console.print(reference_note)
+    if weak_data is not None:
+        console.print("  " + _weak_line(recipe, weak_data))
     started = time.perf_counter()
     loop.run()
     train_seconds = time.perf_counter() - started
 
     if t.restore_best and validation is not None and best_path.exists():
         load_weights(model, best_path, saved_names)
+    weak_report = None
+    if weak_data is not None:
+        weak_report = _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir,
+                                   data_seed, saved_names, set_train_mode, console, loop.state, train_seconds)
+        train_seconds = weak_report.pop("train_seconds")
     final_stage_trainable, total = count_parameters(model)
     metrics = {}
     for name in ("validation", "test"):
@@ -237,9 +243,99 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                "dropped": {k: len(getattr(v, "dropped", None) or []) for k, v in encoded.items()},
                "prompt_format": prompt_format, "reference": reference_mode,
                "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
+    if weak_report is not None:
+        summary["weak"] = weak_report
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
     return result
+
+
+def _load_data(recipe, notes: list):
+    """(splits, label space, where each split came from, weak data or None)."""
+    if recipe.weak is None:
+        return (*load_examples(recipe.data, recipe.task.type, notes), None)
+    from .weak.data import load_weak_data
+    weak_data, evaluation, origin = load_weak_data(recipe)
+    if not weak_data.labelled:
+        raise DataError([f"{recipe.data.train}: no training row got a weak label (every source abstained on every "
+                         "row); check the rules, or weak.column and weak.abstain"])
+    if "validation" not in evaluation:
+        notes.append("no data.validation: weak labels are not gold, so none is carved from the training file; without "
+                     "gold validation rows the best step cannot be picked and self-training runs blind")
+    return {"train": weak_data.labelled, **evaluation}, weak_data.space, origin, weak_data
+
+
+def _weak_line(recipe, weak_data) -> str:
+    w, summary = recipe.weak, weak_data.summary()
+    source = f"column {w.column!r}" if w.column else f"{len(weak_data.function_names)} labeling functions and " \
+        f"{w.label_model}"
+    line = (f"weak labels ({source}, {'soft' if w.soft else 'hard'}): {summary['labelled']} of {summary['rows']} rows "
+            f"labelled, {summary['unlabelled']} without a label")
+    quality = summary.get("label_model")
+    if quality and quality.get("accuracy") is not None:
+        line += f"; {quality['accuracy']:.1%} right against the {quality['scored_rows']} gold labels of weak.gold_column"
+    return line
+
+
+def _param_groups(recipe, model, groups, lr: float):
+    t = recipe.training
+    if recipe.method.is_adapter:
+        return adapter_param_groups(model, lr, t.head_lr, t.weight_decay)
+    rates = group_learning_rates(groups, lr, t.head_lr, recipe.method.layer_lr_decay, recipe.method.group_lr)
+    return build_param_groups(model, groups, rates, t.weight_decay)
+
+
+def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir, data_seed,
+                 saved_names, set_train_mode, console, stage_one, train_seconds) -> dict:
+    """After fine-tuning on the weak labels: write the rules' analysis and the labels, measure the first stage, then
+    run COSINE self-training when the recipe asks for it (the model ends as its best validation step)."""
+    from .data.collate import encode
+    from .data.dataset import TextExample
+    from .weak.analysis import print_analysis, write_analysis
+    from .weak.data import write_weak_labels
+    from .weak.self_training import run_self_training
+
+    t = recipe.training
+    folder = run_dir / "weak"
+    if weak_data.analysis is not None:
+        write_analysis(weak_data.analysis, folder, {"label_quality": weak_data.quality})
+        print_analysis(console, weak_data.analysis)
+    write_weak_labels(weak_data, folder / "labels.jsonl")
+    evaluate = lambda: {k: run_evaluation(model, encoded[k], task, len(space.names), 0.5, t.eval_batch_size, pad_id,  # noqa: E731
+                                          t.precision) for k in ("validation", "test") if k in encoded}
+    report = {**weak_data.summary(), "stage_one": {"best_step": stage_one.best_step, "steps": stage_one.global_step,
+                                                   "seconds": round(train_seconds, 2), "metrics": evaluate()}}
+    st = recipe.weak.self_training
+    if st is None:
+        return {**report, "train_seconds": train_seconds}
+    rows = [TextExample(text=ex.text, source=ex.source) for ex in weak_data.labelled + weak_data.unlabelled]
+    split = encode(tokenizer, rows, recipe.model.max_length, "classification", space)  # targets: pseudo-labels
+    gold = None
+    if weak_data.gold is not None:
+        covered = weak_data.labels.covered
+        gold = np.concatenate([weak_data.gold[covered], weak_data.gold[~covered],
+                               np.full(len(weak_data.unlabeled_file), -1)])
+    optimizer = make_optimizer(_param_groups(recipe, model, groups, st.lr or recipe.lr))
+    schedule = lambda total: make_scheduler(optimizer, t.schedule, warmup_steps(total, t.warmup_ratio, t.warmup_steps),  # noqa: E731
+                                            total)
+    pooling = "cls" if getattr(tokenizer, "cls_token_id", None) is not None else "last"
+    console.print(f"[bold]self-training[/] (COSINE): {len(rows)} rows ({len(weak_data.unlabelled)} without a weak "
+                  f"label), {st.steps} steps, pseudo-labels refreshed every {st.update_every}; threshold "
+                  f"{st.threshold:g}, contrastive weight {st.contrastive_weight:g}, confidence weight "
+                  f"{st.confidence_weight:g}")
+    callbacks = [ProgressBar(console)] if t.progress else []
+    started = time.perf_counter()
+    state, refreshes, best = run_self_training(
+        recipe=recipe, model=model, rows=split, validation=encoded.get("validation"), pooling=pooling,
+        optimizer=optimizer, make_scheduler=schedule, set_train_mode=set_train_mode, saved_names=saved_names,
+        run_dir=run_dir / "self-training", num_labels=len(space.names), pad_id=pad_id, data_seed=data_seed,
+        callbacks=callbacks, gold=gold)
+    seconds = time.perf_counter() - started
+    if t.restore_best and best is not None:
+        load_weights(model, best, saved_names)
+    report["self_training"] = {"best_step": state.best_step, "steps": state.global_step, "seconds": round(seconds, 2),
+                               "history": state.history, "pseudo_labels": refreshes}
+    return {**report, "train_seconds": train_seconds + seconds}
 
 
 def _apply_method(model, spec, groups, init_seed: int):
@@ -427,7 +523,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     recipe = load_recipe(recipe, overrides)
     task = task_for(recipe)
     notes: list[str] = []
-    splits, space, origin = load_examples(recipe.data, recipe.task.type, notes)
+    splits, space, origin, _ = _load_data(recipe, notes)
     remote = recipe.model.trust_remote_code
     if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,181 @@
+"""COSINE self-training as a second stage of a weak-supervision run: the ordinary loop, with a task whose loss is
+the COSINE objective (objectives/cosine.py) and a callback that refreshes the pseudo-labels of every row, labelled
+or not, with the current model every `update_every` steps (the paper's teacher update period T3)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.collate import EncodedSplit, collate
+from ..engine.evaluate import autocast, model_inputs
+from ..objectives.cosine import cosine_loss, sharpen
+from ..tasks.metrics import ClassificationMetrics
+
+
+@dataclass
+class PseudoLabelSplit:
+    """Every row of self-training, tokenized; each batch carries the rows' current pseudo-labels as `labels`."""
+    rows: EncodedSplit
+    targets: torch.Tensor  # (n, C), replaced at each refresh
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.rows.lengths
+
+    def count(self, indices: Sequence[int]) -> int:
+        return len(indices)
+
+    def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
+        batch = collate(self.rows, indices, pad_id)
+        batch["labels"] = self.targets[torch.as_tensor(list(indices), dtype=torch.long)]
+        return batch
+
+
+def sentence_features(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The encoder's representation of each row: the first token's ([CLS]) for encoders, the last real token's for
+    decoders (whose classification head reads that one)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    last = attention_mask.sum(1) - 1
+    return hidden[torch.arange(hidden.shape[0]), last]
+
+
+@dataclass
+class CosineTask:
+    """Training batches: the COSINE loss against the batch's pseudo-labels. Evaluation: plain cross-entropy
+    against gold labels, like the classification task."""
+    threshold: float = 0.6
+    contrastive_weight: float = 1.0
+    margin: float = 1.0
+    confidence_weight: float = 0.1
+    pooling: str = "cls"
+    name: str = "classification"
+    problem_type: str = "single_label_classification"
+    default_metric: str = "accuracy"
+    last_terms: dict = field(default_factory=dict)
+
+    def make_metrics(self, k: int, threshold: float):
+        return ClassificationMetrics(k)
+
+    def num_outputs(self, num_labels: int) -> int:
+        return num_labels
+
+    def batch_loss(self, model, batch: dict, evaluating: bool = False):
+        inputs = model_inputs(batch)
+        if evaluating:
+            logits = model(**inputs).logits
+            return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), logits
+        want_features = self.contrastive_weight > 0
+        out = model(**inputs, output_hidden_states=want_features)
+        features = sentence_features(out.hidden_states[-1], batch["attention_mask"], self.pooling) if want_features \
+            else out.logits
+        terms = cosine_loss(out.logits, features, batch["labels"], self.threshold, self.contrastive_weight,
+                            self.margin, self.confidence_weight)
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        # The loop divides by the batch's rows; the COSINE terms are means already.
+        return terms["loss"] * len(batch["labels"]), out.logits
+
+
+@torch.no_grad()
+def predict_probs(model, split: EncodedSplit, batch_size: int, pad_id: int, precision: str) -> torch.Tensor:
+    """Class probabilities of every row, in the split's order (model in eval mode: the teacher has no dropout)."""
+    was_training = model.training
+    model.eval()
+    lengths = split.lengths
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        with autocast(precision):
+            probs = model(**model_inputs(collate(split, idx, pad_id))).logits.float().softmax(-1)
+        if out is None:
+            out = torch.empty(len(split), probs.shape[-1])
+        out[torch.as_tensor(idx)] = probs
+    model.train(was_training)
+    return out
+
+
+class RefreshPseudoLabels:
+    """Every `every` steps (and before the first), the current model labels every row; the sharpened soft labels
+    become the targets until the next refresh. Records how many rows pass the confidence threshold and, where gold
+    labels of training rows are known, how often the pseudo-labels are right."""
+
+    def __init__(self, split: PseudoLabelSplit, every: int, power: float, threshold: float, batch_size: int,
+                 pad_id: int, precision: str, gold: Optional[np.ndarray] = None):
+        self.split, self.every, self.power, self.threshold = split, every, power, threshold
+        self.batch_size, self.pad_id, self.precision, self.gold = batch_size, pad_id, precision, gold
+        self.history: list[dict] = []
+
+    def refresh(self, loop) -> None:
+        from ..objectives.cosine import confidence
+
+        probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.precision)
+        targets = sharpen(probs, self.power)
+        self.split.targets = targets
+        confident = confidence(targets) > self.threshold
+        record = {"step": loop.state.global_step, "confident": round(float(confident.float().mean()), 4)}
+        if self.gold is not None:
+            known = torch.as_tensor(self.gold >= 0)
+            gold = torch.as_tensor(self.gold)
+            hard = targets.argmax(-1)
+            if known.any():
+                record["pseudo_label_accuracy"] = round(float((hard[known] == gold[known]).float().mean()), 4)
+            kept = known & confident
+            if kept.any():
+                record["confident_accuracy"] = round(float((hard[kept] == gold[kept]).float().mean()), 4)
+        self.history.append(record)
+        loop.set_train_mode()
+
+    def on_train_start(self, loop):
+        self.refresh(loop)
+
+    def on_step_end(self, loop):
+        s = loop.state
+        if s.global_step % self.every == 0 and s.global_step < loop.total_steps:
+            self.refresh(loop)
+
+
+def self_training_schedule(rows: int, steps: int, cfg):
+    """The run's training settings for self-training: `steps` optimizer steps over `rows` rows, no early stopping
+    (the paper trains for a fixed T2 steps; the best validation step is kept)."""
+    per_epoch = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum)
+    return cfg.model_copy(update={"epochs": max(1, math.ceil(steps / per_epoch)), "max_steps": steps,
+                                  "early_stopping": None})
+
+
+def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, make_scheduler,
+                      set_train_mode, saved_names, run_dir, num_labels: int, pad_id: int, data_seed: int,
+                      callbacks: list, gold: Optional[np.ndarray] = None):
+    """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not). Returns (loop state,
+    the pseudo-label refresh history, the path of the best weights or None)."""
+    from ..engine.callbacks import JsonlLogger, KeepBest
+    from ..engine.loop import Loop
+    from ..tasks import higher_is_better
+
+    st, t = recipe.weak.self_training, recipe.training
+    cfg = self_training_schedule(len(rows), st.steps, t)
+    split = PseudoLabelSplit(rows, torch.zeros(len(rows), num_labels), rows.truncated)
+    task = CosineTask(st.threshold, st.contrastive_weight, st.margin, st.confidence_weight, pooling)
+    refresh = RefreshPseudoLabels(split, st.update_every, st.power, st.threshold, t.eval_batch_size, pad_id,
+                                  t.precision, gold)
+    metric = t.metric or task.default_metric
+    best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    cbs = [refresh, KeepBest(metric, higher_is_better(metric), 0.0, best_path, saved_names),
+           JsonlLogger(run_dir / "metrics.jsonl", t.log_every), *callbacks]
+    loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=split, validation=validation,
+                cfg=cfg, num_labels=num_labels, threshold=0.5, pad_id=pad_id, data_seed=data_seed, run_dir=run_dir,
+                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names)
+    loop.scheduler = make_scheduler(loop.total_steps)
+    loop.run()
+    return loop.state, refresh.history, best_path if best_path.exists() else None

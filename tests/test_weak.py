@@ -1,0 +1,147 @@
+"""Weak-supervision runs on a tiny BERT: rules label the rows, uncovered rows wait for self-training, soft labels
+train the first stage, COSINE self-training moves the model, and the CLI analyses and labels without training."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tuneforge
+from tuneforge.cli import main as cli_main
+from tuneforge.errors import DataError, RecipeError
+from tuneforge.recipe import load_recipe
+from tuneforge.tasks import get_task
+
+from conftest import NEGATIVE, POSITIVE, tiny_recipe, write_rows
+
+RULES = [{"name": "praise", "label": "pos", "keywords": POSITIVE[:3]},
+         {"name": "blame", "label": "neg", "keywords": NEGATIVE[:3]},
+         {"name": "shouting", "label": "neg", "regex": r"\bawful\b.*\bfilm\b"}]
+
+
+def covered(text: str) -> bool:
+    words = set(text.split())
+    return bool(words & set(POSITIVE[:3] + NEGATIVE[:3]))
+
+
+def weak_recipe(tiny_bert, files, tmp_path, **weak):
+    return tiny_recipe(tiny_bert, files, tmp_path / "run", weak={"rules": RULES, "gold_column": "label", **weak},
+                       training={"epochs": 2, "eval_every": 3})
+
+
+def test_rules_label_rows_and_uncovered_rows_wait_for_self_training(tiny_bert, sentiment_files, tmp_path):
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path,
+                         self_training={"steps": 6, "update_every": 3, "threshold": 0.0, "lr": 1e-3})
+    result = tuneforge.fine_tune(recipe)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    texts = [line.split(",")[0] for line in sentiment_files["train"].read_text().splitlines()[1:]]
+    labelled = sum(covered(t) for t in texts)
+    assert 0 < labelled < len(texts)
+    weak = summary["weak"]
+    assert (weak["rows"], weak["labelled"], weak["unlabelled"]) == (len(texts), labelled, len(texts) - labelled)
+    assert summary["rows"]["train"] == labelled  # stage one trains on labelled rows only
+    # Keyword rules on these rows are always right: the label model's labels agree with gold wherever it labels.
+    assert weak["label_model"]["accuracy"] == 1.0 and weak["label_model"]["scored_rows"] == labelled
+    rows = [json.loads(line) for line in (result.run_dir / "weak" / "labels.jsonl").read_text().splitlines()]
+    assert [r["label"] is None for r in rows] == [not covered(t) for t in texts]
+    assert all(r["probs"] is None for r in rows if r["label"] is None)
+    analysis = json.loads((result.run_dir / "weak" / "analysis.json").read_text())
+    assert analysis["coverage"] == pytest.approx(labelled / len(texts))
+    assert [f["name"] for f in analysis["functions"]] == ["praise", "blame", "shouting"]
+    # Self-training ran on every row, refreshed its pseudo-labels at steps 0 and 3, and moved the weights.
+    st = weak["self_training"]
+    assert st["steps"] == 6 and [p["step"] for p in st["pseudo_labels"]] == [0, 3]
+    assert all(0 <= p["pseudo_label_accuracy"] <= 1 for p in st["pseudo_labels"])
+    assert weak["stage_one"]["metrics"]["test"]["accuracy"] >= 0
+    before = load_file(result.run_dir / "checkpoints" / "best" / "model.safetensors")
+    after = load_file(result.run_dir / "self-training" / "checkpoints" / "best" / "model.safetensors")
+    final = load_file(result.model_dir / "model.safetensors")
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("bert.encoder") for k in moved) and "classifier.weight" in moved
+    assert all(torch.equal(after[k], final[k]) for k in after)  # the model saved is self-training's best
+    assert result.metrics["test"]["accuracy"] == summary["history"][-1]["accuracy"] or result.metrics["test"]
+    # The saved model is an ordinary classifier: it evaluates like any run.
+    again = tuneforge.evaluate(result.run_dir, str(sentiment_files["test"]))
+    assert again["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+
+
+def test_soft_labels_are_the_cross_entropy_targets():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    targets = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
+    log_p = torch.log_softmax(logits, -1)
+    by_hand = -(targets * log_p).sum()
+    loss, _ = get_task("classification").batch_loss(lambda **kw: type("Out", (), {"logits": logits})(),
+                                                    {"input_ids": None, "labels": targets})
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_weak_label_column_with_abstains_and_probabilities(tiny_bert, sentiment_files, tmp_path):
+    rows = [{"text": "good film", "weak": "pos", "label": "pos"},
+            {"text": "bad film", "weak": "[0.8, 0.2]", "label": "neg"},
+            {"text": "the plot", "weak": "-1", "label": "pos"},
+            {"text": "a scene", "weak": "", "label": "neg"},
+            {"text": "awful story", "weak": "neg", "label": "neg"},
+            {"text": "fun actor", "weak": "[0.1, 0.9]", "label": "pos"}]
+    files = {**sentiment_files, "train": write_rows(tmp_path / "weak.csv", rows)}
+    recipe = tiny_recipe(tiny_bert, files, tmp_path / "run", weak={"column": "weak", "gold_column": "label"},
+                         training={"epochs": 1})
+    data = tuneforge.weak.label_rows(recipe)
+    assert data.space.names == ["neg", "pos"]
+    assert data.labels.covered.tolist() == [True, True, False, False, True, True]
+    torch.testing.assert_close(data.targets, torch.tensor([[0, 1], [0.8, 0.2], [1, 0], [0.1, 0.9]]))
+    assert [ex.text for ex in data.unlabelled] == ["the plot", "a scene"]
+    assert data.quality["label_model"]["accuracy"] == 1.0
+    bad = [*rows, {"text": "dull", "weak": "[0.5, 0.6]", "label": "neg"}, {"text": "x", "weak": "maybe", "label": "neg"}]
+    recipe["data"]["train"] = str(write_rows(tmp_path / "bad.csv", bad))
+    recipe["data"]["labels"] = ["neg", "pos"]  # else "maybe" would be a third class
+    with pytest.raises(DataError) as e:
+        tuneforge.fine_tune(recipe)
+    text = str(e.value)
+    assert "bad.csv row 7, column 'weak': class probabilities must be 2 non-negative numbers summing to 1" in text
+    assert "bad.csv row 8, column 'weak': unknown label 'maybe'" in text
+    assert not (tmp_path / "run").exists()  # nothing written before the data is known to be good
+
+
+def test_a_row_no_rule_labels_is_never_trained_on_with_a_label(tiny_bert, sentiment_files, tmp_path):
+    rows = [{"text": "good good", "label": "pos"}, {"text": "bad story", "label": "neg"},
+            {"text": "the plot was very", "label": "pos"}]
+    files = {**sentiment_files, "train": write_rows(tmp_path / "three.csv", rows)}
+    data = tuneforge.weak.label_rows(tiny_recipe(tiny_bert, files, tmp_path / "run", weak={"rules": RULES}))
+    assert [ex.text for ex in data.labelled] == ["good good", "bad story"]
+    assert [ex.text for ex in data.unlabelled] == ["the plot was very"]
+    assert math.isnan(data.labels.probs[2, 0]) and data.labels.hard[2] == -1
+
+
+def test_recipe_checks(tiny_bert, sentiment_files, tmp_path):
+    base = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run")
+    with pytest.raises(RecipeError, match="give labeling_functions and/or rules .* or column"):
+        load_recipe({**base, "weak": {"rules": RULES, "column": "weak"}})
+    with pytest.raises(RecipeError, match="give labeling_functions and/or rules"):
+        load_recipe({**base, "weak": {}})
+    with pytest.raises(RecipeError, match="rule 'both': give keywords .* or regex .*, exactly one"):
+        load_recipe({**base, "weak": {"rules": [{"name": "both", "label": "pos", "keywords": ["a"], "regex": "b"}]}})
+    with pytest.raises(RecipeError, match="weak supervision is for task.type classification"):
+        load_recipe({**base, "task": {"type": "regression"}, "weak": {"column": "weak"}})
+    with pytest.raises(RecipeError, match="method 'prompt' shifts"):
+        load_recipe({**base, "method": {"name": "prompt"}, "weak": {"column": "w", "self_training": {}}})
+    with pytest.raises(RecipeError, match="no Python file"):
+        tuneforge.weak.label_rows({**base, "weak": {"labeling_functions": str(tmp_path / "missing.py")}})
+
+
+def test_cli_analyze_and_label(tiny_bert, sentiment_files, tmp_path, capsys):
+    import yaml
+
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli_main(["weak", "analyze", str(path), "--out", str(tmp_path / "analysis")]) == 0
+    shown = capsys.readouterr().out
+    assert "praise" in shown and "coverage" in shown and "one-coin" in shown
+    assert (tmp_path / "analysis" / "analysis.md").read_text().count("| praise |") == 1
+    assert cli_main(["weak", "label", str(path), "--out", str(tmp_path / "labels.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and {"text", "label", "probs", "votes"} <= set(rows[0])
+    assert not (tmp_path / "run").exists()  # analysing and labelling train nothing
