@@ -145,3 +145,28 @@ def test_cli_analyze_and_label(tiny_bert, sentiment_files, tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and {"text", "label", "probs", "votes"} <= set(rows[0])
     assert not (tmp_path / "run").exists()  # analysing and labelling train nothing
+
+
+def test_a_run_interrupted_in_self_training_resumes_to_the_same_model(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    from tuneforge.weak.self_training import RefreshPseudoLabels
+
+    st = {"steps": 6, "update_every": 2, "threshold": 0.0, "lr": 1e-3}
+    whole = tuneforge.fine_tune(weak_recipe(tiny_bert, sentiment_files, tmp_path / "whole", self_training=st))
+    original = RefreshPseudoLabels.on_step_end
+
+    def interrupt(self, loop):
+        if loop.state.global_step == 3:
+            raise KeyboardInterrupt
+        original(self, loop)
+
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path / "cut", self_training=st)
+    monkeypatch.setattr(RefreshPseudoLabels, "on_step_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tuneforge.fine_tune(recipe)
+    monkeypatch.setattr(RefreshPseudoLabels, "on_step_end", original)
+    with pytest.raises(Exception, match="unfinished run"):
+        tuneforge.fine_tune(recipe)
+    resumed = tuneforge.fine_tune(recipe, resume=True)
+    a, b = load_file(whole.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics == whole.metrics

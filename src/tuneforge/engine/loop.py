@@ -65,12 +65,14 @@ def group_by_length(order: list[int], lengths: list[int], batch_size: int, windo
 class Loop:
     def __init__(self, *, model, optimizer, scheduler, task, train: EncodedSplit, validation: EncodedSplit | None,
                  cfg, num_labels: int, threshold: float, pad_id: int, data_seed: int, run_dir: Path,
-                 callbacks: list, set_train_mode, state: LoopState | None = None, saved_names: set[str] | None = None):
+                 callbacks: list, set_train_mode, state: LoopState | None = None, saved_names: set[str] | None = None,
+                 checkpoints: bool = True):
         self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
         self.train_split, self.validation, self.cfg = train, validation, cfg
         self.num_labels, self.threshold, self.pad_id, self.data_seed = num_labels, threshold, pad_id, data_seed
         self.run_dir, self.callbacks, self.set_train_mode = run_dir, callbacks, set_train_mode
         self.saved_names = saved_names  # what checkpoints hold: None = every weight; adapters: adapter and head
+        self.checkpoints = checkpoints  # False: a stage that restarts from its beginning on resume writes none
         self.state = state or LoopState()
         self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg)
         self.last_loss = float("nan")
@@ -103,7 +105,7 @@ class Loop:
                 if due_eval:
                     self.evaluate()
                 last = s.global_step >= self.total_steps or s.should_stop
-                if cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0 and not last \
+                if self.checkpoints and cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0 and not last \
                         and s.step_in_epoch < len(steps):
                     self.save()
                 if last:
@@ -115,7 +117,8 @@ class Loop:
             if not evaluated_now and ((cfg.eval_every == "epoch" and ended_epoch) or s.global_step >= self.total_steps):
                 self.evaluate()
             self.fire("on_epoch_end")
-            self.save()
+            if self.checkpoints:
+                self.save()
         self.fire("on_train_end")
         return s
 

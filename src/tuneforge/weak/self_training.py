@@ -175,7 +175,10 @@ def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling:
            JsonlLogger(run_dir / "metrics.jsonl", t.log_every), *callbacks]
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=split, validation=validation,
                 cfg=cfg, num_labels=num_labels, threshold=0.5, pad_id=pad_id, data_seed=data_seed, run_dir=run_dir,
-                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names)
+                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names, checkpoints=False)
     loop.scheduler = make_scheduler(loop.total_steps)
+    # Self-training writes no checkpoints: a resumed run finishes the first stage from its checkpoint, then runs
+    # this stage again from its start. Seeding dropout here makes that rerun the same as an uninterrupted one.
+    torch.manual_seed(t.seed + 1)
     loop.run()
     return loop.state, refresh.history, best_path if best_path.exists() else None
