@@ -214,11 +214,15 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 
     if t.restore_best and validation is not None and best_path.exists():
         load_weights(model, best_path, saved_names)
-    weak_report = None
+    weak_report, steps, best_step = None, loop.state.global_step, loop.state.best_step
     if weak_data is not None:
         weak_report = _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir,
                                    data_seed, saved_names, set_train_mode, console, loop.state, train_seconds)
         train_seconds = weak_report.pop("train_seconds")
+        st = weak_report.get("self_training")
+        if st:  # steps counted across both stages: self-training's step k is step `steps + k` of the run
+            best_step = steps + st["best_step"] if st["best_step"] is not None and t.restore_best else best_step
+            steps += st["steps"]
     final_stage_trainable, total = count_parameters(model)
     metrics = {}
     for name in ("validation", "test"):
@@ -233,8 +237,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         model_dir = run_dir / "model"
         stored = _save_model(model, tokenizer, model_dir)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
-                       total_parameters=total, train_seconds=round(train_seconds, 2), best_step=loop.state.best_step,
-                       steps=loop.state.global_step, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
+                       total_parameters=total, train_seconds=round(train_seconds, 2), best_step=best_step,
+                       steps=steps, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
                        files={"adapter" if adapter else "model": model_dir, "recipe": run_dir / "recipe.yaml",
                               "metrics": run_dir / "metrics.jsonl", "summary": run_dir / "summary.json"})
     summary = {**result.to_json(), "labels": space.names, "data": origin,
