@@ -54,18 +54,39 @@ def test_rules_label_rows_and_uncovered_rows_wait_for_self_training(tiny_bert, s
     # Self-training ran on every row, refreshed its pseudo-labels at steps 0 and 3, and moved the weights.
     st = weak["self_training"]
     assert st["steps"] == 6 and [p["step"] for p in st["pseudo_labels"]] == [0, 3]
-    assert all(0 <= p["pseudo_label_accuracy"] <= 1 for p in st["pseudo_labels"])
+    # The first refresh is the first stage's best model labelling every row: labelled rows, then unlabelled ones.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneforge.objectives.cosine import sharpen
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    teacher.load_state_dict(load_file(result.run_dir / "checkpoints" / "best" / "model.safetensors"))
+    teacher.eval()
+    ordered = [t for t in texts if covered(t)] + [t for t in texts if not covered(t)]
+    gold = [r["label"] for r in (json.loads(json.dumps(x)) for x in _gold_rows(sentiment_files["train"]))]
+    gold_ordered = [g for t, g in zip(texts, gold) if covered(t)] + [g for t, g in zip(texts, gold) if not covered(t)]
+    tokens = AutoTokenizer.from_pretrained(tiny_bert)(ordered, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = sharpen(teacher(**tokens).logits.softmax(-1)).argmax(-1)
+    expected = sum(["neg", "pos"][int(p)] == g for p, g in zip(predicted, gold_ordered)) / len(texts)
+    assert st["pseudo_labels"][0]["pseudo_label_accuracy"] == pytest.approx(expected, abs=1e-4)
     assert weak["stage_one"]["metrics"]["test"]["accuracy"] >= 0
     before = load_file(result.run_dir / "checkpoints" / "best" / "model.safetensors")
-    after = load_file(result.run_dir / "self-training" / "checkpoints" / "best" / "model.safetensors")
     final = load_file(result.model_dir / "model.safetensors")
-    moved = [k for k in before if not torch.equal(before[k], after[k])]
-    assert any(k.startswith("bert.encoder") for k in moved) and "classifier.weight" in moved
-    assert all(torch.equal(after[k], final[k]) for k in after)  # the model saved is self-training's best
-    assert result.metrics["test"]["accuracy"] == summary["history"][-1]["accuracy"] or result.metrics["test"]
+    if st["improved"]:  # the model saved is self-training's best ...
+        kept = load_file(result.run_dir / "self-training" / "checkpoints" / "best" / "model.safetensors")
+        assert all(torch.equal(kept[k], final[k]) for k in kept)
+        moved = [k for k in before if not torch.equal(before[k], kept[k])]
+        assert any(k.startswith("bert.encoder") for k in moved) and "classifier.weight" in moved
+    else:  # ... or the first stage's, when self-training never beat it on validation
+        assert all(torch.equal(before[k], final[k]) for k in before)
     # The saved model is an ordinary classifier: it evaluates like any run.
     again = tuneforge.evaluate(result.run_dir, str(sentiment_files["test"]))
     assert again["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+
+
+def _gold_rows(path):
+    import pandas as pd
+    return pd.read_csv(path).to_dict("records")
 
 
 def test_soft_labels_are_the_cross_entropy_targets():
@@ -170,3 +191,67 @@ def test_a_run_interrupted_in_self_training_resumes_to_the_same_model(tiny_bert,
     a, b = load_file(whole.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics == whole.metrics
+
+
+def test_soft_labels_reach_the_loss(tiny_bert, sentiment_files, tmp_path):
+    rows = [{"text": r["text"], "weak": "[0.6, 0.4]" if r["label"] == "neg" else "[0.3, 0.7]", "label": r["label"]}
+            for r in _gold_rows(sentiment_files["train"])]
+    files = {**sentiment_files, "train": write_rows(tmp_path / "soft.csv", rows)}
+    weights = {}
+    for soft in (True, False):
+        recipe = tiny_recipe(tiny_bert, files, tmp_path / f"soft-{soft}", weak={"column": "weak", "soft": soft},
+                             training={"epochs": 1})
+        weights[soft] = load_file(tuneforge.fine_tune(recipe).model_dir / "model.safetensors")
+    # Same rows, same argmax labels, same seeds: only the targets' softness differs.
+    assert not torch.equal(weights[True]["classifier.weight"], weights[False]["classifier.weight"])
+
+
+def test_self_training_that_never_beats_the_first_stage_keeps_its_model(tiny_bert, sentiment_files, tmp_path):
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path,
+                         self_training={"steps": 4, "update_every": 2, "threshold": 0.0, "lr": 1e-12})
+    result = tuneforge.fine_tune(recipe)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["weak"]["self_training"]["improved"] is False
+    assert summary["weak"]["self_training"]["best_step"] is None
+    first = load_file(result.run_dir / "checkpoints" / "best" / "model.safetensors")
+    final = load_file(result.model_dir / "model.safetensors")
+    assert all(torch.equal(first[k], final[k]) for k in first)
+    assert result.metrics["validation"] == summary["weak"]["stage_one"]["metrics"]["validation"]
+
+
+def test_self_training_with_lora(tiny_bert, sentiment_files, tmp_path):
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path,
+                         self_training={"steps": 4, "update_every": 2, "threshold": 0.0, "lr": 1e-2})
+    recipe["method"] = {"name": "lora", "r": 4}
+    result = tuneforge.fine_tune(recipe)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["weak"]["self_training"]["steps"] == 4 and (result.run_dir / "adapter").is_dir()
+    again = tuneforge.evaluate(result.run_dir, str(sentiment_files["test"]))
+    assert again["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+
+
+def test_column_cells_that_are_not_probabilities_are_named(tiny_bert, sentiment_files, tmp_path):
+    rows = [{"text": "good film", "weak": "pos"}, {"text": "bad", "weak": "[NaN, 1.0]"},
+            {"text": "dull", "weak": "[0.2; 0.8]"}]
+    files = {**sentiment_files, "train": write_rows(tmp_path / "cells.csv", rows)}
+    with pytest.raises(DataError) as e:
+        tuneforge.weak.label_rows(tiny_recipe(tiny_bert, files, tmp_path / "run", weak={"column": "weak"}))
+    assert "cells.csv row 2, column 'weak': class probabilities" in str(e.value)
+    assert "cells.csv row 3, column 'weak': class probabilities" in str(e.value)
+
+
+def test_rules_of_one_class_without_gold_data_are_refused_clearly(tiny_bert, sentiment_files, tmp_path):
+    files = {"train": sentiment_files["train"]}
+    recipe = tiny_recipe(tiny_bert, files, tmp_path / "run", weak={"rules": RULES[:1]})
+    with pytest.raises(DataError, match="name 1 class.*at least two"):
+        tuneforge.weak.label_rows(recipe)
+
+
+def test_self_training_trains_the_encoder_and_head(tiny_bert, sentiment_files, tmp_path):
+    finals = {}
+    for name, st in (("without", None), ("with", {"steps": 4, "update_every": 2, "threshold": 0.0, "lr": 1e-2})):
+        recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path / name, self_training=st)
+        recipe["training"]["restore_best"] = False  # each model as its last step left it
+        finals[name] = load_file(tuneforge.fine_tune(recipe).model_dir / "model.safetensors")
+    moved = [k for k in finals["without"] if not torch.equal(finals["without"][k], finals["with"][k])]
+    assert any(k.startswith("bert.encoder") for k in moved) and "classifier.weight" in moved

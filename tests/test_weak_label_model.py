@@ -143,3 +143,28 @@ def test_labeling_functions_load_from_a_file(tmp_path):
     (tmp_path / "fails.py").write_text("raise ValueError('boom')\n")
     with pytest.raises(RecipeError, match="importing .*fails.py failed: ValueError: boom"):
         load_labeling_functions(tmp_path / "fails.py")
+
+
+def test_a_broad_noisy_rule_does_not_outweigh_narrow_precise_ones():
+    # Rule 0 covers 90% of rows at 61%; rules 1 and 2 cover 10% each at 95% and 92%. Most of rule 0's rows have
+    # its vote alone, which says nothing about its accuracy: only rows with several votes may estimate it.
+    matrix, truth = synthetic_votes(0, n=5000, accuracies=(0.61, 0.95, 0.92), coverages=(0.9, 0.1, 0.1))
+    for one_coin in (True, False):
+        model = DawidSkene(3, one_coin=one_coin).fit(matrix)
+        estimated = model.accuracies(matrix)
+        assert estimated[0] < 0.7 and estimated[1] > 0.8 and estimated[2] > 0.7, estimated
+        several = (matrix >= 0).sum(1) > 1
+        labels, mv = model.predict(matrix), majority_vote(matrix, 3)
+        assert (labels.hard[several] == truth[several]).mean() > (mv.hard[several] == truth[several]).mean() + 0.05
+
+
+def test_keywords_with_punctuation_and_numeric_abstains():
+    lf = keyword_rule("lang", "code", ["c++", "$"])
+    assert apply_labeling_functions([lf], ["I write c++ daily", "costs $ 5", "c+"], ["code"]).tolist() == \
+        [[0], [0], [-1]]
+
+    @labeling_function()
+    def numpy_abstain(text):
+        return np.float64(-1.0)
+
+    assert apply_labeling_functions([numpy_abstain], ["x"], ["-1", "a"]).tolist() == [[-1]]

@@ -169,6 +169,8 @@ def _dispatch(args) -> int:
         report = tuneforge.validate(args.recipe, args.overrides)
         out.print("[green]recipe and data are valid[/]")
         out.print(f"  rows: {report['rows']}  labels: {report['labels'] or '(none)'}")
+        if report.get("weak"):
+            out.print(f"  {report['weak']['line']}")
         out.print(f"  truncated rows: {report['truncated']}")
         out.print(f"  layer groups: {_group_summary(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")

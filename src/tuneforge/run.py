@@ -217,11 +217,12 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     weak_report, steps, best_step = None, loop.state.global_step, loop.state.best_step
     if weak_data is not None:
         weak_report = _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir,
-                                   data_seed, saved_names, set_train_mode, console, loop.state, train_seconds)
+                                   data_seed, saved_names, set_train_mode, console, loop.state, train_seconds,
+                                   callbacks or [])
         train_seconds = weak_report.pop("train_seconds")
         st = weak_report.get("self_training")
         if st:  # steps counted across both stages: self-training's step k is step `steps + k` of the run
-            best_step = steps + st["best_step"] if st["best_step"] is not None and t.restore_best else best_step
+            best_step = steps + st["best_step"] if st["best_step"] is not None else best_step
             steps += st["steps"]
     final_stage_trainable, total = count_parameters(model)
     metrics = {}
@@ -290,7 +291,7 @@ def _param_groups(recipe, model, groups, lr: float):
 
 
 def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir, data_seed,
-                 saved_names, set_train_mode, console, stage_one, train_seconds) -> dict:
+                 saved_names, set_train_mode, console, stage_one, train_seconds, extra_callbacks) -> dict:
     """After fine-tuning on the weak labels: write the rules' analysis and the labels, measure the first stage, then
     run COSINE self-training when the recipe asks for it (the model ends as its best validation step)."""
     from .data.collate import encode
@@ -327,18 +328,28 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
                   f"label), {st.steps} steps, pseudo-labels refreshed every {st.update_every}; threshold "
                   f"{st.threshold:g}, contrastive weight {st.contrastive_weight:g}, confidence weight "
                   f"{st.confidence_weight:g}")
-    callbacks = [ProgressBar(console)] if t.progress else []
+    folder = run_dir / "self-training"
+    callbacks = [*([TensorBoardLogger(folder / "tensorboard")] if tensorboard_available() else []),
+                 *([ProgressBar(console)] if t.progress else []), *extra_callbacks]
+    stage_one_best = run_dir / "checkpoints" / "best" / "model.safetensors"
+    # Self-training must beat the first stage's best validation score for its weights to be kept.
+    keep_from = stage_one.best_metric if t.restore_best and stage_one_best.exists() else None
     started = time.perf_counter()
     state, refreshes, best = run_self_training(
         recipe=recipe, model=model, rows=split, validation=encoded.get("validation"), pooling=pooling,
         optimizer=optimizer, make_scheduler=schedule, set_train_mode=set_train_mode, saved_names=saved_names,
-        run_dir=run_dir / "self-training", num_labels=len(space.names), pad_id=pad_id, data_seed=data_seed,
-        callbacks=callbacks, gold=gold)
+        run_dir=folder, num_labels=len(space.names), pad_id=pad_id, data_seed=data_seed,
+        callbacks=callbacks, gold=gold, best_so_far=keep_from)
     seconds = time.perf_counter() - started
-    if t.restore_best and best is not None:
-        load_weights(model, best, saved_names)
-    report["self_training"] = {"best_step": state.best_step, "steps": state.global_step, "seconds": round(seconds, 2),
-                               "history": state.history, "pseudo_labels": refreshes}
+    improved = best is not None and state.best_step is not None
+    if t.restore_best and encoded.get("validation") is not None:
+        load_weights(model, best if improved else stage_one_best, saved_names)
+    report["self_training"] = {"best_step": state.best_step if improved else None, "improved": improved,
+                               "steps": state.global_step, "seconds": round(seconds, 2), "history": state.history,
+                               "pseudo_labels": refreshes, "metrics_at_end": None}
+    if not improved:
+        console.print("  self-training never beat the first stage's best validation score: the first stage's model "
+                      "is kept")
     return {**report, "train_seconds": train_seconds + seconds}
 
 
@@ -527,7 +538,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     recipe = load_recipe(recipe, overrides)
     task = task_for(recipe)
     notes: list[str] = []
-    splits, space, origin, _ = _load_data(recipe, notes)
+    splits, space, origin, weak_data = _load_data(recipe, notes)
     remote = recipe.model.trust_remote_code
     if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
         with torch.random.fork_rng(devices=[]):
@@ -554,6 +565,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     trainable, total = count_parameters(model)
     truncated = {k: encode_for(recipe, tokenizer, v, space).truncated
                  for k, v in splits.items()}
-    return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names,
+    weak = {**weak_data.summary(), "line": _weak_line(recipe, weak_data)} if weak_data is not None else None
+    return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names, "weak": weak,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
             "total_parameters": total, "model_path": str(path), "warnings": notes + warnings}

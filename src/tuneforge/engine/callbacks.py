@@ -58,6 +58,9 @@ class GradualUnfreezing:
         self.apply_stage(stage)
 
     def on_train_start(self, loop):
+        if loop.state.global_step >= loop.total_steps:  # resumed from the final checkpoint: keep its stage
+            self.apply_stage(loop.state.stage)
+            return
         self._update(loop)
 
     def on_epoch_start(self, loop):

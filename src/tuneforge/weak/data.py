@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -65,16 +66,27 @@ def _sorted_names(names: set[str]) -> list[str]:
 
 
 def _probabilities(value: Any) -> Optional[list]:
-    """A cell holding class probabilities: a list, or a JSON list written as text."""
+    """A cell holding class probabilities: a list, or text starting with '[' (meant as a JSON list: one that does
+    not parse comes back as itself, for the caller to report, never as a label named '[0.2; 0.8]')."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(value)
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            return None
-        return parsed if isinstance(parsed, list) else None
+            return [value]
+        return parsed if isinstance(parsed, list) else [value]
     return None
+
+
+def _probability_row(values: list, k: int) -> Optional[np.ndarray]:
+    """k finite, non-negative numbers summing to 1, or None."""
+    if len(values) != k or not all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in values):
+        return None
+    row = np.asarray(values, dtype=float)
+    if not np.isfinite(row).all() or (row < 0).any() or abs(row.sum() - 1) > 1e-3:
+        return None
+    return row
 
 
 def _column_labels(values: list, sources: list[str], column: str, abstain: set[str],
@@ -112,8 +124,8 @@ def _column_labels(values: list, sources: list[str], column: str, abstain: set[s
             probs_out[i] = np.eye(k)[ids[v]]
             covered[i] = True
         elif kind == "probs":
-            row = np.asarray(v, dtype=float) if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) else None
-            if row is None or len(row) != k or (row < 0).any() or abs(row.sum() - 1) > 1e-3:
+            row = _probability_row(v, k)
+            if row is None:
                 problems.append(f"{src}, column {column!r}: class probabilities must be {k} non-negative numbers "
                                 f"summing to 1 (labels in order: {', '.join(names)}), got {v!r}")
                 continue
@@ -173,18 +185,20 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
         function_names = [lf.name for lf in lfs]
         voted = {v for column in votes for v in column if v is not None}
         space = LabelSpace(list(d.labels) if d.labels else _sorted_names(voted | gold_names))
+        _two_classes(space, d.train)
         matrix = label_matrix(votes, function_names, space.names, sources)
         fitted = (matrix != ABSTAIN_ID).any()
         ds = fit_label_model(matrix, len(space.names), w.label_model) if fitted else None
         labels = ds.predict(matrix) if ds is not None else majority_vote(matrix, len(space.names))
         if fitted and ds is None:  # majority vote: the accuracy column still shows the one-coin estimate
             ds = fit_label_model(matrix, len(space.names), "one-coin")
-    if len(space.names) < 2:
-        raise DataError([f"{d.train}: the weak labels and gold labels name {len(space.names)} class(es) "
-                         f"({space.names}); classification needs at least two"])
+    _two_classes(space, d.train)
     ids = space.label2id
     problems = [f"{ex.source}: unknown label {ex.label!r}; known labels: {', '.join(space.names)}. List every label in "
                 "data.labels" for split in evaluation.values() for ex in split if ex.label not in ids]
+    if gold_train is not None:
+        problems += [f"{src}, column {w.gold_column!r}: unknown gold label {g!r}; known labels: "
+                     f"{', '.join(space.names)}" for g, src in zip(gold_train, sources) if g is not None and g not in ids]
     if problems:
         raise DataError(problems)
     gold = None
@@ -210,6 +224,13 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
     if w.unlabeled:
         origin["unlabeled"] = str(w.unlabeled)
     return data, evaluation, origin
+
+
+def _two_classes(space: LabelSpace, where) -> None:
+    if len(space.names) < 2:
+        raise DataError([f"{where}: the weak labels and gold labels name {len(space.names)} class(es) "
+                         f"({space.names}); classification needs at least two: list them in data.labels, or give "
+                         "gold validation data"])
 
 
 def write_weak_labels(data: WeakData, path: Path) -> Path:

@@ -11,8 +11,9 @@
   - full confusion matrices (label model "dawid-skene"): for sources that vote many classes (other classifiers,
     annotators), where which class a source confuses with which is worth learning.
   Both have a Dirichlet prior that a function's votes are right with probability `prior_accuracy` (as in
-  Bayesian Dawid-Skene and Snorkel's accuracy prior), so a rule nobody overlaps cannot be relabelled as any class
-  at all. Abstaining is taken to be independent of the class.
+  Bayesian Dawid-Skene and Snorkel's accuracy prior). Only rows with two or more votes inform the parameters: a
+  rule that never overlaps another cannot be checked against anything, so it keeps the prior's accuracy (and
+  its rows keep its vote as their most likely label). Abstaining is taken to be independent of the class.
 
 A row where every function abstained gets no label: its probabilities are NaN and `covered` is False, so it can
 only ever be used as unlabelled data.
@@ -70,7 +71,7 @@ class DawidSkene:
     likely a priori unless `estimate_class_balance`."""
 
     def __init__(self, k: int, max_iter: int = 100, tol: float = 1e-5, prior_accuracy: float = 0.7,
-                 prior_strength: float = 1.0, one_coin: bool = False, estimate_class_balance: bool = False):
+                 prior_strength: float = 10.0, one_coin: bool = False, estimate_class_balance: bool = False):
         if not 1.0 / k < prior_accuracy < 1.0:
             raise ValueError(f"prior_accuracy must be above chance (1/{k}) and below 1, got {prior_accuracy}")
         self.k, self.max_iter, self.tol = k, max_iter, tol
@@ -99,17 +100,14 @@ class DawidSkene:
 
     def _m_step(self, votes: np.ndarray, q: np.ndarray) -> None:
         k = self.k
-        # A row only one function voted on says nothing about that function's accuracy: its posterior is just the
-        # accuracy itself, so in a soft M-step such rows hold any value in place and a single conflict elsewhere
-        # drags a rule that seldom overlaps towards zero. Those rows count as the class they were voted (what the
-        # function claims); rows with several votes, where accuracies are identifiable, count softly.
-        single = votes.sum((1, 2)) == 1
-        if single.any():
-            q = q.copy()
-            q[single] = votes[single].sum(1)
         # The class balance is uniform unless asked for: estimated, it feeds on itself, and a rare class whose only
         # evidence is one rule is absorbed by a frequent one within a few iterations.
         self.prior = (q.sum(0) + 1.0) / (len(q) + k) if self.estimate_class_balance else np.full(k, 1.0 / k)
+        # A row only one function voted on says nothing about that function's accuracy (its posterior is that
+        # accuracy itself), so only rows with two or more votes inform the parameters; a rule that never overlaps
+        # another keeps the prior's accuracy.
+        informative = votes.sum((1, 2)) > 1
+        votes, q = votes[informative], q[informative]
         diagonal = np.eye(k, dtype=bool)
         counts = np.einsum("ic,ijv->jcv", q, votes)  # expected (true c, voted v) per function
         if self.one_coin:

@@ -50,7 +50,8 @@ def keyword_rule(name: str, label: str, keywords: Sequence[str], case_sensitive:
     """Votes `label` when any keyword (or phrase) occurs as whole words."""
     if not keywords:
         raise RecipeError([f"rule {name!r}: keywords is empty; list at least one word"])
-    pattern = r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")\b"
+    # Whole words: no word character on either side (\b would never match around "c++" or "$").
+    pattern = r"(?<!\w)(?:" + "|".join(re.escape(k) for k in keywords) + r")(?!\w)"
     compiled = re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
     return LabelingFunction(name, lambda text: label if compiled.search(text) else ABSTAIN,
                             f"keywords {', '.join(keywords)} -> {label}")
@@ -104,13 +105,14 @@ def check_names(lfs: Sequence[LabelingFunction]) -> None:
 
 def _as_label(value: Any) -> Optional[str]:
     """A vote as a label name: 3 -> '3', 3.0 -> '3', ' NUM ' -> 'NUM'; None or -1 abstains."""
-    if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value == ABSTAIN_ID):
+    if value is None or (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+                         and value == ABSTAIN_ID):
         return None
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     if isinstance(value, str) and value.strip():
         return value.strip()

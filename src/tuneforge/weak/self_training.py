@@ -154,11 +154,12 @@ def self_training_schedule(rows: int, steps: int, cfg):
 
 def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, make_scheduler,
                       set_train_mode, saved_names, run_dir, num_labels: int, pad_id: int, data_seed: int,
-                      callbacks: list, gold: Optional[np.ndarray] = None):
-    """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not). Returns (loop state,
-    the pseudo-label refresh history, the path of the best weights or None)."""
+                      callbacks: list, gold: Optional[np.ndarray] = None, best_so_far: Optional[float] = None):
+    """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not). `best_so_far`: the
+    first stage's best validation metric, which a step must beat to be kept. Returns (loop state, the pseudo-label
+    refresh history, the path of the best weights, or None when no step beat `best_so_far`)."""
     from ..engine.callbacks import JsonlLogger, KeepBest
-    from ..engine.loop import Loop
+    from ..engine.loop import Loop, LoopState
     from ..tasks import higher_is_better
 
     st, t = recipe.weak.self_training, recipe.training
@@ -171,11 +172,13 @@ def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling:
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    best_path.unlink(missing_ok=True)  # from an interrupted earlier attempt: this stage starts over
     cbs = [refresh, KeepBest(metric, higher_is_better(metric), 0.0, best_path, saved_names),
            JsonlLogger(run_dir / "metrics.jsonl", t.log_every), *callbacks]
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=split, validation=validation,
                 cfg=cfg, num_labels=num_labels, threshold=0.5, pad_id=pad_id, data_seed=data_seed, run_dir=run_dir,
                 callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names, checkpoints=False)
+    loop.state = LoopState(best_metric=best_so_far)
     loop.scheduler = make_scheduler(loop.total_steps)
     # Self-training writes no checkpoints: a resumed run finishes the first stage from its checkpoint, then runs
     # this stage again from its start. Seeding dropout here makes that rerun the same as an uninterrupted one.
