@@ -35,17 +35,19 @@ STAGE_ONE = {"cosine": "(a) weak labels (major), early stopping",
              "rules": "(d) our rules + one-coin label model (56.5% of rows), early stopping"}
 
 
-def run(name: str, seed: int, work: Path) -> dict:
+def run(name: str, seed: int, work: Path, reuse: bool) -> dict:
     import tuneforge
 
     recipe, extra = CONFIGS[name]
-    overrides = [f"training.seed={seed}", "training.progress=false", "training.threads=2",
-                 f"output.dir={work / f'{name}-{seed}'}", *extra]
-    result = tuneforge.fine_tune(recipe, overrides, overwrite=True)
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    out = {"config": name, "seed": seed, "test_accuracy": result.metrics["test"]["accuracy"],
-           "validation_accuracy": result.metrics["validation"]["accuracy"], "seconds": result.train_seconds,
-           "steps": result.steps}
+    run_dir = work / f"{name}-{seed}"
+    overrides = [f"training.seed={seed}", "training.progress=false", "training.threads=2", f"output.dir={run_dir}",
+                 *extra]
+    if not (reuse and (run_dir / "summary.json").exists()):
+        tuneforge.fine_tune(recipe, overrides, overwrite=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {"config": name, "seed": seed, "test_accuracy": summary["metrics"]["test"]["accuracy"],
+           "validation_accuracy": summary["metrics"]["validation"]["accuracy"], "seconds": summary["train_seconds"],
+           "steps": summary["steps"]}
     weak = summary.get("weak")
     if weak:
         first = weak["stage_one"]
@@ -54,14 +56,15 @@ def run(name: str, seed: int, work: Path) -> dict:
                             "best_step": first["best_step"], "steps": first["steps"], "seconds": first["seconds"]}
         st = weak.get("self_training")
         if st:
-            out["self_training"] = {"best_step": st["best_step"], "steps": st["steps"], "seconds": st["seconds"],
+            out["self_training"] = {"best_step": st["best_step"], "improved": st.get("improved", True),
+                                    "steps": st["steps"], "seconds": st["seconds"],
                                     "pseudo_labels": st["pseudo_labels"],
                                     "validation_curve": [(h["step"], round(h["accuracy"], 4)) for h in st["history"]]}
     return out
 
 
 def rules_report() -> dict:
-    """The hand-written TREC rules on train + unlabeled rows, against gold, and each label model."""
+    """The hand-written TREC rules on the training rows, against gold, and each label model."""
     import numpy as np
 
     from tuneforge.weak import apply_labeling_functions, analyze, load_labeling_functions
@@ -93,6 +96,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "weak-trec"))
     ap.add_argument("--work", default="runs/weak-trec")
+    ap.add_argument("--reuse", action="store_true", help="read runs already finished under --work instead of "
+                    "training them again")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +105,7 @@ def main() -> None:
     (out.with_suffix(".json")).write_text(json.dumps(report, indent=1))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.configs.split(","):
-            report["runs"].append(run(name, seed, Path(args.work)))
+            report["runs"].append(run(name, seed, Path(args.work), args.reuse))
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))  # kept as it grows
     rows = {}
     for r in report["runs"]:
