@@ -310,6 +310,8 @@ class WeakSpec(_Section):
         "one-coin", description="turns the rules' votes into labels: majority vote; one-coin (Dawid-Skene EM with one "
         "accuracy per rule: for rules that each vote one class); dawid-skene (a full confusion matrix per source: for "
         "sources that vote many classes)")
+    prior_accuracy: float = Field(0.7, gt=0, lt=1, description="one-coin, dawid-skene: how often a rule is assumed "
+                                  "right before the data says otherwise (a rule that never overlaps another keeps it)")
     column: Optional[str] = Field(None, description="instead of rules: train's column of weak labels made elsewhere "
                                   "(a label, a list of class probabilities, or an abstain value)")
     abstain: list[str] = Field(default_factory=lambda: ["-1"], description="values of weak.column meaning 'no label' "

@@ -17,7 +17,7 @@ import torch
 
 from ..data.dataset import LabelSpace, TextExample, _label_text, _row_examples, read_examples_from_file
 from ..data.readers import read_table
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 from .analysis import Analysis, analyze, label_accuracy
 from .label_model import WeakLabels, fit_label_model, majority_vote
 from .labeling import ABSTAIN_ID, label_matrix, load_labeling_functions, rules_from_specs, vote_names
@@ -186,12 +186,15 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
         voted = {v for column in votes for v in column if v is not None}
         space = LabelSpace(list(d.labels) if d.labels else _sorted_names(voted | gold_names))
         _two_classes(space, d.train)
+        if w.label_model != "majority" and w.prior_accuracy <= 1 / len(space.names):
+            raise RecipeError([f"weak.prior_accuracy: {w.prior_accuracy} is no better than chance among "
+                               f"{len(space.names)} classes; give a value above {1 / len(space.names):.3g}"])
         matrix = label_matrix(votes, function_names, space.names, sources)
         fitted = (matrix != ABSTAIN_ID).any()
-        ds = fit_label_model(matrix, len(space.names), w.label_model) if fitted else None
+        ds = fit_label_model(matrix, len(space.names), w.label_model, w.prior_accuracy) if fitted else None
         labels = ds.predict(matrix) if ds is not None else majority_vote(matrix, len(space.names))
         if fitted and ds is None:  # majority vote: the accuracy column still shows the one-coin estimate
-            ds = fit_label_model(matrix, len(space.names), "one-coin")
+            ds = fit_label_model(matrix, len(space.names), "one-coin", w.prior_accuracy)
     _two_classes(space, d.train)
     ids = space.label2id
     problems = [f"{ex.source}: unknown label {ex.label!r}; known labels: {', '.join(space.names)}. List every label in "
@@ -215,7 +218,8 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
         if matrix is not None:
             for name in ("majority", "one-coin", "dawid-skene"):  # every label model, for comparison
                 if name != w.label_model:
-                    other = fit_label_model(matrix, len(space.names), name) if name != "majority" else None
+                    other = fit_label_model(matrix, len(space.names), name, w.prior_accuracy) \
+                        if name != "majority" else None
                     result = other.predict(matrix) if other is not None else majority_vote(matrix, len(space.names))
                     data.quality[name] = label_accuracy(result.probs, result.covered, gold)
     origin = {"train": f"{d.train} (weak labels: " + (f"column {w.column!r})" if w.column else

@@ -152,13 +152,14 @@ class DawidSkene:
 LABEL_MODELS = ("majority", "one-coin", "dawid-skene")
 
 
-def fit_label_model(matrix: np.ndarray, k: int, label_model: str = "one-coin") -> DawidSkene | None:
+def fit_label_model(matrix: np.ndarray, k: int, label_model: str = "one-coin",
+                    prior_accuracy: float = 0.7) -> DawidSkene | None:
     """The fitted probabilistic model (None for the majority vote)."""
     if label_model not in LABEL_MODELS:
         raise ValueError(f"label model {label_model!r}: use one of {', '.join(LABEL_MODELS)}")
     if label_model == "majority":
         return None
-    return DawidSkene(k, one_coin=label_model == "one-coin").fit(matrix)
+    return DawidSkene(k, one_coin=label_model == "one-coin", prior_accuracy=prior_accuracy).fit(matrix)
 
 
 def weak_labels(matrix: np.ndarray, k: int, label_model: str = "one-coin") -> WeakLabels:
