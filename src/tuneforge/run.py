@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
 from .adapters import adapter_param_groups, attach_adapter, save_adapter, trainable_names
@@ -226,8 +225,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
             steps += st["steps"]
     final_stage_trainable, total = count_parameters(model)
     metrics = {}
+    if weak_report is not None and weak_report.pop("model_is_stage_one"):
+        metrics = dict(weak_report["stage_one"]["metrics"])  # measured already, on the same weights
     for name in ("validation", "test"):
-        if name in encoded:
+        if name in encoded and name not in metrics:
             metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
                                            t.eval_batch_size, pad_id, t.precision)
 
@@ -312,14 +313,9 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
                                                    "seconds": round(train_seconds, 2), "metrics": evaluate()}}
     st = recipe.weak.self_training
     if st is None:
-        return {**report, "train_seconds": train_seconds}
+        return {**report, "train_seconds": train_seconds, "model_is_stage_one": True}
     rows = [TextExample(text=ex.text, source=ex.source) for ex in weak_data.labelled + weak_data.unlabelled]
     split = encode(tokenizer, rows, recipe.model.max_length, "classification", space)  # targets: pseudo-labels
-    gold = None
-    if weak_data.gold is not None:
-        covered = weak_data.labels.covered
-        gold = np.concatenate([weak_data.gold[covered], weak_data.gold[~covered],
-                               np.full(len(weak_data.unlabeled_file), -1)])
     optimizer = make_optimizer(_param_groups(recipe, model, groups, st.lr or recipe.lr))
     schedule = lambda total: make_scheduler(optimizer, t.schedule, warmup_steps(total, t.warmup_ratio, t.warmup_steps),  # noqa: E731
                                             total)
@@ -339,7 +335,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
         recipe=recipe, model=model, rows=split, validation=encoded.get("validation"), pooling=pooling,
         optimizer=optimizer, make_scheduler=schedule, set_train_mode=set_train_mode, saved_names=saved_names,
         run_dir=folder, num_labels=len(space.names), pad_id=pad_id, data_seed=data_seed,
-        callbacks=callbacks, gold=gold, best_so_far=keep_from)
+        callbacks=callbacks, gold=weak_data.self_training_gold, best_so_far=keep_from)
     seconds = time.perf_counter() - started
     improved = best is not None and state.best_step is not None
     if t.restore_best and encoded.get("validation") is not None:
@@ -350,7 +346,8 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
     if not improved:
         console.print("  self-training never beat the first stage's best validation score: the first stage's model "
                       "is kept")
-    return {**report, "train_seconds": train_seconds + seconds}
+    return {**report, "train_seconds": train_seconds + seconds,
+            "model_is_stage_one": not improved and t.restore_best and encoded.get("validation") is not None}
 
 
 def _apply_method(model, spec, groups, init_seed: int):

@@ -48,6 +48,14 @@ class WeakData:
         return torch.tensor(self.labels.probs[self.labels.covered], dtype=torch.float32)
 
     @property
+    def self_training_gold(self) -> Optional[np.ndarray]:
+        """Gold class ids (-1 unknown) in self-training's row order: labelled rows, then `unlabelled`."""
+        if self.gold is None:
+            return None
+        covered = self.labels.covered
+        return np.concatenate([self.gold[covered], self.gold[~covered], np.full(len(self.unlabeled_file), -1)])
+
+    @property
     def unlabelled(self) -> list[TextExample]:
         """Rows no source labelled, then the rows of weak.unlabeled: self-training's extra data."""
         rest = [TextExample(text=t, source=s) for i, (t, s) in enumerate(zip(self.texts, self.sources))
@@ -166,8 +174,6 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
         unlabeled = _row_examples(extra, str(w.unlabeled), "classification", d.text_column, None, None, ",", problems)
     if problems:
         raise DataError(problems)
-    if len(train_rows) != len(df):  # _row_examples skips nothing without problems; keep the invariant visible
-        raise DataError([f"{d.train}: {len(df) - len(train_rows)} row(s) unreadable"])
     texts, sources = [ex.text for ex in train_rows], [ex.source for ex in train_rows]
     gold_names = {ex.label for split in evaluation.values() for ex in split}
     gold_train = None
@@ -217,11 +223,13 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
                                        **label_accuracy(labels.probs, labels.covered, gold)}
         if matrix is not None:
             for name in ("majority", "one-coin", "dawid-skene"):  # every label model, for comparison
-                if name != w.label_model:
-                    other = fit_label_model(matrix, len(space.names), name, w.prior_accuracy) \
-                        if name != "majority" else None
-                    result = other.predict(matrix) if other is not None else majority_vote(matrix, len(space.names))
-                    data.quality[name] = label_accuracy(result.probs, result.covered, gold)
+                if name == w.label_model:
+                    continue
+                # The one-coin model behind the estimated accuracies is fitted already when majority vote labels.
+                other = ds if name == "one-coin" and w.label_model == "majority" else \
+                    fit_label_model(matrix, len(space.names), name, w.prior_accuracy)
+                result = other.predict(matrix) if other is not None else majority_vote(matrix, len(space.names))
+                data.quality[name] = label_accuracy(result.probs, result.covered, gold)
     origin = {"train": f"{d.train} (weak labels: " + (f"column {w.column!r})" if w.column else
                                                       f"{len(function_names)} labeling functions, {w.label_model})")}
     origin.update({k: str(getattr(d, k)) for k in evaluation})

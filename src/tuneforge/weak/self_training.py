@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..data.collate import EncodedSplit, collate
 from ..engine.evaluate import autocast, model_inputs
-from ..objectives.cosine import cosine_loss, sharpen
+from ..objectives.cosine import confidence, cosine_loss, sharpen
 from ..tasks.metrics import ClassificationMetrics
 
 
@@ -116,8 +116,6 @@ class RefreshPseudoLabels:
         self.history: list[dict] = []
 
     def refresh(self, loop) -> None:
-        from ..objectives.cosine import confidence
-
         probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.precision)
         targets = sharpen(probs, self.power)
         self.split.targets = targets
