@@ -135,6 +135,11 @@ def resolve_model_path(name: str) -> Path:
     if name in MODEL_ALIASES:
         return MODEL_ALIASES[name]()
     path = Path(name).expanduser()
+    if path.is_dir() and (path / ".tuneforge-run").exists() and (path / "model" / "config.json").exists():
+        return path / "model"  # a finished tuneforge run: its saved model
+    if path.is_dir() and (path / ".tuneforge-run").exists() and (path / "adapter").is_dir():
+        raise TuneforgeError(f"model.name: {name!r} is a run that saved an adapter, not a whole model; merge it into "
+                             f"one first (tuneforge merge {name} --out FOLDER) and name that folder")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise TuneforgeError(f"model.name: {name!r} is a folder without config.json; "

@@ -36,7 +36,14 @@ def _read_run(run_dir: str | Path) -> tuple[Path, Recipe]:
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
         raise RunDirError(f"{run_dir}: not a tuneforge run directory (no recipe.yaml)")
-    return run_dir, load_recipe(run_dir / "recipe.yaml")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    adapted = run_dir / "adapt" / "model"
+    if recipe.adapt is not None and adapted.is_dir():  # the task stage started from the adapted model, not model.name
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(adapted)})})
+    if recipe.task.type == "masked-lm":
+        raise RunDirError(f"{run_dir}: a masked-lm run adapts an encoder; it predicts no labels. Fine-tune it on a "
+                          f"task (model.name: {run_dir}), or continue its pre-training")
+    return run_dir, recipe
 
 
 def _run_labels(run_dir: Path, recipe: Recipe) -> LabelSpace:

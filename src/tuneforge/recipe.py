@@ -35,10 +35,27 @@ class ModelSpec(_Section):
     pretrained: bool = Field(True, description="start from the pre-trained weights; false: the same architecture "
                              "randomly initialized (to measure what pre-training buys)")
     trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
+    keep_layers: Optional[list[int]] = Field(None, description="a smaller student: keep only these transformer blocks "
+                                             "(0-based, in order) of the loaded model, e.g. [0, 2, 4]")
+    keep_every: Optional[int] = Field(None, ge=2, description="a smaller student, DistilBERT-style: keep one block in "
+                                      "every k (blocks 0, k, 2k, ...) of the loaded model")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _kept(cls, v):
+        if v is not None and (not v or any(i < 0 for i in v) or v != sorted(set(v))):
+            raise ValueError(f"expected block indices in increasing order without repeats, at least one, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_shrink(self):
+        if self.keep_layers is not None and self.keep_every is not None:
+            raise ValueError("give model.keep_layers or model.keep_every, not both")
+        return self
 
 
 TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
-                   "causal-lm", "reward-model", "preference", "grpo"]
+                   "causal-lm", "masked-lm", "reward-model", "preference", "grpo"]
 GENERATIVE_TASKS = ("causal-lm", "preference", "grpo")  # tasks whose model is a causal LM that generates
 REFERENCE_FREE = ("simpo", "orpo")
 # Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
@@ -75,6 +92,9 @@ class TaskSpec(_Section):
                                   "reward-model run directory")
     num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
     temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of those completions")
+    # Continued pre-training (task.type: masked-lm)
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens chosen for prediction "
+                                   "(80% of them become the mask token, 10% a random token, 10% stay as they are)")
 
     @property
     def preference_beta(self) -> float:
@@ -338,6 +358,55 @@ class WeakSpec(_Section):
         return self
 
 
+DISTILL_TASKS = ("classification", "pair-classification", "causal-lm")
+
+
+class DistillSpec(_Section):
+    """Knowledge distillation (Hinton et al., 2015): loss = alpha * T^2 * KL(teacher_T || student_T)
+    + (1 - alpha) * task loss [+ hidden_weight * hidden-state matching]."""
+    teacher: str = Field(description="a finished tuneforge run directory, or a model folder / alias fine-tuned for the "
+                         "same task (same label names; causal-lm: the same tokenizer)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term; 1 - alpha weighs the task "
+                         "loss on the labels")
+    temperature: float = Field(2.0, gt=0, description="softens both distributions; the term is scaled by T^2 so its "
+                               "gradients keep their size as T changes")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state matching (1 - cosine similarity between "
+                                 "each student block's output and its teacher block's); needs equal widths")
+    cache: Optional[bool] = Field(None, description="compute the teacher's outputs on the training rows once, before "
+                                  "training, and reuse them (default: on for classification, off for causal-lm, whose "
+                                  "outputs are a vocabulary per token)")
+    report: bool = Field(True, description="after training, measure teacher and student on the test (else validation) "
+                         "split: metric, parameters, inference examples/s")
+
+    def uses_cache(self, task_type: str) -> bool:
+        if self.cache is not None:
+            return self.cache
+        return task_type != "causal-lm" and self.hidden_weight == 0
+
+
+class AdaptSpec(_Section):
+    """Continued pre-training before the task (DAPT / TAPT, Gururangan et al., 2020)."""
+    objective: Literal["auto", "masked-lm", "causal-lm"] = Field(
+        "auto", description="masked-lm for encoders, causal-lm for decoders (auto: by the model)")
+    data: list[str] = Field(default_factory=lambda: ["task"], description="unlabeled text: files (data.text_column, "
+                            "or adapt.text_column), and/or 'task' for the task's own training text (TAPT)")
+    text_column: Optional[str] = Field(None, description="the text column of adapt.data files (default: "
+                                       "data.text_column)")
+    validation_fraction: float = Field(0.05, ge=0, lt=0.5, description="held out from the text to measure the "
+                                       "adaptation's loss")
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: Optional[int] = Field(None, gt=0, description="default: training.batch_size")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens chosen for prediction "
+                                   "(of which 80% become [MASK], 10% a random token, 10% stay)")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _listed(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
 class OutputSpec(_Section):
     dir: str = "runs/run"
 
@@ -350,6 +419,10 @@ class Recipe(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     weak: Optional[WeakSpec] = Field(None, description="weak supervision: labels from rules or a weak-label column, "
                                      "and optional COSINE self-training")
+    distill: Optional[DistillSpec] = Field(None, description="knowledge distillation from a teacher into this "
+                                           "recipe's model (the student)")
+    adapt: Optional[AdaptSpec] = Field(None, description="domain adaptation: continued pre-training on unlabeled "
+                                       "in-domain text before the task's fine-tuning")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -398,6 +471,7 @@ class Recipe(_Section):
                              f"task.type is {kind!r}")
         changed = lambda keys: [k for k in keys if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]  # noqa: E731
         owners = {("preference",): ("loss", "label_smoothing", "gamma"), ("grpo",): ("reward", "num_generations", "temperature"),
+                  ("masked-lm",): ("mlm_probability",),
                   ("preference", "grpo"): ("beta", "reference")}
         for allowed, keys in owners.items():
             if kind not in allowed and changed(keys):
@@ -458,6 +532,32 @@ class Recipe(_Section):
             raise ValueError(f"weak.self_training reads the encoder's features at the first token, which method "
                              f"{self.method.name!r} shifts by its virtual tokens; use full, a freezing method, lora, "
                              "dora, ia3 or bottleneck")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_and_adaptation(self):
+        d, kind = self.distill, self.task.type
+        if d is not None:
+            if kind not in DISTILL_TASKS:
+                raise ValueError(f"distill: for task.type {', '.join(DISTILL_TASKS)}; it is {kind!r}")
+            if self.weak is not None:
+                raise ValueError("distill and weak in one recipe: train on the weak labels first, then distill that "
+                                 "run (distill.teacher: its run directory) in a second recipe")
+            if d.cache and d.hidden_weight:
+                raise ValueError("distill.cache stores the teacher's outputs, not its hidden states, which "
+                                 "distill.hidden_weight needs at every step; set cache: false or hidden_weight: 0")
+            if d.cache and kind == "causal-lm":
+                raise ValueError("distill.cache: a causal LM teacher's outputs are a vocabulary-wide distribution per "
+                                 "token, too large to store; set cache: false (the teacher then runs beside the student)")
+            if d.hidden_weight and self.method.name in ("prefix", "prompt"):
+                raise ValueError(f"distill.hidden_weight matches hidden states position by position, which method "
+                                 f"{self.method.name!r} shifts by its virtual tokens; use another method")
+        if self.adapt is not None:
+            if kind in ("masked-lm", "preference", "reward-model", "grpo", "image-classification"):
+                raise ValueError(f"adapt: continued pre-training before a task's fine-tuning; task.type {kind!r} is "
+                                 "not such a task (to only adapt, use task.type masked-lm or causal-lm)")
+            if not self.model.pretrained:
+                raise ValueError("adapt continues pre-training; model.pretrained is false")
         return self
 
     @property
@@ -604,6 +704,14 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
     if isinstance(weak, dict):
         out["weak"] = {**weak, **{k: _relative_to(base, weak[k]) for k in ("labeling_functions", "unlabeled")
                                   if isinstance(weak.get(k), str)}}
+    distill = data.get("distill")
+    if isinstance(distill, dict) and isinstance(distill.get("teacher"), str):
+        out["distill"] = {**distill, "teacher": _relative_to(base, distill["teacher"])}
+    adapt = data.get("adapt")
+    if isinstance(adapt, dict) and adapt.get("data") is not None:
+        files = adapt["data"] if isinstance(adapt["data"], list) else [adapt["data"]]
+        out["adapt"] = {**adapt, "data": [f if f == "task" or not isinstance(f, str) else _relative_to(base, f)
+                                          for f in files]}
     task = data.get("task")
     if isinstance(task, dict) and isinstance(task.get("reward"), str):
         where, sep, name = task["reward"].rpartition(":")

@@ -59,12 +59,14 @@ class RunResult:
 RUN_MARKER = ".tuneforge-run"  # written by tuneforge into every run directory; only such folders are ever deleted
 
 
-def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console) -> Optional[Path]:
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,
+                     keep: tuple[str, ...] = ()) -> Optional[Path]:
     """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`,
-    and never delete a folder tuneforge did not create."""
+    and never delete a folder tuneforge did not create. `keep`: folders of an earlier stage of this same run
+    (the adaptation stage), left in place when the run starts over."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name not in (*keep, RUN_MARKER) for p in run_dir.iterdir()):
         if not (run_dir / RUN_MARKER).exists():
             raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge "
                               f"(no {RUN_MARKER} file); nothing in it is touched, even with --overwrite. "
@@ -72,7 +74,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
         finished = (run_dir / "summary.json").exists()
         checkpoints = list_checkpoints(run_dir / "checkpoints")
         if overwrite:
-            shutil.rmtree(run_dir)
+            _remove_run(run_dir, keep)
         elif finished:
             raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
                               "or set output.dir to a new folder")
@@ -88,10 +90,22 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
         else:
             # A run stopped before its first checkpoint: nothing to continue from.
             console.print(f"{run_dir}: an earlier run stopped before its first checkpoint; starting over")
-            shutil.rmtree(run_dir)
+            _remove_run(run_dir, keep)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
     return None
+
+
+def _remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
+    if not keep:
+        shutil.rmtree(run_dir)
+        return
+    for p in run_dir.iterdir():
+        if p.name not in keep and p.name != RUN_MARKER:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
 
 def _saved_recipe(run_dir: Path) -> Optional[Recipe]:
@@ -122,9 +136,20 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     task = task_for(recipe)
 
     notes: list[str] = []
+    adaptation, model_recipe, keep = None, recipe, ()
+    if recipe.adapt is not None:  # first stage: continued pre-training; the task then starts from its model
+        from .adapt import STAGE_FOLDERS, run_adaptation
+        adapted, adaptation = run_adaptation(recipe, resume=resume, overwrite=overwrite, console=console,
+                                             callbacks=callbacks)
+        model_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(adapted)})})
+        keep = STAGE_FOLDERS  # when the run starts over below, the stage just run stays
     splits, space, origin, weak_data = _load_data(recipe, notes)
-    loaded = load_for_recipe(recipe, task, space, head_seed)
+    loaded = load_for_recipe(model_recipe, task, space, head_seed)
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
+    distill_info, teacher = None, None
+    if recipe.distill is not None:
+        from .distill.setup import prepare_distillation
+        task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space)
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
     reference_mode = _prepare_objective(recipe, task, model, tokenizer)  # before a checkpoint loads: the start
@@ -133,7 +158,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
     warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
     # Only now, with recipe, data and model all checked, may an old run be replaced.
-    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console)
+    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console, keep)
     _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     for w in notes + warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -156,6 +181,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                                                t.precision)
     if weak_data is not None and recipe.weak.soft:
         encoded["train"].labels = weak_data.targets  # cross-entropy against the label model's probabilities
+    teacher_note = None
+    if distill_info is not None and distill_info["cache"]:
+        from .distill.setup import attach_cached_outputs
+        teacher_note = attach_cached_outputs(recipe, teacher, splits["train"], encoded["train"], space)
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 
@@ -207,6 +236,15 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         console.print(reference_note)
     if weak_data is not None:
         console.print("  " + _weak_line(recipe, weak_data))
+    if loaded.kept_layers is not None:
+        console.print(f"  student cut from {recipe.model.name}: blocks {loaded.kept_layers} of its {loaded.blocks_before} kept")
+    if distill_info is not None:
+        from .distill.setup import describe
+        console.print(describe(distill_info))
+        if teacher_note:
+            console.print(teacher_note)
+    if adaptation is not None:
+        console.print(f"  starting from the adapted model {model_recipe.model.name}")
     started = time.perf_counter()
     loop.run()
     train_seconds = time.perf_counter() - started
@@ -237,7 +275,11 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         stored = save_adapter(model, tokenizer, model_dir)
     else:
         model_dir = run_dir / "model"
-        stored = _save_model(model, tokenizer, model_dir)
+        carried = {}
+        if recipe.task.type == "masked-lm":
+            from .models.loading import base_weights_missing_from
+            carried = base_weights_missing_from(model, loaded.path)
+        stored = _save_model(model, tokenizer, model_dir, carried)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=best_step,
                        steps=steps, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
@@ -251,6 +293,16 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                "new_head_parameters": loaded.new_parameters, "history": loop.state.history}
     if weak_report is not None:
         summary["weak"] = weak_report
+    if loaded.kept_layers is not None:
+        summary["kept_layers"] = {"kept": loaded.kept_layers, "of": loaded.blocks_before}
+    if adaptation is not None:
+        summary["adaptation"] = adaptation
+    if distill_info is not None:
+        if recipe.distill.report:
+            from .distill.setup import distillation_report
+            distill_info["report"] = distillation_report(recipe, teacher, model, splits, encoded, metrics, task, space,
+                                                         pad_id, run_dir, console)
+        summary["distillation"] = distill_info
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
     return result
@@ -408,14 +460,20 @@ def _enable_gradient_checkpointing(model) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _save_model(model, tokenizer, model_dir: Path) -> int:
+def _save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None) -> int:
     """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
+    `carried`: tensors the model has no place for but a later fine-tune should find (an adapted encoder's pooler).
     Returns the weights' size in bytes."""
     for p in model.parameters():  # saved models should load as ordinary trainable models
         p.requires_grad_(True)
     with atomic_folder(model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if carried:
+            from safetensors.torch import load_file, save_file
+            file = Path(tmp) / "model.safetensors"
+            save_file({**load_file(str(file)), **{k: v.contiguous() for k, v in carried.items()}}, str(file),
+                      metadata={"format": "pt"})
     return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
@@ -528,9 +586,10 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
 
 def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     """Check recipe, data and model without training; raise on the first class of problems, return a report."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from .models.loading import tokenizer_and_config
+    from .models.truncate import truncate_for_recipe
 
     recipe = load_recipe(recipe, overrides)
     task = task_for(recipe)
@@ -547,11 +606,26 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
             auto = AutoModelForCausalLM
             if tokenizer.pad_token is None:  # as the loader does: batches need a pad id
                 tokenizer.pad_token = tokenizer.eos_token
+        elif recipe.task.type == "masked-lm":
+            auto = AutoModelForMaskedLM
+            if tokenizer.mask_token is None:
+                raise RecipeError([f"model.name {recipe.model.name!r}: its tokenizer has no mask token, so it cannot "
+                                   "be trained as a masked LM; decoders continue pre-training with task.type causal-lm"])
         else:
             auto = AutoModelForSequenceClassification
             config.num_labels = task.num_outputs(len(space.names))
         with torch.device("meta"):  # structure only: no memory, no weights read
             model = auto.from_config(config, trust_remote_code=remote)
+        truncate_for_recipe(model, recipe.model)
+    teacher = None
+    if recipe.distill is not None:  # the teacher must load and agree with the student before a run starts
+        from .distill.teacher import load_teacher
+        teacher = load_teacher(recipe, space.names, tokenizer).source
+    if recipe.adapt is not None:
+        from .adapt import adaptation_objective, adaptation_texts
+        texts, counts = adaptation_texts(recipe)
+        notes.append(f"adaptation ({adaptation_objective(recipe)}) on {len(texts)} unlabeled rows: "
+                     + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if recipe.task.type == "grpo":  # the reward must import and be callable before a run starts
         from .tasks.grpo import load_reward
         load_reward(recipe.task.reward)
@@ -565,4 +639,4 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     weak = {**weak_data.summary(), "line": _weak_line(recipe, weak_data)} if weak_data is not None else None
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names, "weak": weak,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
-            "total_parameters": total, "model_path": str(path), "warnings": notes + warnings}
+            "total_parameters": total, "model_path": str(path), "teacher": teacher, "warnings": notes + warnings}

@@ -19,6 +19,7 @@ class EncodedSplit:
     token_type_ids: list[list[int]] | None
     labels: torch.Tensor | None
     truncated: int  # rows longer than max_length, cut to fit
+    teacher_logits: torch.Tensor | None = None  # distillation with cached teacher outputs: one row per example
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -30,7 +31,7 @@ class EncodedSplit:
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict[str, torch.Tensor]:
         return collate(self, indices, pad_id)
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         """What a loss sum over these rows is divided by: one per example."""
         return len(indices)
 
@@ -49,7 +50,7 @@ class ImageSplit:
     def lengths(self) -> list[int]:
         return [1] * len(self.examples)
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         return len(indices)
 
     def batch(self, indices: Sequence[int], pad_id: int = 0, augment: tuple[int, int] | None = None):
@@ -101,7 +102,7 @@ class CausalLMSplit:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         """Loss sums are divided by target tokens, so accumulated steps weigh every token alike."""
         return sum(self.targets[i] for i in indices)
 
@@ -123,7 +124,7 @@ class CausalLMSplit:
 
 
 def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace, *,
-           train_on: str = "assistant", chat_template: bool = True, packing: bool = False):
+           train_on: str = "assistant", chat_template: bool = True, packing: bool = False, mlm_probability: float = 0.15):
     """Text examples tokenized (an EncodedSplit); image examples wrapped with their preprocessing (an ImageSplit,
     `tokenizer` being the run's ImageProcessing); causal-LM examples tokenized with label masks (a CausalLMSplit);
     preference pairs as two rows each, for a policy (PolicyPairSplit) or a reward model (RewardPairSplit)."""
@@ -138,6 +139,9 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
     if task == "reward-model":
         from .preference import encode_reward_pairs
         return encode_reward_pairs(tokenizer, examples, max_length, chat_template)
+    if task == "masked-lm":
+        from .masked import encode_masked
+        return encode_masked(tokenizer, examples, max_length, mlm_probability)
     if task == "causal-lm":
         from .causal import encode_causal, pack
         split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)
@@ -176,6 +180,8 @@ def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[st
         batch["token_type_ids"] = _pad([split.token_type_ids[i] for i in indices], width, 0)
     if split.labels is not None:
         batch["labels"] = split.labels[torch.as_tensor(list(indices), dtype=torch.long)]
+    if split.teacher_logits is not None:
+        batch["teacher_logits"] = split.teacher_logits[torch.as_tensor(list(indices), dtype=torch.long)]
     return batch
 
 
@@ -183,4 +189,4 @@ def encode_for(recipe, tokenizer, examples: Sequence, space: LabelSpace):
     """`encode` with the recipe's settings."""
     d = recipe.data
     return encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space, train_on=d.train_on,
-                  chat_template=d.chat_template, packing=d.packing)
+                  chat_template=d.chat_template, packing=d.packing, mlm_probability=recipe.task.mlm_probability)

@@ -13,7 +13,7 @@ from ..errors import DataError
 from .readers import read_table
 
 LabelValue = Any  # str (classification), list[str] (multi-label), float (regression)
-UNLABELLED_TASKS = ("causal-lm", "preference", "reward-model", "grpo")  # rows without a label column
+UNLABELLED_TASKS = ("causal-lm", "masked-lm", "preference", "reward-model", "grpo")  # rows without a label column
 
 
 @dataclass
@@ -218,6 +218,9 @@ def _reader(spec, task: str, text_col: str, pair_col, label_col, notes: Optional
         report = notes.append if notes is not None else None
         return lambda path: read_preference_examples(path, spec.format, spec.prompt_column, spec.chosen_column,
                                                      spec.rejected_column, spec.drop_invalid_pairs, report)
+    if task == "masked-lm":
+        from .masked import read_text_rows
+        return lambda path: read_text_rows(path, spec.format, text_col)
     if task == "causal-lm":
         from .causal import read_causal_examples
         return lambda path: read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,

@@ -207,7 +207,7 @@ class PolicyPairSplit:
     def lengths(self) -> list[int]:
         return [max(len(c.input_ids), len(r.input_ids)) for c, r in zip(self.chosen, self.rejected)]
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         """Loss sums are over pairs, so they are divided by pairs."""
         return len(indices)
 
@@ -280,7 +280,7 @@ class RewardPairSplit:
     def lengths(self) -> list[int]:
         return [max(len(c["input_ids"]), len(r["input_ids"])) for c, r in zip(self.chosen, self.rejected)]
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         return len(indices)
 
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:

@@ -90,7 +90,7 @@ class PromptSplit:
     def lengths(self) -> list[int]:
         return [len(p) for p in self.prompt_ids]
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         """Loss sums are over prompts (each the mean over its group of completions)."""
         return len(indices)
 

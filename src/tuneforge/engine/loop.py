@@ -97,7 +97,7 @@ class Loop:
             micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
             for step_batches in steps[s.step_in_epoch:]:
-                self._optimizer_step(step_batches, augment=(self.data_seed, s.epoch))
+                self._optimizer_step(step_batches)
                 s.global_step += 1
                 s.step_in_epoch += 1
                 self.fire("on_step_end")
@@ -122,9 +122,12 @@ class Loop:
         self.fire("on_train_end")
         return s
 
-    def _optimizer_step(self, step_batches: list[list[int]], augment: tuple[int, int]) -> None:
+    def _optimizer_step(self, step_batches: list[list[int]]) -> None:
         # Normalize by the examples (causal LM: target tokens) of the whole accumulated step, not per micro-batch.
-        normalizer = sum(self.train_split.count(b) for b in step_batches)
+        # (A masked LM's count depends on the step's masks, drawn from `augment`.) Never 0: a step of rows that
+        # all lack targets adds nothing instead of dividing by zero.
+        augment = (self.data_seed, self.state.epoch)
+        normalizer = max(sum(self.train_split.count(b, augment) for b in step_batches), 1)
         total = 0.0
         for indices in step_batches:
             batch = self.train_split.batch(indices, self.pad_id, augment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -17,6 +18,8 @@ class LoadedModel:
     tokenizer: object
     path: Path
     new_parameters: list[str]  # weights not in the checkpoint: the head trained from scratch
+    kept_layers: Optional[list[int]] = None  # model.keep_layers / keep_every: the blocks kept (None: all)
+    blocks_before: Optional[int] = None      # and how many the loaded model had
 
 
 def _quiet_transformers():
@@ -125,7 +128,21 @@ def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pr
 
 
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
+    """The recipe's model with a new head for `space`, cut to the blocks model.keep_layers / keep_every name."""
+    from .layers import _find_blocks
+    from .truncate import truncate_for_recipe
+
+    loaded = _load_whole(recipe, task, space, head_seed)
+    before = len(_find_blocks(loaded.model)[1]) if recipe.model.keep_layers or recipe.model.keep_every else None
+    loaded.kept_layers = truncate_for_recipe(loaded.model, recipe.model)
+    loaded.blocks_before = before
+    return loaded
+
+
+def _load_whole(recipe, task, space, head_seed: int) -> LoadedModel:
     """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
+    if recipe.task.type == "masked-lm":
+        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code)
     if recipe.task.type in ("causal-lm", "preference", "grpo"):
         return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
     id2label = space.id2label if space.names else None
@@ -158,3 +175,52 @@ def load_causal_run_model(model_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     return model, tokenizer
+
+
+def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False) -> LoadedModel:
+    """An encoder with its masked-LM head, for continued pre-training. A checkpoint saved without one (e.g. a
+    sentence-transformers encoder) gets a new head whose output layer is tied to the word embeddings, as BERT's
+    is; only its small transform layer and bias start from scratch (they are listed as new)."""
+    from transformers import AutoModelForMaskedLM
+
+    path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
+    if tokenizer.mask_token is None:
+        raise TuneforgeError(f"model.name {name!r}: its tokenizer has no mask token, so it cannot be trained as a "
+                             "masked LM; decoders continue pre-training with task.type causal-lm")
+    torch.manual_seed(seed)
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                           use_safetensors=True, output_loading_info=True)
+    except (OSError, EnvironmentError) as e:
+        raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
+    except ValueError as e:
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no masked-LM head in transformers "
+                             f"(decoders continue pre-training with task.type causal-lm): {e}") from None
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and output.weight is not inputs.weight and getattr(config, "tie_word_embeddings", True):
+        model.tie_weights()
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+
+
+def base_weights_missing_from(model, source: Path) -> dict:
+    """Weights of the source checkpoint's base network that `model` has no place for (BERT's pooler, under a
+    masked-LM head), named as `model`'s base network names them. Saved beside the adapted weights, they let a
+    classifier fine-tuned from the adapted model start from the same pooler as one fine-tuned from the source."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    file = Path(source) / "model.safetensors"
+    if not file.exists():
+        return {}
+    prefix = getattr(model, "base_model_prefix", "")
+    with torch.device("meta"):
+        base_names = set(AutoModel.from_config(model.config).state_dict())
+    have = set(model.state_dict())
+    out = {}
+    with safe_open(str(file), framework="pt") as f:
+        for key in f.keys():
+            bare = key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+            named = f"{prefix}.{bare}" if prefix else bare
+            if bare in base_names and named not in have and bare not in have:
+                out[named] = f.get_tensor(key)
+    return out

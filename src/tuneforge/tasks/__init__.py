@@ -54,6 +54,12 @@ def _next_token_ce_sum(logits, labels):
                            reduction="sum")
 
 
+def _masked_token_ce_sum(logits, labels):
+    # Masked LM: the logits at a chosen position predict the token that was there; -100 elsewhere.
+    logits = align_to_labels(logits, labels)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+
+
 _LOWER_IS_BETTER = {"loss", "mse", "mae", "perplexity", "kl"}
 
 
@@ -77,6 +83,10 @@ TASKS: dict[str, Task] = {
     "causal-lm": Task(
         name="causal-lm", problem_type="causal_lm", loss_sum=_next_token_ce_sum,
         make_metrics=lambda k, t: CausalLMMetrics(), default_metric="loss",
+    ),
+    "masked-lm": Task(
+        name="masked-lm", problem_type="masked_lm", loss_sum=_masked_token_ce_sum,
+        make_metrics=lambda k, t: CausalLMMetrics(shift=False), default_metric="loss",
     ),
     "regression": Task(
         name="regression", problem_type="regression", loss_sum=_mse_sum,

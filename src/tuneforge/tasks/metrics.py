@@ -128,13 +128,17 @@ def align_to_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class CausalLMMetrics:
     """Per-token loss over target positions (labels other than -100), its perplexity, and token accuracy (the
-    share of targets the model ranks first). Logits at position t predict the token at t + 1."""
+    share of targets the model ranks first). Logits at position t predict the token at t + 1 (causal), or the
+    token at t itself (masked LM: `shift=False`)."""
 
-    def __init__(self):
-        self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
+    def __init__(self, shift: bool = True):
+        self.loss_sum, self.tokens, self.correct, self.shift = 0.0, 0, 0, shift
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = align_to_labels(logits, labels)[:, :-1].float(), labels[:, 1:]
+        if self.shift:
+            logits, labels = align_to_labels(logits, labels)[:, :-1].float(), labels[:, 1:]
+        else:
+            logits = align_to_labels(logits, labels).float()
         keep = labels != -100
         if not keep.any():
             return

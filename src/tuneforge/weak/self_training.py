@@ -31,7 +31,7 @@ class PseudoLabelSplit:
     def lengths(self) -> list[int]:
         return self.rows.lengths
 
-    def count(self, indices: Sequence[int]) -> int:
+    def count(self, indices: Sequence[int], augment=None) -> int:
         return len(indices)
 
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:

@@ -1,0 +1,116 @@
+"""Domain adaptation before the task (DAPT / TAPT, Gururangan et al., 2020): continue the model's own
+pre-training objective on unlabeled in-domain text, then fine-tune the adapted model on the task.
+
+A recipe's `adapt:` section runs the first stage as an ordinary tuneforge run in RUN_DIR/adapt (masked-LM for
+encoders, causal-LM for decoders) on the text of `adapt.data` ('task': the task's own training text, before
+data.limit_train, so a few hundred labels can sit on thousands of unlabeled rows), written once to
+RUN_DIR/adapt-data/text.jsonl. A finished first stage is reused when the run continues."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import DataError, RecipeError, RunDirError
+
+STAGE_FOLDERS = ("adapt", "adapt-data")  # kept when the task stage starts over in the same run directory
+
+
+def adaptation_objective(recipe) -> str:
+    if recipe.adapt.objective != "auto":
+        return recipe.adapt.objective
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from .models.loading import tokenizer_and_config
+    _, _, config = tokenizer_and_config(recipe.model.name, recipe.model.trust_remote_code)
+    return "masked-lm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal-lm"
+
+
+def adaptation_texts(recipe) -> tuple[list[str], dict[str, int]]:
+    """Every text of adapt.data, in order, and how many came from each source."""
+    from .data.dataset import load_examples
+    from .data.masked import read_text_rows
+
+    a = recipe.adapt
+    texts, counts = [], {}
+    for source in a.data:
+        if source == "task":
+            # The task's training rows, after validation/test are carved off, before limit_train: unlabeled use.
+            spec = recipe.data.model_copy(update={"limit_train": None})
+            splits, _, _ = load_examples(spec, recipe.task.type)
+            rows = [getattr(ex, "text", None) for ex in splits["train"]]
+            if any(not isinstance(r, str) for r in rows):
+                raise RecipeError(["adapt.data: 'task' reads the task's text column; this task's rows have none "
+                                   "(chat or prompt/completion rows): give text files instead"])
+            texts.extend(rows)
+            counts["task (training text)"] = len(rows)
+        else:
+            rows = read_text_rows(source, "auto", a.text_column or recipe.data.text_column)
+            texts.extend(r.text for r in rows)
+            counts[source] = len(rows)
+    if not texts:
+        raise DataError(["adapt.data: no text"])
+    return texts, counts
+
+
+def adaptation_recipe(recipe, text_file: Path, objective: str):
+    from .recipe import parse_recipe
+
+    a, t = recipe.adapt, recipe.training
+    task = {"type": objective}
+    if objective == "masked-lm":
+        task["mlm_probability"] = a.mlm_probability
+    training = {"epochs": a.epochs, "max_steps": a.max_steps, "lr": a.lr, "batch_size": a.batch_size or t.batch_size,
+                "grad_accum": t.grad_accum, "eval_batch_size": t.eval_batch_size, "schedule": t.schedule,
+                "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+                "seed": t.seed, "precision": t.precision, "threads": t.threads, "progress": t.progress,
+                "log_every": t.log_every, "checkpoint_every": t.checkpoint_every,
+                "gradient_checkpointing": t.gradient_checkpointing, "group_by_length": t.group_by_length}
+    child = {"model": {"name": recipe.model.name, "max_length": recipe.model.max_length,
+                       "trust_remote_code": recipe.model.trust_remote_code},
+             "task": task,
+             "data": {"train": str(text_file), "format": "jsonl", "text_column": "text",
+                      "validation_fraction": a.validation_fraction, "test_fraction": 0.0,
+                      "split_seed": recipe.data.split_seed},
+             "method": {"name": "full"}, "training": training,
+             "output": {"dir": str(Path(recipe.output.dir) / "adapt")}}
+    return parse_recipe(child, "adapt (continued pre-training stage)")
+
+
+def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, callbacks=None) -> tuple[Path, dict]:
+    """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report."""
+    from .run import RUN_MARKER, fine_tune
+
+    run_dir = Path(recipe.output.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).exists():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge (no {RUN_MARKER} "
+                          "file); nothing in it is touched, even with --overwrite. Choose another output.dir")
+    if (run_dir / "summary.json").exists() and not overwrite:
+        raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, or set "
+                          "output.dir to a new folder")
+    objective = adaptation_objective(recipe)
+    texts, counts = adaptation_texts(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
+    text_file = run_dir / "adapt-data" / "text.jsonl"
+    text_file.parent.mkdir(exist_ok=True)
+    body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
+    if not text_file.exists() or text_file.read_text() != body:
+        tmp = text_file.with_name("text.jsonl.tmp")
+        tmp.write_text(body)
+        tmp.replace(text_file)
+    child = adaptation_recipe(recipe, text_file, objective)
+    stage_dir = Path(child.output.dir)
+    console.print(f"[bold]adaptation[/] ({objective}) on {len(texts)} unlabeled rows ("
+                  + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f") into {stage_dir}")
+    if (stage_dir / "summary.json").exists() and not overwrite:
+        summary = json.loads((stage_dir / "summary.json").read_text())
+        console.print(f"  the adaptation stage finished earlier: reusing {stage_dir / 'model'}")
+    else:
+        result = fine_tune(child, resume=resume, overwrite=overwrite, console=console, callbacks=callbacks)
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+    report = {"objective": objective, "rows": counts, "steps": summary["steps"],
+              "seconds": summary["train_seconds"], "metrics": summary["metrics"], "dir": str(stage_dir),
+              "new_head_parameters": summary.get("new_head_parameters", [])}
+    return stage_dir / "model", report

@@ -1,0 +1,94 @@
+"""What a distillation run adds to `fine_tune`: the teacher and the objective before training, its cached outputs
+once the rows are encoded, and the student-against-teacher report at the end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import RecipeError
+from .loss import layer_map
+from .task import DistillationTask
+from .teacher import Teacher, _Reordered, load_teacher, teacher_outputs
+
+
+def prepare_distillation(recipe, task, loaded, space) -> tuple[DistillationTask, Teacher, dict]:
+    """The teacher, checked against the student, and the objective wrapping the recipe's task."""
+    from ..models.layers import _find_blocks
+
+    d, kind = recipe.distill, recipe.task.type
+    teacher = load_teacher(recipe, space.names, loaded.tokenizer)
+    cached = d.uses_cache(kind)
+    if not cached and not teacher.same_tokenizer:
+        raise RecipeError([f"distill.teacher {d.teacher}: its tokenizer differs from the student's, so it cannot read "
+                           "the student's batches; set distill.cache: true (its outputs are then computed from its "
+                           "own tokens) and distill.hidden_weight: 0"])
+    student_blocks = len(_find_blocks(loaded.model)[1])
+    layers = None
+    if d.hidden_weight:
+        width = getattr(loaded.model.config, "hidden_size", None)
+        if width is None or width != teacher.hidden_size:
+            raise RecipeError([f"distill.hidden_weight: hidden states are matched only between equal widths; the "
+                               f"student's are {width}, the teacher's {teacher.hidden_size}. Set hidden_weight: 0"])
+        kept = loaded.kept_layers if loaded.blocks_before == teacher.blocks else None
+        layers = layer_map(student_blocks, teacher.blocks, kept)
+    objective = DistillationTask(task, teacher, d.alpha, d.temperature, d.hidden_weight, layers,
+                                 causal=kind == "causal-lm")
+    info = {"teacher": teacher.source, "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()),
+            "alpha": d.alpha, "temperature": d.temperature, "hidden_weight": d.hidden_weight,
+            "matched_layers": layers, "cache": cached, "student_blocks": student_blocks,
+            "teacher_blocks": teacher.blocks, "kept_layers": loaded.kept_layers,
+            "labels_reordered": teacher.order is not None}
+    return objective, teacher, info
+
+
+def describe(info: dict) -> str:
+    kd = f"{info['alpha']:g} x T^2 KL(teacher || student) at T {info['temperature']:g} + {1 - info['alpha']:g} x task loss"
+    if info["hidden_weight"]:
+        kd += f" + {info['hidden_weight']:g} x hidden-state cosine (student block j <- teacher output {info['matched_layers']})"
+    return (f"  distillation: teacher {info['teacher']} ({info['teacher_parameters']:,} parameters, "
+            f"{info['teacher_blocks']} blocks; student {info['student_blocks']}); loss {kd}; teacher outputs "
+            + ("computed once before training" if info["cache"] else "computed beside the student at every step"))
+
+
+def attach_cached_outputs(recipe, teacher: Teacher, train_examples, encoded_train, space) -> str:
+    logits, note = teacher_outputs(teacher, train_examples, recipe.model.max_length, recipe.training.eval_batch_size,
+                                   space)
+    encoded_train.teacher_logits = logits
+    return "  " + note
+
+
+def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metrics, task, space, pad_id: int,
+                        run_dir: Path, console) -> dict | None:
+    """Student and teacher on the test split (else validation): metric, parameters, examples/s at inference."""
+    from ..data.collate import encode
+    from ..engine.evaluate import run_evaluation
+    from .report import measure_speed, parameters, print_report, write_report
+
+    name = "test" if "test" in encoded else "validation" if "validation" in encoded else None
+    if name is None:
+        return None
+    t = recipe.training
+    metric = t.metric or task.default_metric
+    base_task = task.base if isinstance(task, DistillationTask) else task
+    if recipe.task.type == "causal-lm":
+        teacher_model, teacher_split, teacher_pad = teacher.model, encoded[name], pad_id
+    else:
+        teacher_model = _Reordered(teacher)
+        teacher_split = encode(teacher.tokenizer, splits[name], recipe.model.max_length, recipe.task.type, space)
+        teacher_pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
+    teacher_metrics = run_evaluation(teacher_model, teacher_split, base_task, len(space.names), recipe.task.threshold,
+                                     t.eval_batch_size, teacher_pad, t.precision)
+    passes = 3
+    speed = measure_speed({"teacher": (teacher_model, teacher_split, t.eval_batch_size, teacher_pad),
+                           "student": (model, encoded[name], t.eval_batch_size, pad_id)}, passes)
+    rows = [{"model": "teacher", "source": teacher.source, "parameters": parameters(teacher.model),
+             "metric": teacher_metrics[metric], "examples_per_second": speed["teacher"]},
+            {"model": "student", "source": recipe.model.name + (f" (blocks {recipe.model.keep_layers or 'every ' + str(recipe.model.keep_every)})"
+                                                               if recipe.model.keep_layers or recipe.model.keep_every else ""),
+             "parameters": parameters(model), "metric": metrics[name][metric], "examples_per_second": speed["student"]}]
+    report = {"split": name, "metric": metric, "rows": rows, "passes": passes, "rows_measured": len(encoded[name]),
+              "batch_size": t.eval_batch_size, "size_ratio": rows[1]["parameters"] / rows[0]["parameters"],
+              "speedup": rows[1]["examples_per_second"] / rows[0]["examples_per_second"],
+              "metric_gap": rows[1]["metric"] - rows[0]["metric"], "teacher_metrics": teacher_metrics}
+    write_report(report, run_dir / "distill")
+    print_report(console, report)
+    return report
