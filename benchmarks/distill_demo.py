@@ -1,6 +1,7 @@
 """Knowledge distillation on the demo data (Rotten Tomatoes, 3,000 labelled snippets): a 3-block MiniLM student
 (blocks 0, 2, 4 of all-MiniLM-L6-v2) trained on the labels alone against the same student distilled from the
-fine-tuned 6-block MiniLM teacher, with and without hidden-state matching; each with the same seeds.
+fine-tuned 6-block MiniLM teacher, with and without hidden-state matching, and distilled when cut from the
+fine-tuned teacher itself rather than from the pre-trained MiniLM; each with the same seeds.
 
     python benchmarks/distill_demo.py [--seeds 42,43] [--out docs/results/distill-demo] [--work runs/distill-demo]
 
@@ -24,6 +25,8 @@ CONFIGS = {
     "distilled": ("student distilled (alpha 0.5, T 2, cached teacher outputs)", []),
     "distilled-hidden": ("distilled + hidden-state matching (weight 1, teacher live)",
                          ["distill.cache=false", "distill.hidden_weight=1.0"]),
+    "from-teacher": ("distilled, cut from the fine-tuned teacher itself (its blocks 0, 2, 4 and head)",
+                     ["model.name={teacher}"]),
 }
 
 
@@ -53,7 +56,7 @@ def main() -> None:
         for name in args.configs.split(","):
             run_dir = work / f"{name}-{seed}"
             overrides = [*common, f"training.seed={seed}", f"distill.teacher={teacher_dir}", f"output.dir={run_dir}",
-                         *CONFIGS[name][1]]
+                         *(o.format(teacher=teacher_dir) for o in CONFIGS[name][1])]
             if name == "labels-only":
                 overrides = [o for o in overrides if not o.startswith("distill.teacher")]
             started = time.perf_counter()

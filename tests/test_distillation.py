@@ -112,9 +112,11 @@ def test_layer_selection():
     with pytest.raises(RecipeError, match="keeps only block 0"):
         select_layers(3, every=3)
     # Matching: a student cut from a model as deep as the teacher matches the blocks it kept; others spread evenly.
-    assert layer_map(3, 6, kept=[0, 2, 4]) == [1, 3, 5]
+    # The last block always matches the teacher's last (decoders return it after their final norm).
+    assert layer_map(3, 6, kept=[0, 2, 4]) == [1, 3, 6]
     assert layer_map(3, 6) == [2, 4, 6]
     assert layer_map(2, 12, kept=[0, 2, 4]) == [6, 12]
+    assert layer_map(4, 2) == [1, 1, 2, 2]  # a deeper student never matches the embeddings
 
 
 def test_recipe_keys_for_a_smaller_student():
@@ -201,17 +203,12 @@ def test_distilled_student_learns_from_cached_teacher_outputs_and_reports_agains
     assert report["rows"][1]["parameters"] < report["rows"][0]["parameters"]
     assert report["rows"][1]["metric"] == pytest.approx(r.metrics["test"]["accuracy"])
     assert all(row["examples_per_second"] > 0 for row in report["rows"])
-    assert (r.run_dir / "distill" / "report.md").read_text().startswith("| model | parameters | accuracy (test)")
+    assert (r.run_dir / "distill" / "report.md").read_text().startswith("| model | parameters | stored MB | accuracy (test)")
+    assert 0 < report["rows"][1]["stored_bytes"] < report["rows"][0]["stored_bytes"]
     assert r.metrics["test"]["accuracy"] >= 0.9
     # The cache holds the teacher's logits of the training rows; a second run reads them instead of recomputing.
+    _assert_cache_holds_teacher_logits(tmp_path / "cache", teacher_run, sentiment_files["train"])
     cached = list((tmp_path / "cache" / "teacher-outputs").glob("*.safetensors"))
-    assert len(cached) == 1
-    from safetensors.torch import load_file
-    from tuneforge.inference import Predictor
-    from tuneforge.data.dataset import read_examples_from_file
-    rows = read_examples_from_file(sentiment_files["train"], "classification", "text", None, "label", ",", "auto")
-    expected = Predictor(teacher_run).logits(rows)
-    assert torch.allclose(load_file(str(cached[0]))["logits"], expected, atol=1e-5)
     mtime = cached[0].stat().st_mtime_ns
     tuneforge.fine_tune(_student(bert4, sentiment_files, tmp_path / "again", teacher_run))
     assert cached[0].stat().st_mtime_ns == mtime
@@ -246,7 +243,7 @@ def test_hidden_state_matching_moves_student_states_towards_the_teachers(bert4, 
     r = tuneforge.fine_tune(_student(bert4, sentiment_files, tmp_path / "hidden", teacher_run, cache=False,
                                      hidden_weight=1.0, alpha=0.0, report=False))
     d = json.loads((r.run_dir / "summary.json").read_text())["distillation"]
-    assert d["matched_layers"] == [1, 3]  # blocks 0 and 2 kept, matched to the teacher's blocks 0 and 2
+    assert d["matched_layers"] == [1, 4]  # block 0 kept -> the teacher's block 0; the last -> the teacher's last
     from transformers import AutoModel
     student, teacher = AutoModel.from_pretrained(r.model_dir), AutoModel.from_pretrained(teacher_run / "model")
     start = AutoModel.from_pretrained(bert4)
@@ -258,7 +255,7 @@ def test_hidden_state_matching_moves_student_states_towards_the_teachers(bert4, 
             th = teacher(input_ids=ids, output_hidden_states=True).hidden_states
         return sum(float((1 - torch.cosine_similarity(hs[i + 1], th[k], dim=-1)).mean()) for i, k in enumerate(layers))
     keep_layers(start, [0, 2])
-    assert distance(student, [1, 3]) < distance(start, [1, 3])
+    assert distance(student, [1, 4]) < distance(start, [1, 4])
 
 
 def test_distillation_errors_name_the_problem(bert4, teacher_run, sentiment_files, tmp_path):
@@ -284,7 +281,7 @@ def test_distillation_errors_name_the_problem(bert4, teacher_run, sentiment_file
     assert not (tmp_path / "labels").exists() and not (tmp_path / "w").exists()
 
 
-def test_pair_of_tokenizers_needs_cached_outputs(bert4, teacher_run, sentiment_files, tmp_path):
+def test_pair_of_tokenizers_needs_cached_outputs(bert4, teacher_run, sentiment_files, tmp_path, monkeypatch):
     other = make_tiny_bert(tmp_path / "other-vocab", layers=2)
     (other / "vocab.txt").write_text((other / "vocab.txt").read_text() + "extra\n")
     from transformers import BertTokenizerFast
@@ -292,10 +289,41 @@ def test_pair_of_tokenizers_needs_cached_outputs(bert4, teacher_run, sentiment_f
     recipe = tiny_recipe(other, sentiment_files, tmp_path / "r", distill={"teacher": str(teacher_run), "cache": False})
     with pytest.raises(RecipeError, match="tokenizer differs from the student's"):
         tuneforge.fine_tune(recipe)
-    # Cached, the teacher reads its own tokens: allowed.
+    # Cached, the teacher reads its own tokens: allowed, and what is cached is the teacher's view of each row.
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
     r = tuneforge.fine_tune(tiny_recipe(other, sentiment_files, tmp_path / "ok", distill={"teacher": str(teacher_run)},
                                         training={"epochs": 1}))
-    assert r.metrics["test"]["accuracy"] >= 0
+    assert json.loads((r.run_dir / "summary.json").read_text())["distillation"]["cache"] is True
+    _assert_cache_holds_teacher_logits(tmp_path / "cache", teacher_run, sentiment_files["train"])
+
+
+def _assert_cache_holds_teacher_logits(cache: Path, teacher_run: Path, train_file: Path, order=None):
+    from safetensors.torch import load_file
+    from tuneforge.data.dataset import read_examples_from_file
+    from tuneforge.inference import Predictor
+    rows = read_examples_from_file(train_file, "classification", "text", None, "label", ",", "auto")
+    expected = Predictor(teacher_run).logits(rows)
+    if order is not None:
+        expected = expected[:, order]
+    (cached,) = list((cache / "teacher-outputs").glob("*.safetensors"))
+    assert torch.allclose(load_file(str(cached))["logits"], expected, atol=1e-5)
+
+
+def test_teacher_labels_in_another_order_are_reordered_cached_or_live(bert4, teacher_run, sentiment_files, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    # The teacher's labels are [neg, pos]; this student's are declared [pos, neg].
+    one_epoch = {"epochs": 1, "lr": 1e-2, "restore_best": False}
+    recipe = lambda out, **kw: {**_student(bert4, sentiment_files, tmp_path / out, teacher_run, report=False, **kw),  # noqa: E731
+                                "data": {**{k: str(v) for k, v in sentiment_files.items()}, "labels": ["pos", "neg"]},
+                                "training": {**tiny_recipe(bert4, {}, tmp_path)["training"], **one_epoch}}
+    cached = tuneforge.fine_tune(recipe("cached"))
+    assert json.loads((cached.run_dir / "summary.json").read_text())["distillation"]["labels_reordered"] is True
+    _assert_cache_holds_teacher_logits(tmp_path / "cache", teacher_run, sentiment_files["train"], order=[1, 0])
+    live = tuneforge.fine_tune(recipe("live", cache=False))
+    from safetensors.torch import load_file
+    wa, wb = load_file(str(cached.model_dir / "model.safetensors")), load_file(str(live.model_dir / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
 def test_causal_lm_distillation_into_a_cut_decoder(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import tuneforge
-from conftest import NEUTRAL, NEGATIVE, POSITIVE, make_tiny_bert, tiny_recipe, write_rows
+from conftest import NEUTRAL, NEGATIVE, POSITIVE, tiny_recipe, write_rows
 from helpers import InterruptAt, Snapshot
 from tuneforge.data.dataset import TextExample
 from tuneforge.data.masked import encode_masked
@@ -135,31 +135,57 @@ def test_adapt_stage_runs_first_and_the_task_starts_from_its_weights(tiny_bert, 
     # A finished run is kept: no retraining of either stage without --overwrite.
     with pytest.raises(RunDirError, match="finished run"):
         tuneforge.fine_tune(recipe)
-    # --overwrite replaces both stages; the task run directory then holds the new stage, not a stale one.
+    # --overwrite redoes both stages (to the same result: same seeds).
+    stage = tmp_path / "run" / "adapt" / "summary.json"
+    before = stage.stat().st_mtime_ns
     r2 = tuneforge.fine_tune(recipe, overwrite=True)
+    assert stage.stat().st_mtime_ns != before
     assert r2.metrics["test"] == pytest.approx(r.metrics["test"])
+    # User callbacks watch the task's loop only (a study's pruning hook must not see the adaptation's).
+    starts = []
+
+    class CountStarts:
+        def on_train_start(self, loop):
+            starts.append(loop.run_dir)
+    tuneforge.fine_tune(recipe, overwrite=True, callbacks=[CountStarts()])
+    assert starts == [tmp_path / "run"]
 
 
-class _InterruptIn(InterruptAt):
-    """Ctrl-C at a step of one stage (user callbacks see both stages' loops)."""
+def test_a_stage_made_with_other_settings_is_never_reused(tiny_bert, sentiment_files, tmp_path):
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", adapt={"epochs": 1, "lr": 5e-3},
+                         training={"epochs": 1})
 
-    def __init__(self, step: int, run_dir: Path):
-        super().__init__(step)
-        self.run_dir = run_dir
-
-    def on_step_end(self, loop):
-        if Path(loop.run_dir) == self.run_dir:
-            super().on_step_end(loop)
+    class StopAtStart:  # the task stage stops before its first checkpoint: nothing of it to resume
+        def on_train_start(self, loop):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tuneforge.fine_tune(recipe, callbacks=[StopAtStart()])
+    assert (tmp_path / "run" / "adapt" / "summary.json").exists()
+    changed = {**recipe, "adapt": {"epochs": 2, "lr": 5e-3}}
+    with pytest.raises(RunDirError, match="other adapt settings, model or text"):
+        tuneforge.fine_tune(changed)
+    carved = {**recipe, "data": {"train": recipe["data"]["train"], "test": recipe["data"]["test"],
+                                 "validation_fraction": 0.25}}
+    with pytest.raises(RunDirError, match="other adapt settings, model or text"):
+        tuneforge.fine_tune(carved)  # validation carved from train: fewer training rows, other text
+    tuneforge.fine_tune(changed, overwrite=True)
+    from tuneforge.recipe import load_recipe
+    assert load_recipe(tmp_path / "run" / "adapt" / "recipe.yaml").training.epochs == 2
 
 
 @pytest.mark.parametrize("stage", ["adapt", "task"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_bert, sentiment_files, tmp_path, stage):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_bert, sentiment_files, tmp_path, stage,
+                                                                 monkeypatch):
     recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", adapt={"epochs": 2, "lr": 5e-3},
                          training={"epochs": 2, "checkpoint_every": 2})
     whole = tuneforge.fine_tune({**recipe, "output": {"dir": str(tmp_path / "whole")}})
-    stopped_in = tmp_path / "run" / "adapt" if stage == "adapt" else tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        tuneforge.fine_tune(recipe, callbacks=[_InterruptIn(3, stopped_in)])
+        if stage == "adapt":
+            monkeypatch.setattr("tuneforge.adapt.stage_callbacks", [InterruptAt(3)])
+            tuneforge.fine_tune(recipe)
+        else:
+            tuneforge.fine_tune(recipe, callbacks=[InterruptAt(3)])
+    monkeypatch.setattr("tuneforge.adapt.stage_callbacks", [])
     with pytest.raises(RunDirError, match="pass --resume"):
         tuneforge.fine_tune(recipe)
     finished_stage = tmp_path / "run" / "adapt" / "summary.json"

@@ -76,9 +76,15 @@ def adaptation_recipe(recipe, text_file: Path, objective: str):
     return parse_recipe(child, "adapt (continued pre-training stage)")
 
 
-def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, callbacks=None) -> tuple[Path, dict]:
-    """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report."""
-    from .run import RUN_MARKER, fine_tune
+# Callbacks for the adaptation stage's loop. The callbacks given to `fine_tune` (a study's pruning or discard
+# hooks, for instance) watch the task's loop only; this list is for those that should watch this stage.
+stage_callbacks: list = []
+
+
+def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[Path, dict]:
+    """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
+    the whole recipe has been validated: only then may `overwrite` remove an old run."""
+    from .run import RUN_MARKER, _remove_run, _saved_recipe, fine_tune
 
     run_dir = Path(recipe.output.dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -91,25 +97,32 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, callbacks=
                           "output.dir to a new folder")
     objective = adaptation_objective(recipe)
     texts, counts = adaptation_texts(recipe)
+    if overwrite and run_dir.exists():
+        _remove_run(run_dir, ())  # both stages are redone
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
     text_file = run_dir / "adapt-data" / "text.jsonl"
     text_file.parent.mkdir(exist_ok=True)
     body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
-    if not text_file.exists() or text_file.read_text() != body:
+    text_changed = text_file.exists() and text_file.read_text() != body
+    child = adaptation_recipe(recipe, text_file, objective)
+    stage_dir = Path(child.output.dir)
+    finished = (stage_dir / "summary.json").exists()
+    if (finished or (stage_dir / "checkpoints").is_dir()) and (text_changed or _saved_recipe(stage_dir) != child):
+        # Never reuse (or continue) an adaptation made from other settings or other text under this recipe's name.
+        raise RunDirError(f"{stage_dir} holds an adaptation stage made with other adapt settings, model or text than "
+                          "this recipe's; pass --overwrite to redo both stages, or set output.dir to a new folder")
+    if not text_file.exists() or text_changed:
         tmp = text_file.with_name("text.jsonl.tmp")
         tmp.write_text(body)
         tmp.replace(text_file)
-    child = adaptation_recipe(recipe, text_file, objective)
-    stage_dir = Path(child.output.dir)
     console.print(f"[bold]adaptation[/] ({objective}) on {len(texts)} unlabeled rows ("
                   + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f") into {stage_dir}")
-    if (stage_dir / "summary.json").exists() and not overwrite:
-        summary = json.loads((stage_dir / "summary.json").read_text())
-        console.print(f"  the adaptation stage finished earlier: reusing {stage_dir / 'model'}")
+    if finished:
+        console.print(f"  the adaptation stage finished earlier with these settings: reusing {stage_dir / 'model'}")
     else:
-        result = fine_tune(child, resume=resume, overwrite=overwrite, console=console, callbacks=callbacks)
-        summary = json.loads((result.run_dir / "summary.json").read_text())
+        fine_tune(child, resume=resume, console=console, callbacks=list(stage_callbacks))
+    summary = json.loads((stage_dir / "summary.json").read_text())
     report = {"objective": objective, "rows": counts, "steps": summary["steps"],
               "seconds": summary["train_seconds"], "metrics": summary["metrics"], "dir": str(stage_dir),
               "new_head_parameters": summary.get("new_head_parameters", [])}

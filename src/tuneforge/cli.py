@@ -171,6 +171,10 @@ def _dispatch(args) -> int:
         out.print(f"  rows: {report['rows']}  labels: {report['labels'] or '(none)'}")
         if report.get("weak"):
             out.print(f"  {report['weak']['line']}")
+        if report.get("teacher"):
+            out.print(f"  distillation teacher: {report['teacher']}")
+        if report.get("adaptation"):
+            out.print(f"  {report['adaptation']}")
         out.print(f"  truncated rows: {report['truncated']}")
         out.print(f"  layer groups: {_group_summary(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")

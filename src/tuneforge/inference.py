@@ -37,8 +37,11 @@ def _read_run(run_dir: str | Path) -> tuple[Path, Recipe]:
     if not (run_dir / "recipe.yaml").exists():
         raise RunDirError(f"{run_dir}: not a tuneforge run directory (no recipe.yaml)")
     recipe = load_recipe(run_dir / "recipe.yaml")
-    adapted = run_dir / "adapt" / "model"
-    if recipe.adapt is not None and adapted.is_dir():  # the task stage started from the adapted model, not model.name
+    if recipe.adapt is not None:  # the task stage started from the adapted model, not model.name
+        adapted = run_dir / "adapt" / "model"
+        if not (adapted / "config.json").exists():
+            raise RunDirError(f"{run_dir}: the run adapted its model first, and the adapted model "
+                              f"({adapted}) is missing; train the run again")
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(adapted)})})
     if recipe.task.type == "masked-lm":
         raise RunDirError(f"{run_dir}: a masked-lm run adapts an encoder; it predicts no labels. Fine-tune it on a "
@@ -194,6 +197,10 @@ class Predictor:
         problems = []
         if resolve_model_path(recipe.model.name) != resolve_model_path(mine.recipe.model.name):
             problems.append(f"its base model is {recipe.model.name!r}, this run's is {mine.recipe.model.name!r}")
+        cut = lambda r: (r.model.keep_layers, r.model.keep_every)  # noqa: E731
+        if cut(recipe) != cut(mine.recipe):
+            problems.append(f"its base keeps blocks {cut(recipe)} (model.keep_layers, keep_every), this run's "
+                            f"{cut(mine.recipe)}")
         method = read_adapter_method(folder)
         if method != mine.method:
             problems.append(f"it is a {method} adapter and this run's is {mine.method}; one base holds one kind")
@@ -341,9 +348,8 @@ class Predictor:
             if self.active is not None:
                 task.reference = AdapterReference()
             elif needs_reference:
-                from .models.loading import load_for_causal_lm
-                task.reference = CopyReference(load_for_causal_lm(self.recipe.model.name, 0,
-                                                                  self.recipe.model.trust_remote_code).model)
+                from .models.loading import load_for_recipe
+                task.reference = CopyReference(load_for_recipe(self.recipe, task, self.space, 0).model)  # cut alike
         return task
 
     def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,

@@ -558,6 +558,12 @@ class Recipe(_Section):
                                  "not such a task (to only adapt, use task.type masked-lm or causal-lm)")
             if not self.model.pretrained:
                 raise ValueError("adapt continues pre-training; model.pretrained is false")
+            if self.weak is not None:
+                raise ValueError("adapt and weak in one recipe: adapt first (a task.type masked-lm run on the "
+                                 "training file's text), then name that run as model.name in the weak recipe")
+        if kind == "masked-lm" and self.method.is_adapter:
+            raise ValueError(f"task masked-lm trains the network a task will start from; method {self.method.name!r} "
+                             "leaves it unchanged beside an adapter. Use full or a freezing method")
         return self
 
     @property
@@ -706,7 +712,9 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
                                   if isinstance(weak.get(k), str)}}
     distill = data.get("distill")
     if isinstance(distill, dict) and isinstance(distill.get("teacher"), str):
-        out["distill"] = {**distill, "teacher": _relative_to(base, distill["teacher"])}
+        from .assets import MODEL_ALIASES
+        teacher = distill["teacher"]  # a packaged model's alias is a name, not a path
+        out["distill"] = {**distill, "teacher": teacher if teacher in MODEL_ALIASES else _relative_to(base, teacher)}
     adapt = data.get("adapt")
     if isinstance(adapt, dict) and adapt.get("data") is not None:
         files = adapt["data"] if isinstance(adapt["data"], list) else [adapt["data"]]

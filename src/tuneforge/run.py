@@ -139,8 +139,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     adaptation, model_recipe, keep = None, recipe, ()
     if recipe.adapt is not None:  # first stage: continued pre-training; the task then starts from its model
         from .adapt import STAGE_FOLDERS, run_adaptation
-        adapted, adaptation = run_adaptation(recipe, resume=resume, overwrite=overwrite, console=console,
-                                             callbacks=callbacks)
+        validate(recipe)  # the whole recipe, the task's data and the teacher are checked before any stage runs
+        adapted, adaptation = run_adaptation(recipe, resume=resume, overwrite=overwrite, console=console)
         model_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(adapted)})})
         keep = STAGE_FOLDERS  # when the run starts over below, the stage just run stays
     splits, space, origin, weak_data = _load_data(recipe, notes)
@@ -301,7 +301,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         if recipe.distill.report:
             from .distill.setup import distillation_report
             distill_info["report"] = distillation_report(recipe, teacher, model, splits, encoded, metrics, task, space,
-                                                         pad_id, run_dir, console)
+                                                         pad_id, run_dir, console, stored)
         summary["distillation"] = distill_info
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
@@ -589,6 +589,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from .models.loading import tokenizer_and_config
+    from .models.layers import _find_blocks
     from .models.truncate import truncate_for_recipe
 
     recipe = load_recipe(recipe, overrides)
@@ -616,16 +617,23 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
             config.num_labels = task.num_outputs(len(space.names))
         with torch.device("meta"):  # structure only: no memory, no weights read
             model = auto.from_config(config, trust_remote_code=remote)
-        truncate_for_recipe(model, recipe.model)
+    blocks_before = len(_find_blocks(model)[1])
+    kept = truncate_for_recipe(model, recipe.model) if recipe.task.type != "image-classification" else None
     teacher = None
     if recipe.distill is not None:  # the teacher must load and agree with the student before a run starts
+        from .distill.setup import check_distillation
         from .distill.teacher import load_teacher
-        teacher = load_teacher(recipe, space.names, tokenizer).source
+        loaded_teacher = load_teacher(recipe, space.names, tokenizer)
+        check_distillation(recipe, loaded_teacher, model, kept, blocks_before)
+        agrees = "its tokenizer matches the student's" if recipe.task.type == "causal-lm" else \
+            "its labels match the data's"
+        teacher = f"{loaded_teacher.source} (loaded; {agrees})"
+    adaptation = None
     if recipe.adapt is not None:
         from .adapt import adaptation_objective, adaptation_texts
         texts, counts = adaptation_texts(recipe)
-        notes.append(f"adaptation ({adaptation_objective(recipe)}) on {len(texts)} unlabeled rows: "
-                     + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        adaptation = (f"adaptation first ({adaptation_objective(recipe)}) on {len(texts)} unlabeled rows: "
+                      + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if recipe.task.type == "grpo":  # the reward must import and be callable before a run starts
         from .tasks.grpo import load_reward
         load_reward(recipe.task.reward)
@@ -639,4 +647,5 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     weak = {**weak_data.summary(), "line": _weak_line(recipe, weak_data)} if weak_data is not None else None
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names, "weak": weak,
             "truncated": truncated, "layer_groups": groups.order, "trainable_parameters": trainable,
-            "total_parameters": total, "model_path": str(path), "teacher": teacher, "warnings": notes + warnings}
+            "total_parameters": total, "model_path": str(path), "teacher": teacher, "adaptation": adaptation,
+            "warnings": notes + warnings}

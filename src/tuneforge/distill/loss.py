@@ -32,8 +32,13 @@ def hidden_cosine_sum(student_states: Sequence[torch.Tensor], teacher_states: Se
 
 def layer_map(student_blocks: int, teacher_blocks: int, kept: Optional[list[int]] = None) -> list[int]:
     """For each student block, the teacher block whose output it matches (indices into hidden_states, where 0 is
-    the embeddings' output and k the k-th block's). A student cut from a model as deep as the teacher matches the
-    blocks it kept; any other student is spread evenly (student block j <- teacher block round((j+1) Lt / Ls))."""
+    the embeddings' output and k the k-th block's). The last block always matches the teacher's last: decoders
+    return that one after their final norm, so only last and last compare alike. A student cut from a model as
+    deep as the teacher matches its other kept blocks to the same teacher blocks; any other student is spread
+    evenly (student block j <- teacher block round((j+1) Lt / Ls), never the embeddings)."""
     if kept is not None and len(kept) == student_blocks and max(kept) < teacher_blocks:
-        return [k + 1 for k in kept]
-    return [round((j + 1) * teacher_blocks / student_blocks) for j in range(student_blocks)]
+        mapped = [k + 1 for k in kept]
+    else:
+        mapped = [max(1, round((j + 1) * teacher_blocks / student_blocks)) for j in range(student_blocks)]
+    mapped[-1] = teacher_blocks
+    return mapped

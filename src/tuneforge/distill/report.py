@@ -44,10 +44,11 @@ def write_report(report: dict, folder: Path) -> None:
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     rows = report["rows"]
     metric = report["metric"]
-    lines = [f"| model | parameters | {metric} ({report['split']}) | examples/s | |", "|---|---|---|---|---|"]
+    lines = [f"| model | parameters | stored MB | {metric} ({report['split']}) | examples/s | |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['metric']:.4f} | {r['examples_per_second']:.1f} | "
-                     f"{r['source']} |")
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r.get('stored_bytes', 0) / 1e6:.1f} | {r['metric']:.4f} | "
+                     f"{r['examples_per_second']:.1f} | {r['source']} |")
     lines.append("")
     lines.append(f"Student: {report['size_ratio']:.2f}x the teacher's parameters, {report['speedup']:.2f}x its speed, "
                  f"{metric} {report['metric_gap']:+.4f} against it. Speed: median of {report['passes']} interleaved "
@@ -59,10 +60,11 @@ def print_report(console, report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"distillation: student against teacher ({report['split']} split)")
-    for col in ("model", "parameters", report["metric"], "examples/s"):
+    for col in ("model", "parameters", "stored MB", report["metric"], "examples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
-        table.add_row(r["model"], f"{r['parameters']:,}", f"{r['metric']:.4f}", f"{r['examples_per_second']:.1f}")
+        table.add_row(r["model"], f"{r['parameters']:,}", f"{r.get('stored_bytes', 0) / 1e6:.1f}", f"{r['metric']:.4f}",
+                      f"{r['examples_per_second']:.1f}")
     console.print(table)
     console.print(f"  student: {report['size_ratio']:.2f}x the parameters, {report['speedup']:.2f}x the speed, "
                   f"{report['metric']} {report['metric_gap']:+.4f}")

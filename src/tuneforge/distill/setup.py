@@ -10,31 +10,39 @@ from .task import DistillationTask
 from .teacher import Teacher, _Reordered, load_teacher, teacher_outputs
 
 
-def prepare_distillation(recipe, task, loaded, space) -> tuple[DistillationTask, Teacher, dict]:
-    """The teacher, checked against the student, and the objective wrapping the recipe's task."""
+def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -> tuple[list[int] | None, int]:
+    """What needs teacher and student both: readable batches, widths and depths for hidden-state matching.
+    Returns (teacher hidden-state index per student block, or None; the student's blocks)."""
     from ..models.layers import _find_blocks
 
-    d, kind = recipe.distill, recipe.task.type
-    teacher = load_teacher(recipe, space.names, loaded.tokenizer)
-    cached = d.uses_cache(kind)
-    if not cached and not teacher.same_tokenizer:
+    d = recipe.distill
+    if not d.uses_cache(recipe.task.type) and not teacher.same_tokenizer:
         raise RecipeError([f"distill.teacher {d.teacher}: its tokenizer differs from the student's, so it cannot read "
                            "the student's batches; set distill.cache: true (its outputs are then computed from its "
                            "own tokens) and distill.hidden_weight: 0"])
-    student_blocks = len(_find_blocks(loaded.model)[1])
-    layers = None
-    if d.hidden_weight:
-        width = getattr(loaded.model.config, "hidden_size", None)
-        if width is None or width != teacher.hidden_size:
-            raise RecipeError([f"distill.hidden_weight: hidden states are matched only between equal widths; the "
-                               f"student's are {width}, the teacher's {teacher.hidden_size}. Set hidden_weight: 0"])
-        kept = loaded.kept_layers if loaded.blocks_before == teacher.blocks else None
-        layers = layer_map(student_blocks, teacher.blocks, kept)
+    student_blocks = len(_find_blocks(student)[1])
+    if not d.hidden_weight:
+        return None, student_blocks
+    width = getattr(student.config, "hidden_size", None)
+    if width is None or width != teacher.hidden_size:
+        raise RecipeError([f"distill.hidden_weight: hidden states are matched only between equal widths; the "
+                           f"student's are {width}, the teacher's {teacher.hidden_size}. Set hidden_weight: 0"])
+    if teacher.method in ("prefix", "prompt"):
+        raise RecipeError([f"distill.hidden_weight: the teacher run's method {teacher.method!r} adds virtual tokens "
+                           "to its hidden states, so they do not line up with the student's; set hidden_weight: 0"])
+    return layer_map(student_blocks, teacher.blocks, kept if blocks_before == teacher.blocks else None), student_blocks
+
+
+def prepare_distillation(recipe, task, loaded, space) -> tuple[DistillationTask, Teacher, dict]:
+    """The teacher, checked against the student, and the objective wrapping the recipe's task."""
+    d, kind = recipe.distill, recipe.task.type
+    teacher = load_teacher(recipe, space.names, loaded.tokenizer)
+    layers, student_blocks = check_distillation(recipe, teacher, loaded.model, loaded.kept_layers, loaded.blocks_before)
     objective = DistillationTask(task, teacher, d.alpha, d.temperature, d.hidden_weight, layers,
                                  causal=kind == "causal-lm")
     info = {"teacher": teacher.source, "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()),
             "alpha": d.alpha, "temperature": d.temperature, "hidden_weight": d.hidden_weight,
-            "matched_layers": layers, "cache": cached, "student_blocks": student_blocks,
+            "matched_layers": layers, "cache": d.uses_cache(kind), "student_blocks": student_blocks,
             "teacher_blocks": teacher.blocks, "kept_layers": loaded.kept_layers,
             "labels_reordered": teacher.order is not None}
     return objective, teacher, info
@@ -56,8 +64,17 @@ def attach_cached_outputs(recipe, teacher: Teacher, train_examples, encoded_trai
     return "  " + note
 
 
+def _weights_bytes(source: Path) -> int:
+    """The teacher's stored weights: a run's model (or base folder's adapter) or a model folder's files."""
+    for folder in (source / "model", source / "adapter", source):
+        files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if files:
+            return sum(f.stat().st_size for f in files)
+    return 0
+
+
 def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metrics, task, space, pad_id: int,
-                        run_dir: Path, console) -> dict | None:
+                        run_dir: Path, console, stored_bytes: int = 0) -> dict | None:
     """Student and teacher on the test split (else validation): metric, parameters, examples/s at inference."""
     from ..data.collate import encode
     from ..engine.evaluate import run_evaluation
@@ -81,10 +98,12 @@ def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metric
     speed = measure_speed({"teacher": (teacher_model, teacher_split, t.eval_batch_size, teacher_pad),
                            "student": (model, encoded[name], t.eval_batch_size, pad_id)}, passes)
     rows = [{"model": "teacher", "source": teacher.source, "parameters": parameters(teacher.model),
+             "stored_bytes": _weights_bytes(Path(teacher.source)),
              "metric": teacher_metrics[metric], "examples_per_second": speed["teacher"]},
             {"model": "student", "source": recipe.model.name + (f" (blocks {recipe.model.keep_layers or 'every ' + str(recipe.model.keep_every)})"
                                                                if recipe.model.keep_layers or recipe.model.keep_every else ""),
-             "parameters": parameters(model), "metric": metrics[name][metric], "examples_per_second": speed["student"]}]
+             "parameters": parameters(model), "stored_bytes": stored_bytes, "metric": metrics[name][metric],
+             "examples_per_second": speed["student"]}]
     report = {"split": name, "metric": metric, "rows": rows, "passes": passes, "rows_measured": len(encoded[name]),
               "batch_size": t.eval_batch_size, "size_ratio": rows[1]["parameters"] / rows[0]["parameters"],
               "speedup": rows[1]["examples_per_second"] / rows[0]["examples_per_second"],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,7 @@ class Teacher:
     blocks: int
     hidden_size: Optional[int]
     fingerprint: str                 # changes when the teacher's weights do: keys the output cache
+    method: str = "full"             # a teacher run's method (prefix / prompt shift its hidden states)
 
     def logits(self, **inputs) -> torch.Tensor:
         out = self.model(**inputs).logits
@@ -54,16 +57,19 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
         from ..inference import _open_run
         run = _open_run(folder)
         run_kind = run.recipe.task.type
-        if (run_kind == "causal-lm") != (kind == "causal-lm") or run_kind not in ("classification", "pair-classification",
-                                                                                   "causal-lm", "preference"):
+        language_model = run_kind in ("causal-lm", "preference", "grpo")
+        if language_model != (kind == "causal-lm") or run_kind not in ("classification", "pair-classification",
+                                                                       "causal-lm", "preference", "grpo"):
             raise RecipeError([f"distill.teacher: {name} is a {run_kind} run; this recipe's task is {kind}"])
         model, tokenizer, labels, where = run.model, run.tokenizer, run.space.names, folder
+        method = run.recipe.method.name
     else:
         try:
             where = resolve_model_path(name)
         except Exception as e:
             raise RecipeError([f"distill.teacher: {e}"]) from None
         model, tokenizer, labels = _load_model(where, kind, name)
+        method = "full"
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -78,7 +84,8 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return Teacher(model=model, tokenizer=tokenizer, source=str(where), label_names=labels, order=order,
                    same_tokenizer=same, blocks=len(_find_blocks(base)[1]),
-                   hidden_size=getattr(base.config, "hidden_size", None), fingerprint=_fingerprint(Path(where)))
+                   hidden_size=getattr(base.config, "hidden_size", None), fingerprint=_fingerprint(Path(where)),
+                   method=method)
 
 
 def _load_model(path: Path, kind: str, name: str):
@@ -119,7 +126,8 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
     from ..data.collate import encode
     from ..engine.evaluate import run_prediction
 
-    h = hashlib.sha256(json.dumps([teacher.source, teacher.fingerprint, max_length,
+    # Keyed by everything the stored numbers depend on, the student's label order included (they are reordered).
+    h = hashlib.sha256(json.dumps([teacher.source, teacher.fingerprint, max_length, list(space.names),
                                    [[ex.text, ex.text_pair] for ex in examples]]).encode()).hexdigest()[:24]
     path = cache_dir() / "teacher-outputs" / f"{h}.safetensors"
     if path.exists():
@@ -131,7 +139,7 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
     pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     logits = run_prediction(_Reordered(teacher), split, batch_size, pad)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # parallel workers: own file
     save_file({"logits": logits.contiguous()}, str(tmp))
     tmp.replace(path)
     return logits, (f"teacher outputs of {len(examples)} rows computed once in {time.perf_counter() - started:.1f} s "
