@@ -1,7 +1,8 @@
 """Knowledge distillation on the demo data (Rotten Tomatoes, 3,000 labelled snippets): a 3-block MiniLM student
 (blocks 0, 2, 4 of all-MiniLM-L6-v2) trained on the labels alone against the same student distilled from the
-fine-tuned 6-block MiniLM teacher, with and without hidden-state matching, and distilled when cut from the
-fine-tuned teacher itself rather than from the pre-trained MiniLM; each with the same seeds.
+fine-tuned 6-block MiniLM teacher, with and without hidden-state matching, distilled when cut from the
+fine-tuned teacher itself rather than from the pre-trained MiniLM, and distilled with a transfer set of unlabeled
+in-domain snippets (Hinton et al.'s setting); each with the same seeds.
 
     python benchmarks/distill_demo.py [--seeds 42,43] [--out docs/results/distill-demo] [--work runs/distill-demo]
 
@@ -27,6 +28,8 @@ CONFIGS = {
                          ["distill.cache=false", "distill.hidden_weight=1.0"]),
     "from-teacher": ("distilled, cut from the fine-tuned teacher itself (its blocks 0, 2, 4 and head)",
                      ["model.name={teacher}"]),
+    "transfer": ("distilled + a transfer set: the 7,252 unused packaged snippets, teacher's targets only",
+                 ["distill.unlabeled=[rotten-tomatoes-unused]"]),
 }
 
 

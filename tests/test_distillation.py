@@ -355,3 +355,63 @@ def test_causal_lm_distillation_into_a_cut_decoder(tmp_path):
     history = json.loads((r.run_dir / "summary.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
     assert first.metrics["validation"]["loss"] < 3.0
+
+
+def test_validate_loads_the_teacher_and_runs_its_checks(bert4, teacher_run, sentiment_files, tmp_path, capsys):
+    import yaml
+
+    from tuneforge.cli import main
+    recipe = _student(bert4, sentiment_files, tmp_path / "run", teacher_run)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "distillation teacher:" in out and "its labels match the data's" in out
+    # The width check runs in validate too, not only when training starts.
+    bad = tmp_path / "bad.yaml"
+    wide = make_tiny_bert(tmp_path / "wide", layers=2)
+    from transformers import BertConfig, BertModel
+    cfg = BertConfig.from_pretrained(wide)
+    cfg.hidden_size, cfg.intermediate_size = 48, 96
+    BertModel(cfg).save_pretrained(wide)
+    bad.write_text(yaml.safe_dump({**recipe, "model": {"name": str(wide), "max_length": 32},
+                                   "distill": {"teacher": str(teacher_run), "cache": False, "hidden_weight": 1.0}}))
+    assert main(["validate", str(bad)]) == 2
+    assert "equal widths" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_transfer_set_learns_from_the_teacher_alone(bert4, teacher_run, sentiment_files, tmp_path, monkeypatch,
+                                                      capsys):
+    from conftest import sentiment_rows, write_rows
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    validation = [r["text"] for r in sentiment_rows(16, seed=2)]
+    transfer = [{"text": r["text"]} for r in sentiment_rows(20, seed=9)] + [{"text": validation[0]}]
+    file = write_rows(tmp_path / "transfer.csv", transfer)
+    r = tuneforge.fine_tune(_student(bert4, sentiment_files, tmp_path / "run", teacher_run, unlabeled=[str(file)],
+                                     report=False))
+    d = json.loads((r.run_dir / "summary.json").read_text())
+    assert d["distillation"]["transfer_rows"] == 21 and d["rows"]["train"] == 48
+    assert "1 of its 21 rows are also validation or test texts" in capsys.readouterr().out
+    # The teacher's targets cover labelled and transfer rows, in that order.
+    from safetensors.torch import load_file
+    from tuneforge.inference import Predictor
+    (cached,) = list((tmp_path / "cache" / "teacher-outputs").glob("*.safetensors"))
+    logits = load_file(str(cached))["logits"]
+    assert logits.shape == (48 + 21, 2)
+    assert torch.allclose(logits[48:], Predictor(teacher_run).logits([_text(t["text"]) for t in transfer]), atol=1e-5)
+    # A transfer row has no label: its task loss is nothing, its distillation term is the teacher's.
+    task = DistillationTask(get_task("classification"), teacher=None, alpha=0.0, temperature=2.0)
+    loss, _ = task.batch_loss(_Fixed(torch.tensor([[1.0, -1.0]])), {"input_ids": torch.zeros(1, 2),
+                                                                     "labels": torch.tensor([-100]),
+                                                                     "teacher_logits": torch.tensor([[0.0, 3.0]])})
+    assert float(loss) == 0.0
+    from tuneforge.recipe import parse_recipe
+    with pytest.raises(RecipeError, match="distill.unlabeled: a transfer set of single texts"):
+        parse_recipe({"data": {"train": "x.csv", "text_pair_column": "b"}, "task": {"type": "pair-classification"},
+                      "distill": {"teacher": "t", "unlabeled": "u.csv"}})
+
+
+def _text(text):
+    from tuneforge.data.dataset import TextExample
+    return TextExample(text=text)

@@ -75,6 +75,24 @@ def test_masked_lm_loss_counts_the_chosen_tokens_only():
     assert float(get_task("masked-lm").loss_sum(logits, labels)) == pytest.approx(by_hand, rel=1e-6)
 
 
+def test_logits_only_at_chosen_positions_give_the_full_computation_s_loss_and_gradient(tiny_bert, tok):
+    from tuneforge.tasks import Task
+    model = load_for_masked_lm(str(tiny_bert), seed=0).model
+    model.eval()
+    split = encode_masked(tok, _long_rows(3, 12), 32, 0.3)
+    batch = split.batch([0, 1, 2], tok.pad_token_id, (1, 0))
+    task = get_task("masked-lm")
+    fast, logits = task.batch_loss(model, batch)
+    assert logits.shape == (int((batch["labels"] != -100).sum()), len(tok))
+    full, _ = Task.batch_loss(task, model, batch)  # every position's logits, then the loss at the chosen ones
+    assert fast.item() == pytest.approx(full.item(), rel=1e-6)
+    fast.backward()
+    grad = model.bert.embeddings.word_embeddings.weight.grad.clone()
+    model.zero_grad()
+    full.backward()
+    assert torch.allclose(grad, model.bert.embeddings.word_embeddings.weight.grad, atol=1e-6)
+
+
 def test_an_encoder_without_a_masked_lm_head_gets_one_tied_to_its_embeddings(tiny_bert):
     loaded = load_for_masked_lm(str(tiny_bert), seed=0)
     model = loaded.model

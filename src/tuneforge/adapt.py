@@ -68,7 +68,7 @@ def adaptation_recipe(recipe, text_file: Path, objective: str):
     child = {"model": {"name": recipe.model.name, "max_length": recipe.model.max_length,
                        "trust_remote_code": recipe.model.trust_remote_code},
              "task": task,
-             "data": {"train": str(text_file), "format": "jsonl", "text_column": "text",
+             "data": {"train": str(text_file.resolve()), "format": "jsonl", "text_column": "text",
                       "validation_fraction": a.validation_fraction, "test_fraction": 0.0,
                       "split_seed": recipe.data.split_seed},
              "method": {"name": "full"}, "training": training,

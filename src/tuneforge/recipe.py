@@ -377,6 +377,14 @@ class DistillSpec(_Section):
                                   "outputs are a vocabulary per token)")
     report: bool = Field(True, description="after training, measure teacher and student on the test (else validation) "
                          "split: metric, parameters, inference examples/s")
+    unlabeled: list[str] = Field(default_factory=list, description="a transfer set: files of unlabeled text "
+                                 "(data.text_column), or rotten-tomatoes-unused, whose rows the student learns from "
+                                 "the teacher alone (classification)")
+
+    @field_validator("unlabeled", mode="before")
+    @classmethod
+    def _files(cls, v):
+        return [v] if isinstance(v, str) else v
 
     def uses_cache(self, task_type: str) -> bool:
         if self.cache is not None:
@@ -549,6 +557,9 @@ class Recipe(_Section):
             if d.cache and kind == "causal-lm":
                 raise ValueError("distill.cache: a causal LM teacher's outputs are a vocabulary-wide distribution per "
                                  "token, too large to store; set cache: false (the teacher then runs beside the student)")
+            if d.unlabeled and kind != "classification":
+                raise ValueError(f"distill.unlabeled: a transfer set of single texts, for task.type classification; "
+                                 f"it is {kind!r}")
             if d.hidden_weight and self.method.name in ("prefix", "prompt"):
                 raise ValueError(f"distill.hidden_weight matches hidden states position by position, which method "
                                  f"{self.method.name!r} shifts by its virtual tokens; use another method")
@@ -715,6 +726,11 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
         from .assets import MODEL_ALIASES
         teacher = distill["teacher"]  # a packaged model's alias is a name, not a path
         out["distill"] = {**distill, "teacher": teacher if teacher in MODEL_ALIASES else _relative_to(base, teacher)}
+    if isinstance(distill, dict) and distill.get("unlabeled"):
+        from .assets import UNLABELED_DATASETS
+        files = distill["unlabeled"] if isinstance(distill["unlabeled"], list) else [distill["unlabeled"]]
+        out["distill"] = {**out.get("distill", distill), "unlabeled": [
+            f if f in UNLABELED_DATASETS or not isinstance(f, str) else _relative_to(base, f) for f in files]}
     adapt = data.get("adapt")
     if isinstance(adapt, dict) and adapt.get("data") is not None:
         files = adapt["data"] if isinstance(adapt["data"], list) else [adapt["data"]]

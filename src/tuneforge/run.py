@@ -181,10 +181,15 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
                                                t.precision)
     if weak_data is not None and recipe.weak.soft:
         encoded["train"].labels = weak_data.targets  # cross-entropy against the label model's probabilities
-    teacher_note = None
-    if distill_info is not None and distill_info["cache"]:
-        from .distill.setup import attach_cached_outputs
-        teacher_note = attach_cached_outputs(recipe, teacher, splits["train"], encoded["train"], space)
+    teacher_note, transfer = None, []
+    if distill_info is not None:
+        from .distill.setup import add_transfer_rows, attach_cached_outputs
+        transfer, transfer_notes = add_transfer_rows(recipe, splits, encoded["train"], tokenizer, space)
+        for w in transfer_notes:
+            console.print(f"[yellow]warning:[/] {w}")
+        distill_info["transfer_rows"] = len(transfer)
+        if distill_info["cache"]:
+            teacher_note = attach_cached_outputs(recipe, teacher, splits["train"] + transfer, encoded["train"], space)
     train, validation = encoded["train"], encoded.get("validation")
     metric = t.metric or task.default_metric
 

@@ -52,9 +52,43 @@ def describe(info: dict) -> str:
     kd = f"{info['alpha']:g} x T^2 KL(teacher || student) at T {info['temperature']:g} + {1 - info['alpha']:g} x task loss"
     if info["hidden_weight"]:
         kd += f" + {info['hidden_weight']:g} x hidden-state cosine (student block j <- teacher output {info['matched_layers']})"
+    transfer = f"; transfer set: {info['transfer_rows']:,} unlabeled rows (the teacher's targets only)" \
+        if info.get("transfer_rows") else ""
     return (f"  distillation: teacher {info['teacher']} ({info['teacher_parameters']:,} parameters, "
             f"{info['teacher_blocks']} blocks; student {info['student_blocks']}); loss {kd}; teacher outputs "
-            + ("computed once before training" if info["cache"] else "computed beside the student at every step"))
+            + ("computed once before training" if info["cache"] else "computed beside the student at every step")
+            + transfer)
+
+
+def add_transfer_rows(recipe, splits, encoded_train, tokenizer, space) -> tuple[list, list[str]]:
+    """Rows of distill.unlabeled appended to the training split with no label (-100: the task loss skips them, the
+    teacher's targets do not). Returns (the rows, notes)."""
+    import torch
+
+    from ..assets import UNLABELED_DATASETS
+    from ..data.collate import encode
+    from ..data.masked import read_text_rows
+
+    rows = []
+    for source in recipe.distill.unlabeled:
+        path = UNLABELED_DATASETS[source]() if source in UNLABELED_DATASETS else source
+        rows.extend(read_text_rows(path, "auto", recipe.data.text_column))
+    if not rows:
+        return [], []
+    extra = encode(tokenizer, rows, recipe.model.max_length, "classification", space)
+    train = encoded_train
+    train.input_ids = train.input_ids + extra.input_ids
+    if train.token_type_ids is not None:
+        train.token_type_ids = train.token_type_ids + extra.token_type_ids
+    train.labels = torch.cat([train.labels, torch.full((len(rows),), -100, dtype=train.labels.dtype)])
+    train.truncated += extra.truncated
+    notes = []
+    held_out = {ex.text for name in ("validation", "test") for ex in splits.get(name, [])}
+    shared = sum(r.text in held_out for r in rows)
+    if shared:
+        notes.append(f"distill.unlabeled: {shared} of its {len(rows)} rows are also validation or test texts; the "
+                     "student then learns the teacher's view of rows it is measured on")
+    return rows, notes
 
 
 def attach_cached_outputs(recipe, teacher: Teacher, train_examples, encoded_train, space) -> str:

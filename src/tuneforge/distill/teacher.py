@@ -134,8 +134,9 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
         return load_file(str(path))["logits"], f"teacher outputs of {len(examples)} rows read from the cache ({path})"
     started = time.perf_counter()
     task = "pair-classification" if examples and examples[0].text_pair is not None else "classification"
-    split = encode(teacher.tokenizer, examples, max_length, task, space)
-    split.labels = None
+    from ..data.dataset import TextExample
+    unlabelled = [TextExample(text=ex.text, text_pair=ex.text_pair) for ex in examples]  # transfer rows have none
+    split = encode(teacher.tokenizer, unlabelled, max_length, task, space)
     pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     logits = run_prediction(_Reordered(teacher), split, batch_size, pad)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,18 +113,27 @@ def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pr
     if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
-    try:
-        if not pretrained:
+    if not pretrained:
+        try:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-            return LoadedModel(model, tokenizer, path, sorted(n for n, _ in model.named_parameters()))
-        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                                           use_safetensors=True, output_loading_info=True)
+        except ValueError as e:
+            raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} is not a causal language model in "
+                                 f"transformers: {e}") from None
+        return LoadedModel(model, tokenizer, path, sorted(n for n, _ in model.named_parameters()))
+    model, info = _from_pretrained(AutoModelForCausalLM, name, path, config, trust_remote_code,
+                                   "is not a causal language model in transformers")
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+
+
+def _from_pretrained(auto, name: str, path: Path, config, trust_remote_code: bool, unsupported: str):
+    """(model, loading info) from safetensors; a failure names the model and why."""
+    try:
+        return auto.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                    output_loading_info=True)
     except (OSError, EnvironmentError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
     except ValueError as e:
-        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} is not a causal language model in "
-                             f"transformers: {e}") from None
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} {unsupported}: {e}") from None
 
 
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
@@ -188,14 +197,9 @@ def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False) ->
         raise TuneforgeError(f"model.name {name!r}: its tokenizer has no mask token, so it cannot be trained as a "
                              "masked LM; decoders continue pre-training with task.type causal-lm")
     torch.manual_seed(seed)
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                                           use_safetensors=True, output_loading_info=True)
-    except (OSError, EnvironmentError) as e:
-        raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
-    except ValueError as e:
-        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no masked-LM head in transformers "
-                             f"(decoders continue pre-training with task.type causal-lm): {e}") from None
+    model, info = _from_pretrained(AutoModelForMaskedLM, name, path, config, trust_remote_code,
+                                   "has no masked-LM head in transformers (decoders continue pre-training with "
+                                   "task.type causal-lm)")
     output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
     if output is not None and output.weight is not inputs.weight and getattr(config, "tie_word_embeddings", True):
         model.tie_weights()
