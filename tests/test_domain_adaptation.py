@@ -131,6 +131,13 @@ def test_masked_lm_run_trains_the_tied_head_and_saves_a_model_a_classifier_loads
     # A masked-LM run predicts no labels: using it so is a clear error.
     with pytest.raises(RunDirError, match="adapts an encoder; it predicts no labels"):
         tuneforge.predict(r.run_dir, texts=["good film"])
+    # The second recipe of DAPT/TAPT: a task run whose model.name is the masked-LM run directory starts from
+    # the adapted encoder.
+    start = Snapshot()
+    tuneforge.fine_tune(tiny_recipe(str(r.run_dir), _text_files(tmp_path), tmp_path / "clf",
+                                    training={"epochs": 1}), callbacks=[start])
+    assert torch.equal(start.start["bert.embeddings.word_embeddings.weight"], saved.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(start.start["bert.embeddings.word_embeddings.weight"], original["embeddings.word_embeddings.weight"])
 
 
 def test_adapt_stage_runs_first_and_the_task_starts_from_its_weights(tiny_bert, sentiment_files, tmp_path):
