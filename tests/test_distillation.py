@@ -13,7 +13,7 @@ import torch
 import tuneforge
 from conftest import make_tiny_bert, tiny_recipe
 from test_causal_data import make_tokenizer
-from tuneforge.distill import DistillationTask, hidden_cosine_sum, layer_map, soft_target_kl_sum
+from tuneforge.distill import DistillationTask, Teacher, hidden_cosine_sum, layer_map, soft_target_kl_sum
 from tuneforge.errors import RecipeError
 from tuneforge.models.truncate import keep_layers, select_layers
 from tuneforge.tasks import get_task
@@ -85,7 +85,8 @@ def test_causal_objective_compares_next_token_distributions_at_target_positions_
     torch.manual_seed(0)
     student, teacher = torch.randn(1, 4, 5), torch.randn(1, 4, 6)  # teacher vocabulary padded one wider
     labels = torch.tensor([[-100, -100, 3, 1]])  # targets at positions 2 and 3: predicted from positions 1 and 2
-    teacher_model = SimpleNamespace(model=_Fixed(teacher), order=None)
+    teacher_model = Teacher(model=_Fixed(teacher), tokenizer=None, source="fixed", label_names=[], order=None,
+                            same_tokenizer=True, blocks=0, hidden_size=None, fingerprint="")
     task = DistillationTask(get_task("causal-lm"), teacher_model, alpha=1.0, temperature=1.0, causal=True)
     loss, _ = task.batch_loss(_Fixed(student), {"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": labels})
     by_hand = sum(_kl(_softmax(teacher[0, p, :5].tolist()), _softmax(student[0, p].tolist())) for p in (1, 2))
@@ -351,10 +352,10 @@ def test_causal_lm_distillation_into_a_cut_decoder(tmp_path):
     assert d["cache"] is False and d["matched_layers"] == [1, 4]
     assert d["report"]["metric"] == "loss" and d["report"]["split"] == "validation"
     assert d["report"]["rows"][1]["parameters"] < d["report"]["rows"][0]["parameters"]
-    first = r  # the student learned: its validation loss fell from the first evaluation's
+    # The student learned: its validation loss fell from the first evaluation's.
     history = json.loads((r.run_dir / "summary.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert first.metrics["validation"]["loss"] < 3.0
+    assert r.metrics["validation"]["loss"] < 3.0
 
 
 def test_validate_loads_the_teacher_and_runs_its_checks(bert4, teacher_run, sentiment_files, tmp_path, capsys):
@@ -401,11 +402,16 @@ def test_a_transfer_set_learns_from_the_teacher_alone(bert4, teacher_run, sentim
     assert logits.shape == (48 + 21, 2)
     assert torch.allclose(logits[48:], Predictor(teacher_run).logits([_text(t["text"]) for t in transfer]), atol=1e-5)
     # A transfer row has no label: its task loss is nothing, its distillation term is the teacher's.
-    task = DistillationTask(get_task("classification"), teacher=None, alpha=0.0, temperature=2.0)
-    loss, _ = task.batch_loss(_Fixed(torch.tensor([[1.0, -1.0]])), {"input_ids": torch.zeros(1, 2),
-                                                                     "labels": torch.tensor([-100]),
-                                                                     "teacher_logits": torch.tensor([[0.0, 3.0]])})
-    assert float(loss) == 0.0
+    row = {"input_ids": torch.zeros(1, 2), "labels": torch.tensor([-100]), "teacher_logits": torch.tensor([[0.0, 3.0]])}
+    student = _Fixed(torch.tensor([[1.0, -1.0]]))
+    task_only = DistillationTask(get_task("classification"), teacher=None, alpha=0.0, temperature=2.0)
+    assert float(task_only.batch_loss(student, row)[0]) == 0.0
+    # By hand at T 2: student [0.5, -0.5], teacher [0, 1.5] after dividing by T; 4 * KL(teacher || student).
+    p_t = [1 / (1 + math.exp(1.5)), math.exp(1.5) / (1 + math.exp(1.5))]
+    p_s = [math.exp(0.5) / (math.exp(0.5) + math.exp(-0.5)), math.exp(-0.5) / (math.exp(0.5) + math.exp(-0.5))]
+    by_hand = 4 * sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    kd_only = DistillationTask(get_task("classification"), teacher=None, alpha=1.0, temperature=2.0)
+    assert float(kd_only.batch_loss(student, row)[0]) == pytest.approx(by_hand, rel=1e-5)
     from tuneforge.recipe import parse_recipe
     with pytest.raises(RecipeError, match="distill.unlabeled: a transfer set of single texts"):
         parse_recipe({"data": {"train": "x.csv", "text_pair_column": "b"}, "task": {"type": "pair-classification"},

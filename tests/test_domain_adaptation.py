@@ -16,7 +16,7 @@ from conftest import NEUTRAL, NEGATIVE, POSITIVE, tiny_recipe, write_rows
 from helpers import InterruptAt, Snapshot
 from tuneforge.data.dataset import TextExample
 from tuneforge.data.masked import encode_masked
-from tuneforge.errors import RecipeError, RunDirError
+from tuneforge.errors import DataError, RecipeError, RunDirError
 from tuneforge.models.loading import load_for_masked_lm
 from tuneforge.tasks import get_task
 
@@ -237,14 +237,20 @@ def test_adapt_on_a_decoder_continues_causal_language_modelling(tmp_path):
     corpus = write_rows(tmp_path / "corpus.jsonl", [{"text": "one two three four five"}] * 20)
     rows = [{"prompt": "one", "completion": "two three"}] * 8
     train = write_rows(tmp_path / "train.jsonl", rows)
+    snap = Snapshot()
     r = tuneforge.fine_tune({"model": {"name": str(folder), "max_length": 32}, "task": {"type": "causal-lm"},
                              "data": {"train": str(train), "validation_fraction": 0.25},
                              "adapt": {"data": [str(corpus)], "epochs": 2, "lr": 1e-2},
                              "training": {"epochs": 1, "batch_size": 4, "progress": False},
-                             "output": {"dir": str(tmp_path / "run")}})
+                             "output": {"dir": str(tmp_path / "run")}}, callbacks=[snap])
     a = json.loads((r.run_dir / "summary.json").read_text())["adaptation"]
     assert a["objective"] == "causal-lm" and a["rows"] == {str(corpus): 20}
-    assert a["metrics"]["validation"]["perplexity"] < len(tok)
+    stage = json.loads((tmp_path / "run" / "adapt" / "summary.json").read_text())["history"]
+    assert stage[-1]["loss"] < stage[0]["loss"]  # the corpus's held-out loss fell during the adaptation
+    adapted = load_file(str(tmp_path / "run" / "adapt" / "model" / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(snap.start[name], adapted[name])  # the task began where adaptation ended
+    assert not torch.equal(adapted[name], load_file(str(folder / "model.safetensors"))[name])
 
 
 def test_adaptation_keys_are_checked(tiny_bert, sentiment_files, tmp_path):
@@ -253,7 +259,7 @@ def test_adaptation_keys_are_checked(tiny_bert, sentiment_files, tmp_path):
     with pytest.raises(RecipeError, match="task.type 'masked-lm' is not such a task"):
         tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "x", task={"type": "masked-lm"},
                                         adapt={}))
-    with pytest.raises(Exception, match="missing.csv"):
+    with pytest.raises(DataError, match="missing.csv"):
         tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "x",
                                         adapt={"data": [str(tmp_path / "missing.csv")]}))
     assert not (tmp_path / "x").exists()

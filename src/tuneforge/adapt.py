@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import DataError, RecipeError, RunDirError
 
 STAGE_FOLDERS = ("adapt", "adapt-data")  # kept when the task stage starts over in the same run directory
+TASK_ONLY_TRAINING = {"head_lr", "head_seed", "data_seed", "metric", "early_stopping", "restore_best", "eval_every",
+                      "warmup_steps", "keep_checkpoints"}
 
 
 def adaptation_objective(recipe) -> str:
@@ -59,12 +61,9 @@ def adaptation_recipe(recipe, text_file: Path, objective: str):
     task = {"type": objective}
     if objective == "masked-lm":
         task["mlm_probability"] = a.mlm_probability
-    training = {"epochs": a.epochs, "max_steps": a.max_steps, "lr": a.lr, "batch_size": a.batch_size or t.batch_size,
-                "grad_accum": t.grad_accum, "eval_batch_size": t.eval_batch_size, "schedule": t.schedule,
-                "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-                "seed": t.seed, "precision": t.precision, "threads": t.threads, "progress": t.progress,
-                "log_every": t.log_every, "checkpoint_every": t.checkpoint_every,
-                "gradient_checkpointing": t.gradient_checkpointing, "group_by_length": t.group_by_length}
+    # The task's training settings carry over, except those about the task's own head, metric or step count.
+    training = {**t.model_dump(exclude=TASK_ONLY_TRAINING), "epochs": a.epochs, "max_steps": a.max_steps,
+                "lr": a.lr, "batch_size": a.batch_size or t.batch_size}
     child = {"model": {"name": recipe.model.name, "max_length": recipe.model.max_length,
                        "trust_remote_code": recipe.model.trust_remote_code},
              "task": task,
@@ -84,23 +83,15 @@ stage_callbacks: list = []
 def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[Path, dict]:
     """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
     the whole recipe has been validated: only then may `overwrite` remove an old run."""
-    from .run import RUN_MARKER, _remove_run, _saved_recipe, fine_tune
+    from .run import _remove_run, _saved_recipe, check_run_dir, fine_tune, mark_run_dir
 
     run_dir = Path(recipe.output.dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).exists():
-        raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge (no {RUN_MARKER} "
-                          "file); nothing in it is touched, even with --overwrite. Choose another output.dir")
-    if (run_dir / "summary.json").exists() and not overwrite:
-        raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, or set "
-                          "output.dir to a new folder")
+    check_run_dir(run_dir, overwrite)
     objective = adaptation_objective(recipe)
     texts, counts = adaptation_texts(recipe)
     if overwrite and run_dir.exists():
         _remove_run(run_dir, ())  # both stages are redone
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
+    mark_run_dir(run_dir)
     text_file = run_dir / "adapt-data" / "text.jsonl"
     text_file.parent.mkdir(exist_ok=True)
     body = "".join(json.dumps({"text": x}) + "\n" for x in texts)

@@ -64,20 +64,11 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
     """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`,
     and never delete a folder tuneforge did not create. `keep`: folders of an earlier stage of this same run
     (the adaptation stage), left in place when the run starts over."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
-    if run_dir.exists() and any(p.name not in (*keep, RUN_MARKER) for p in run_dir.iterdir()):
-        if not (run_dir / RUN_MARKER).exists():
-            raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge "
-                              f"(no {RUN_MARKER} file); nothing in it is touched, even with --overwrite. "
-                              "Choose another output.dir")
-        finished = (run_dir / "summary.json").exists()
+    check_run_dir(run_dir, overwrite, keep)
+    if _holds_a_run(run_dir, keep):
         checkpoints = list_checkpoints(run_dir / "checkpoints")
         if overwrite:
             _remove_run(run_dir, keep)
-        elif finished:
-            raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
-                              "or set output.dir to a new folder")
         elif resume and checkpoints:
             saved = _saved_recipe(run_dir)
             if saved != recipe:
@@ -91,9 +82,34 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
             # A run stopped before its first checkpoint: nothing to continue from.
             console.print(f"{run_dir}: an earlier run stopped before its first checkpoint; starting over")
             _remove_run(run_dir, keep)
+    mark_run_dir(run_dir)
+    return None
+
+
+def _holds_a_run(run_dir: Path, keep: tuple[str, ...] = ()) -> bool:
+    return run_dir.exists() and any(p.name not in (*keep, RUN_MARKER) for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is written or removed, a file, a non-empty folder tuneforge did not make, and a
+    finished run without `overwrite`."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
+    if not _holds_a_run(run_dir, keep):
+        return
+    if not (run_dir / RUN_MARKER).exists():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge "
+                          f"(no {RUN_MARKER} file); nothing in it is touched, even with --overwrite. "
+                          "Choose another output.dir")
+    if (run_dir / "summary.json").exists() and not overwrite:
+        raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
+                          "or set output.dir to a new folder")
+
+
+def mark_run_dir(run_dir: Path) -> None:
+    """Create the folder with the marker that lets tuneforge (and only it) remove what is inside later."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
-    return None
 
 
 def _remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
@@ -127,7 +143,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     """Fine-tune as the recipe says; returns metrics and the paths written."""
     recipe = load_recipe(recipe, overrides)
     console = console or default_console()
-    t, d = recipe.training, recipe.data
+    t = recipe.training
     if t.threads:
         torch.set_num_threads(t.threads)
     head_seed = t.head_seed if t.head_seed is not None else t.seed
@@ -594,7 +610,6 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from .models.loading import tokenizer_and_config
-    from .models.layers import _find_blocks
     from .models.truncate import truncate_for_recipe
 
     recipe = load_recipe(recipe, overrides)
@@ -622,8 +637,8 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
             config.num_labels = task.num_outputs(len(space.names))
         with torch.device("meta"):  # structure only: no memory, no weights read
             model = auto.from_config(config, trust_remote_code=remote)
-    blocks_before = len(_find_blocks(model)[1])
-    kept = truncate_for_recipe(model, recipe.model) if recipe.task.type != "image-classification" else None
+    kept, blocks_before = truncate_for_recipe(model, recipe.model) if recipe.task.type != "image-classification" \
+        else (None, None)
     teacher = None
     if recipe.distill is not None:  # the teacher must load and agree with the student before a run starts
         from .distill.setup import check_distillation

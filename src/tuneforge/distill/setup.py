@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from .loss import layer_map
+from .report import parameters
 from .task import DistillationTask
 from .teacher import Teacher, _Reordered, load_teacher, teacher_outputs
 
@@ -40,7 +41,7 @@ def prepare_distillation(recipe, task, loaded, space) -> tuple[DistillationTask,
     layers, student_blocks = check_distillation(recipe, teacher, loaded.model, loaded.kept_layers, loaded.blocks_before)
     objective = DistillationTask(task, teacher, d.alpha, d.temperature, d.hidden_weight, layers,
                                  causal=kind == "causal-lm")
-    info = {"teacher": teacher.source, "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()),
+    info = {"teacher": teacher.source, "teacher_parameters": parameters(teacher.model),
             "alpha": d.alpha, "temperature": d.temperature, "hidden_weight": d.hidden_weight,
             "matched_layers": layers, "cache": d.uses_cache(kind), "student_blocks": student_blocks,
             "teacher_blocks": teacher.blocks, "kept_layers": loaded.kept_layers,
@@ -112,7 +113,7 @@ def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metric
     """Student and teacher on the test split (else validation): metric, parameters, examples/s at inference."""
     from ..data.collate import encode
     from ..engine.evaluate import run_evaluation
-    from .report import measure_speed, parameters, print_report, write_report
+    from .report import measure_speed, print_report, write_report
 
     name = "test" if "test" in encoded else "validation" if "validation" in encoded else None
     if name is None:

@@ -32,15 +32,10 @@ class DistillationTask:
         out = model(**inputs, **({"output_hidden_states": True} if hidden else {}))
         logits = out.logits
         task_sum = self.base.loss_sum(logits, labels)
-        teacher_out = None
-        if "teacher_logits" in batch:
-            teacher_logits = batch["teacher_logits"]
+        if "teacher_logits" in batch:  # cached (validation refuses a cache together with hidden-state matching)
+            teacher_logits, teacher_states = batch["teacher_logits"], None
         else:
-            with torch.no_grad():
-                teacher_out = self.teacher.model(**inputs, **({"output_hidden_states": True} if hidden else {}))
-            teacher_logits = teacher_out.logits
-            if self.teacher.order is not None:
-                teacher_logits = teacher_logits[..., self.teacher.order]
+            teacher_logits, teacher_states = self.teacher.outputs(inputs, hidden)
         if self.causal:
             # Token-level: the distributions that predict each target token (position t predicts t + 1).
             targets = labels[:, 1:] != -100
@@ -52,8 +47,7 @@ class DistillationTask:
             kd_sum = soft_target_kl_sum(logits, teacher_logits, self.temperature)
         loss = self.alpha * kd_sum + (1 - self.alpha) * task_sum
         if hidden:
-            loss = loss + self.hidden_weight * self._hidden_sum(out.hidden_states, teacher_out.hidden_states, batch,
-                                                                labels)
+            loss = loss + self.hidden_weight * self._hidden_sum(out.hidden_states, teacher_states, batch, labels)
         return loss, logits
 
     def _hidden_sum(self, student_states, teacher_states, batch, labels):

@@ -30,9 +30,12 @@ class Teacher:
     fingerprint: str                 # changes when the teacher's weights do: keys the output cache
     method: str = "full"             # a teacher run's method (prefix / prompt shift its hidden states)
 
-    def logits(self, **inputs) -> torch.Tensor:
-        out = self.model(**inputs).logits
-        return out if self.order is None else out[..., self.order]
+    def outputs(self, inputs: dict, hidden_states: bool = False):
+        """(logits in the student's label order, hidden states or None) of one batch, without gradients."""
+        with torch.no_grad():
+            out = self.model(**inputs, **({"output_hidden_states": True} if hidden_states else {}))
+        logits = out.logits if self.order is None else out.logits[..., self.order]
+        return logits, (out.hidden_states if hidden_states else None)
 
 
 def _fingerprint(folder: Path) -> str:
@@ -157,4 +160,4 @@ class _Reordered(torch.nn.Module):
 
     def forward(self, **inputs):
         from types import SimpleNamespace
-        return SimpleNamespace(logits=self.teacher.logits(**inputs))
+        return SimpleNamespace(logits=self.teacher.outputs(inputs)[0])

@@ -138,13 +138,10 @@ def _from_pretrained(auto, name: str, path: Path, config, trust_remote_code: boo
 
 def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
     """The recipe's model with a new head for `space`, cut to the blocks model.keep_layers / keep_every name."""
-    from .layers import _find_blocks
     from .truncate import truncate_for_recipe
 
     loaded = _load_whole(recipe, task, space, head_seed)
-    before = len(_find_blocks(loaded.model)[1]) if recipe.model.keep_layers or recipe.model.keep_every else None
-    loaded.kept_layers = truncate_for_recipe(loaded.model, recipe.model)
-    loaded.blocks_before = before
+    loaded.kept_layers, loaded.blocks_before = truncate_for_recipe(loaded.model, recipe.model)
     return loaded
 
 

@@ -52,11 +52,12 @@ def keep_layers(model: nn.Module, indices: list[int]) -> tuple[int, int]:
     return before, len(indices)
 
 
-def truncate_for_recipe(model: nn.Module, spec) -> Optional[list[int]]:
-    """Apply model.keep_layers / model.keep_every; returns the kept indices (None when the model is whole)."""
+def truncate_for_recipe(model: nn.Module, spec) -> tuple[Optional[list[int]], Optional[int]]:
+    """Apply model.keep_layers / model.keep_every; returns (the kept indices, how many blocks the model had), or
+    (None, None) when the model stays whole."""
     if spec.keep_layers is None and spec.keep_every is None:
-        return None
+        return None, None
     _, blocks = _find_blocks(model)
     indices = select_layers(len(blocks), spec.keep_every, spec.keep_layers)
-    keep_layers(model, indices)
-    return indices
+    before, _ = keep_layers(model, indices)
+    return indices, before

@@ -135,18 +135,14 @@ class CausalLMMetrics:
         self.loss_sum, self.tokens, self.correct, self.shift = 0.0, 0, 0, shift
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.dim() == 3:  # (a masked LM's are 2-D already: logits at its chosen positions only, in order)
+            logits = align_to_labels(logits, labels)
+            if self.shift:
+                logits, labels = logits[:, :-1], labels[:, 1:]
         keep = labels != -100
         if not keep.any():
             return
-        if logits.dim() == 2:  # a masked LM's logits at its chosen positions only, in order
-            chosen, targets = logits.float(), labels[keep]
-        else:
-            if self.shift:
-                logits, labels = align_to_labels(logits, labels)[:, :-1].float(), labels[:, 1:]
-                keep = labels != -100
-            else:
-                logits = align_to_labels(logits, labels).float()
-            chosen, targets = logits[keep], labels[keep]
+        chosen, targets = (logits if logits.dim() == 2 else logits[keep]).float(), labels[keep]
         self.loss_sum += float(torch.nn.functional.cross_entropy(chosen, targets, reduction="sum"))
         self.tokens += int(keep.sum())
         self.correct += int((chosen.argmax(-1) == targets).sum())
