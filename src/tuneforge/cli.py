@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default: the run's training.device)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained models with new task heads.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -21,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    t.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (data-parallel): "
+                   "starts `torchrun --nproc_per_node N -m tuneforge train ...`; one per GPU, or CPU processes")
     t.add_argument("--seeds", type=int, help="train with N seeds (in OUTPUT_DIR/seed-<i>): per-seed table, mean, std "
                    "and 95%% interval")
     t.add_argument("--vary", choices=["both", "init", "data"], default="both", help="with --seeds: which seeds vary, "
@@ -39,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", help="evaluate with another adapter run on the same base (a run directory, its "
                    "adapter folder, or the name of a run beside RUN_DIR)")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--device", help=DEVICE_HELP)
 
     pr = sub.add_parser("predict", help="predict with a finished run")
     pr.add_argument("run_dir")
@@ -53,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                     "or the name of a run beside RUN_DIR); repeat to predict with several, switching without "
                     "reloading the base")
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing")
+    pr.add_argument("--device", help=DEVICE_HELP)
 
     g = sub.add_parser("generate", help="generate text with a causal-lm run (streamed)")
     g.add_argument("run_dir")
@@ -66,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="give the prompt as plain text (default: as the "
                    "run was trained: a user turn when its rows were rendered with the chat template)")
     g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
+    g.add_argument("--device", help=DEVICE_HELP)
 
     sc = sub.add_parser("score", help="score (prompt, response) pairs, or preference pairs, with a reward-model run")
     sc.add_argument("run_dir")
@@ -75,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--prompt-column", help="the prompt column (default: the run's data.prompt_column)")
     sc.add_argument("--output", help="write one JSON line per row here")
     sc.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sc.add_argument("--device", help=DEVICE_HELP)
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/(IA)3 adapter into the base model, checked on held-out inputs")
     m.add_argument("run_dir")
@@ -84,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance on logits (default 1e-4)")
     m.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the largest logit (default 1e-4)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing merged model")
+    m.add_argument("--device", help=DEVICE_HELP)
 
     c = sub.add_parser("compare", help="run several methods on the same data, budget and seeds, and tabulate them")
     c.add_argument("recipe")
@@ -131,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except TuneforgeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+        print(f"error{f' (rank {rank})' if rank is not None else ''}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = "run the same command again to continue the study" if args.command == "tune" else \
@@ -159,6 +170,10 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "train" and (args.keep or args.discard_after):
         raise TuneforgeError("--keep and --discard-after go with --seeds N")
+    if args.command == "train" and args.nproc:
+        from .launch import launch_torchrun
+        flags = [f for f, on in (("--resume", args.resume), ("--overwrite", args.overwrite), ("--json", args.json)) if on]
+        return launch_torchrun(args.nproc, [args.recipe, *args.overrides, *flags])
     if args.command == "train":
         result = tuneforge.fine_tune(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite,
                                      console=out)
@@ -182,14 +197,14 @@ def _dispatch(args) -> int:
             out.print(f"[yellow]warning:[/] {w}")
         return 0
     if args.command == "evaluate":
-        metrics = tuneforge.evaluate(args.run_dir, args.data, adapter=args.adapter)
+        metrics = tuneforge.evaluate(args.run_dir, args.data, adapter=args.adapter, device=args.device)
         if args.json:
             print(json.dumps(metrics, indent=1))
         else:
             out.print(metrics_table({os.path.basename(args.data): metrics}))
         return 0
     if args.command == "predict":
-        predictor = tuneforge.Predictor(args.run_dir)
+        predictor = tuneforge.Predictor(args.run_dir, device=args.device)
         names = [predictor.add_adapter(a) for a in args.adapter] if args.adapter else [predictor.active]
         records = []
         for name in names:
@@ -208,7 +223,7 @@ def _dispatch(args) -> int:
     if args.command == "generate":
         from .generation import GenerationOptions, Generator
 
-        generator = Generator(args.run_dir)
+        generator = Generator(args.run_dir, args.device)
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                     top_k=args.top_k, seed=args.seed,
                                     chat_template=False if args.no_chat_template else None)
@@ -220,7 +235,8 @@ def _dispatch(args) -> int:
     if args.command == "score":
         from .scoring import score
 
-        records, summary = score(args.run_dir, args.data, args.response_column, prompt_column=args.prompt_column)
+        records, summary = score(args.run_dir, args.data, args.response_column, prompt_column=args.prompt_column,
+                                 device=args.device)
         if args.output:
             from .inference import write_predictions
             write_predictions(records, args.output)
@@ -235,7 +251,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "merge":
         tuneforge.merge(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, examples=args.examples,
-                        atol=args.atol, rtol=args.rtol, console=out)
+                        atol=args.atol, rtol=args.rtol, console=out, device=args.device)
         return 0
     if args.command == "tune":
         from .studies.tune import tune

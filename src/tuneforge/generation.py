@@ -36,7 +36,9 @@ def prompt_ids(tokenizer, prompt: str, chat_template: Optional[bool] = True) -> 
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompt: str, options: GenerationOptions, streamer=None) -> list[int]:
     """The new tokens (the EOS that ended generation included, when one did)."""
-    ids = prompt_ids(tokenizer, prompt, options.chat_template)
+    from .engine.runtime import device_of
+
+    ids = prompt_ids(tokenizer, prompt, options.chat_template).to(device_of(model))
     sampling = options.temperature > 0
     # Every token that ends a reply: EOS, the template's end-of-turn token, the model's configured ones.
     kwargs = {"do_sample": sampling, "max_new_tokens": options.max_new_tokens, "eos_token_id": stop_ids(tokenizer, model),
@@ -62,10 +64,10 @@ def decode(tokenizer, new_ids: list[int]) -> str:
 class Generator:
     """A finished causal-LM run (full model, or base + adapter) ready to generate."""
 
-    def __init__(self, run_dir: str | Path):
-        from .inference import _open_run
+    def __init__(self, run_dir: str | Path, device: Optional[str] = None):
+        from .inference import open_run
 
-        self.run = _open_run(run_dir)
+        self.run = open_run(run_dir, device)
         if self.run.recipe.task.type not in GENERATIVE_TASKS:
             raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm or "
                               "preference run")
@@ -85,9 +87,10 @@ class Generator:
         return decode(self.run.tokenizer, generate_ids(self.run.model, self.run.tokenizer, prompt, options, streamer))
 
 
-def generate(run_dir: str | Path, prompt: str, options: Optional[GenerationOptions] = None, stream: bool = False) -> str:
+def generate(run_dir: str | Path, prompt: str, options: Optional[GenerationOptions] = None, stream: bool = False,
+             device: Optional[str] = None) -> str:
     """Generate a reply to `prompt` with a finished causal-LM run."""
-    return Generator(run_dir)(prompt, options, stream)
+    return Generator(run_dir, device)(prompt, options, stream)
 
 
 class SampleGenerations:

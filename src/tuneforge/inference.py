@@ -30,6 +30,7 @@ class OpenRun:
     tokenizer: object
     space: LabelSpace
     adapter_dir: Optional[Path] = None  # None: a full model in run_dir/model
+    runtime: object = None              # where it computes (engine.runtime.Runtime)
 
 
 def _read_run(run_dir: str | Path) -> tuple[Path, Recipe]:
@@ -67,7 +68,18 @@ def _is_image(recipe: Recipe) -> bool:
     return recipe.task.type == "image-classification"
 
 
-def _open_run(run_dir: str | Path) -> OpenRun:
+def open_run(run_dir: str | Path, device: Optional[str] = None) -> OpenRun:
+    """A finished run's model on its device: `device` (as training.device), else the run's training.device. One
+    process: using a run is not data-parallel."""
+    from .engine.runtime import runtime_for
+
+    run = _load_run(run_dir)
+    run.runtime = runtime_for(run.recipe.training, device=device, distributed=False)
+    run.model.to(run.runtime.device)
+    return run
+
+
+def _load_run(run_dir: str | Path) -> OpenRun:
     run_dir, recipe = _read_run(run_dir)
     adapter_dir = run_dir / "adapter"
     if adapter_kind(adapter_dir):
@@ -109,17 +121,19 @@ def _columns(recipe: Recipe):
 
 
 def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None,
-             adapter: Optional[str] = None) -> dict[str, float]:
-    """Metrics of a finished run on a labelled file with the run's columns."""
-    return Predictor(run_dir, adapter).evaluate(data, batch_size)
+             adapter: Optional[str] = None, device: Optional[str] = None) -> dict[str, float]:
+    """Metrics of a finished run on a labelled file with the run's columns (`device`: as training.device; default:
+    the run's own setting)."""
+    return Predictor(run_dir, adapter, device=device).evaluate(data, batch_size)
 
 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
             text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
-            adapter: Optional[str] = None, images: Sequence[str | Path] | None = None) -> list[dict]:
+            adapter: Optional[str] = None, images: Sequence[str | Path] | None = None,
+            device: Optional[str] = None) -> list[dict]:
     """Predictions for a file (labels not needed), for texts, or for images (files or folders): label, score
     (and all scores). `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
-    return Predictor(run_dir, adapter).predict(data, texts, text_pairs, batch_size, images=images)
+    return Predictor(run_dir, adapter, device=device).predict(data, texts, text_pairs, batch_size, images=images)
 
 
 @dataclass
@@ -138,9 +152,11 @@ class Predictor:
     between without loading the base again: PEFT keeps each adapter (and its head) beside the others and
     activates one; bottleneck adapters' weights are copied into the one set of adapter modules."""
 
-    def __init__(self, run_dir: str | Path, adapter: Optional[str | Path] = None):
-        """`adapter`: another adapter (see add_adapter) to load and make active at once."""
-        self.run = _open_run(run_dir)
+    def __init__(self, run_dir: str | Path, adapter: Optional[str | Path] = None, device: Optional[str] = None):
+        """`adapter`: another adapter (see add_adapter) to load and make active at once; `device`: where to compute
+        (as training.device; default: the run's training.device)."""
+        self.run = open_run(run_dir, device)
+        self.runtime = self.run.runtime
         self.adapters: dict[str, _AdapterEntry] = {}
         self.active: Optional[str] = None
         if self.run.adapter_dir is not None:
@@ -220,6 +236,7 @@ class Predictor:
                                   f"({', '.join(differ) or 'weights'}); predict with it on its own")
         else:
             self.run.model.load_adapter(folder, adapter_name=entry.peft_name)
+            self.run.model.to(self.runtime.device)
         self.adapters[name] = entry
         return name
 
@@ -316,7 +333,7 @@ class Predictor:
             return run_target_logits(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                                      getattr(self.run.tokenizer, "pad_token_id", None) or 0)
         return run_prediction(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
-                              getattr(self.run.tokenizer, "pad_token_id", None) or 0)
+                              getattr(self.run.tokenizer, "pad_token_id", None) or 0, self.runtime)
 
     def evaluate(self, data: str | Path, batch_size: Optional[int] = None) -> dict[str, float]:
         recipe, space = self.recipe, self.space
@@ -330,7 +347,7 @@ class Predictor:
         task = self._task()
         return run_evaluation(self.run.model, split, task, len(space.names), recipe.task.threshold,
                               batch_size or recipe.training.eval_batch_size,
-                              getattr(self.run.tokenizer, "pad_token_id", None) or 0, recipe.training.precision)
+                              getattr(self.run.tokenizer, "pad_token_id", None) or 0, self.runtime)
 
     def _task(self):
         """The run's task; a preference policy's reference is its network with the adapter disabled, or for a
@@ -349,7 +366,8 @@ class Predictor:
                 task.reference = AdapterReference()
             elif needs_reference:
                 from .models.loading import load_for_recipe
-                task.reference = CopyReference(load_for_recipe(self.recipe, task, self.space, 0).model)  # cut alike
+                base = load_for_recipe(self.recipe, task, self.space, 0).model.to(self.runtime.device)  # cut alike
+                task.reference = CopyReference(base)
         return task
 
     def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,

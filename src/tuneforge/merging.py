@@ -92,7 +92,7 @@ def _merge_and_unload(model):
 
 def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: bool = False,
           data: Optional[str | Path] = None, examples: int = 64, atol: float = 1e-4, rtol: float = 1e-4,
-          console=None) -> MergeReport:
+          console=None, device: Optional[str] = None) -> MergeReport:
     """Write RUN_DIR/merged (or `out`): a standalone Hugging Face model with the adapter folded in.
 
     Refuses (MergeError, nothing written) when the merged model's logits differ from the adapter model's by
@@ -117,7 +117,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     out_dir = Path(out) if out else run_dir / "merged"
     _check_out_dir(out_dir, run_dir, overwrite)
 
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, device=device)
     inputs, described = _held_out(predictor, data, examples)
     if not inputs:
         raise MergeError("no inputs to check the merge on; give a file with --data")

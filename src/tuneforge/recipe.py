@@ -275,7 +275,10 @@ class TrainingSpec(_Section):
     seed: int = 42
     head_seed: Optional[int] = Field(None, description="seed of the new head's initialization (default: seed)")
     data_seed: Optional[int] = Field(None, description="seed of the data order (default: seed)")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; under torchrun "
+                        "each process takes the GPU of its local rank")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 adds a gradient scaler")
+    tf32: bool = Field(True, description="TF32 matmuls on GPUs that have them (Ampere and newer); false: exact fp32")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                          "about a third more time")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")

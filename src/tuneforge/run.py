@@ -19,6 +19,7 @@ from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, Ke
 from .engine.checkpoint import atomic_folder, list_checkpoints, load_checkpoint, load_weights
 from .engine.evaluate import run_evaluation
 from .engine.loop import Loop, LoopState, count_steps
+from .engine.runtime import runtime_for
 from .engine.optim import make_optimizer, make_scheduler, warmup_steps
 from .errors import DataError, RecipeError, RunDirError
 from .methods import (apply_plan, build_param_groups, build_plan, count_parameters, freeze_batchnorm_statistics,
@@ -27,7 +28,7 @@ from .methods.param_groups import group_learning_rates
 from .tasks.preference import disable_dropout, make_reference
 from .models import find_layer_groups, load_for_recipe
 from .recipe import GENERATIVE_TASKS, REFERENCE_FREE, Recipe, load_recipe
-from .report import console as default_console, print_summary
+from .report import console as default_console, print_summary, quiet_console
 from .tasks import higher_is_better, task_for
 
 RecipeLike = Union[str, Path, dict, Recipe]
@@ -142,8 +143,9 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
               overwrite: bool = False, callbacks: Optional[list] = None, console=None) -> RunResult:
     """Fine-tune as the recipe says; returns metrics and the paths written."""
     recipe = load_recipe(recipe, overrides)
-    console = console or default_console()
     t = recipe.training
+    runtime = runtime_for(t)  # device, precision and, under torchrun, the process group
+    console = (console or default_console()) if runtime.is_main else quiet_console()
     if t.threads:
         torch.set_num_threads(t.threads)
     head_seed = t.head_seed if t.head_seed is not None else t.seed
@@ -168,14 +170,23 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space)
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
+    model.to(runtime.device)  # before the optimizer and the reference copy are made
+    if teacher is not None:
+        teacher.model.to(runtime.device)
     reference_mode = _prepare_objective(recipe, task, model, tokenizer)  # before a checkpoint loads: the start
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
-    torch.manual_seed(t.seed)  # dropout's RNG, apart from head and adapter initialization and data order
+    # Dropout's RNG, apart from head and adapter initialization and data order; each rank draws its own masks.
+    torch.manual_seed(t.seed + runtime.rank)
     warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
-    # Only now, with recipe, data and model all checked, may an old run be replaced.
-    resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console, keep)
-    _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    # Only now, with recipe, data and model all checked, may an old run be replaced (by rank 0 alone).
+    resume_from = None
+    if runtime.is_main:
+        resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console, keep)
+        _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    runtime.barrier()
+    if not runtime.is_main and resume:
+        resume_from = (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
     for w in notes + warnings:
         console.print(f"[yellow]warning:[/] {w}")
     adapter = recipe.method.is_adapter
@@ -194,7 +205,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     reference_note = None
     if reference_mode == "precomputed":
         reference_note = _precompute_reference(model, encoded, t.eval_batch_size, pad_id, recipe.method.is_adapter,
-                                               t.precision)
+                                               runtime)
     if weak_data is not None and recipe.weak.soft:
         encoded["train"].labels = weak_data.targets  # cross-entropy against the label model's probabilities
     teacher_note, transfer = None, []
@@ -216,40 +227,46 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         freeze_batchnorm_statistics(model)
 
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
+    # Decisions (best step, early stopping, unfreezing) are taken on every rank from the same reduced metrics;
+    # files, logs and progress are rank 0's.
     cbs: list = [KeepBest(metric, higher_is_better(metric),
-                          t.early_stopping.min_delta if t.early_stopping else 0.0, best_path, saved_names)]
+                          t.early_stopping.min_delta if t.early_stopping else 0.0, best_path, saved_names,
+                          write=runtime.is_main)]
     if t.early_stopping:
         cbs.append(EarlyStopping(t.early_stopping.patience))
     if plan is not None and plan.gradual:
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
     prompt_format = _prompt_format(recipe, tokenizer, splits)
-    if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
-        from .generation import SampleGenerations
-        cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
-                                     recipe.task.max_new_tokens, prompt_format == "chat-template"))
-    cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
-    if tensorboard_available():
-        cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
-    if t.progress:
-        cbs.append(ProgressBar(console))
-    cbs.extend(callbacks or [])
+    if runtime.is_main:
+        if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
+            from .generation import SampleGenerations
+            cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
+                                         recipe.task.max_new_tokens, prompt_format == "chat-template"))
+        cbs.append(JsonlLogger(run_dir / "metrics.jsonl", t.log_every))
+        if tensorboard_available():
+            cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+        if t.progress:
+            cbs.append(ProgressBar(console))
+    cbs.extend(callbacks or [])  # on every rank, like the loop itself: a callback that writes asks loop.runtime
 
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=train, validation=validation,
                 cfg=t, num_labels=len(space.names), threshold=recipe.task.threshold, pad_id=pad_id,
                 data_seed=data_seed, run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode,
-                saved_names=saved_names)
+                saved_names=saved_names, runtime=runtime)
     loop.scheduler = make_scheduler(optimizer, t.schedule, warmup_steps(loop.total_steps, t.warmup_ratio, t.warmup_steps),
                                     loop.total_steps)
     names_now = [g["name"] for g in param_groups]
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, optimizer, loop.scheduler, saved_names)
+        check_world_size(resume_from, runtime.world_size)
+        saved = load_checkpoint(resume_from, model, optimizer, loop.scheduler, saved_names, runtime, loop.scaler)
         if saved.get("param_groups") not in (None, names_now):
             raise RunDirError(f"{resume_from}: its optimizer groups {saved['param_groups']} differ from this recipe's")
         saved.pop("param_groups", None)
         loop.state = LoopState(**saved)
-        truncate_jsonl(run_dir / "metrics.jsonl", loop.state.global_step)
+        if runtime.is_main:
+            truncate_jsonl(run_dir / "metrics.jsonl", loop.state.global_step)
         console.print(f"resuming from {resume_from} (step {loop.state.global_step})")
-    else:
+    elif runtime.is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     _report_start(console, recipe, loaded, groups, model, splits, origin, encoded, run_dir, plan, reference_mode)
@@ -276,7 +293,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     if weak_data is not None:
         weak_report = _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir,
                                    data_seed, saved_names, set_train_mode, console, loop.state, train_seconds,
-                                   callbacks or [])
+                                   callbacks or [], runtime)
         train_seconds = weak_report.pop("train_seconds")
         st = weak_report.get("self_training")
         if st:  # steps counted across both stages: self-training's step k is step `steps + k` of the run
@@ -289,7 +306,13 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     for name in ("validation", "test"):
         if name in encoded and name not in metrics:
             metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
-                                           t.eval_batch_size, pad_id, t.precision)
+                                           t.eval_batch_size, pad_id, runtime)
+    if not runtime.is_main:  # rank 0 writes the model and the summary; every rank returns the same metrics
+        runtime.barrier()
+        return RunResult(run_dir=run_dir, model_dir=run_dir / ("adapter" if adapter else "model"), metrics=metrics,
+                         trainable_parameters=final_stage_trainable, total_parameters=total,
+                         train_seconds=round(train_seconds, 2), best_step=best_step, steps=steps,
+                         method=recipe.method.name, task=recipe.task.type, lr=recipe.lr)
 
     if adapter:
         model_dir = run_dir / "adapter"
@@ -322,11 +345,27 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         if recipe.distill.report:
             from .distill.setup import distillation_report
             distill_info["report"] = distillation_report(recipe, teacher, model, splits, encoded, metrics, task, space,
-                                                         pad_id, run_dir, console, stored)
+                                                         pad_id, run_dir, console, stored, runtime.alone())
         summary["distillation"] = distill_info
+    summary["runtime"] = {"device": str(runtime.device), "precision": runtime.precision,
+                          "world_size": runtime.world_size}
     _write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     print_summary(console, result)
+    runtime.barrier()
     return result
+
+
+def check_world_size(checkpoint: Path, world_size: int) -> None:
+    """A step's rows depend on the number of processes, so a run resumes exactly only in as many as it ran in."""
+    from .engine.checkpoint import read_loop_state
+
+    trained = read_loop_state(checkpoint).get("world_size", 1)
+    if trained != world_size:
+        how = "without torchrun" if trained == 1 else f"with torchrun --nproc_per_node {trained} (or --nnodes x " \
+            f"--nproc_per_node making {trained})"
+        raise RunDirError(f"{checkpoint}: the run trained in {trained} process(es) and this resume has {world_size}; "
+                          f"each optimizer step's rows depend on that number, so it would not continue exactly. "
+                          f"Resume it {how}, or start over with --overwrite")
 
 
 def _load_data(recipe, notes: list):
@@ -365,7 +404,7 @@ def _param_groups(recipe, model, groups, lr: float):
 
 
 def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir, data_seed,
-                 saved_names, set_train_mode, console, stage_one, train_seconds, extra_callbacks) -> dict:
+                 saved_names, set_train_mode, console, stage_one, train_seconds, extra_callbacks, runtime) -> dict:
     """After fine-tuning on the weak labels: write the rules' analysis and the labels, measure the first stage, then
     run COSINE self-training when the recipe asks for it (the model ends as its best validation step)."""
     from .data.collate import encode
@@ -376,12 +415,13 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
 
     t = recipe.training
     folder = run_dir / "weak"
-    if weak_data.analysis is not None:
-        write_analysis(weak_data.analysis, folder, {"label_quality": weak_data.quality})
-        print_analysis(console, weak_data.analysis)
-    write_weak_labels(weak_data, folder / "labels.jsonl")
+    if runtime.is_main:
+        if weak_data.analysis is not None:
+            write_analysis(weak_data.analysis, folder, {"label_quality": weak_data.quality})
+            print_analysis(console, weak_data.analysis)
+        write_weak_labels(weak_data, folder / "labels.jsonl")
     evaluate = lambda: {k: run_evaluation(model, encoded[k], task, len(space.names), 0.5, t.eval_batch_size, pad_id,  # noqa: E731
-                                          t.precision) for k in ("validation", "test") if k in encoded}
+                                          runtime) for k in ("validation", "test") if k in encoded}
     report = {**weak_data.summary(), "stage_one": {"best_step": stage_one.best_step, "steps": stage_one.global_step,
                                                    "seconds": round(train_seconds, 2), "metrics": evaluate()}}
     st = recipe.weak.self_training
@@ -398,8 +438,9 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
                   f"{st.threshold:g}, contrastive weight {st.contrastive_weight:g}, confidence weight "
                   f"{st.confidence_weight:g}")
     folder = run_dir / "self-training"
-    callbacks = [*([TensorBoardLogger(folder / "tensorboard")] if tensorboard_available() else []),
-                 *([ProgressBar(console)] if t.progress else []), *extra_callbacks]
+    writes = runtime.is_main
+    callbacks = [*([TensorBoardLogger(folder / "tensorboard")] if writes and tensorboard_available() else []),
+                 *([ProgressBar(console)] if writes and t.progress else []), *extra_callbacks]
     stage_one_best = run_dir / "checkpoints" / "best" / "model.safetensors"
     # Self-training must beat the first stage's best validation score for its weights to be kept.
     keep_from = stage_one.best_metric if t.restore_best and stage_one_best.exists() else None
@@ -408,7 +449,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
         recipe=recipe, model=model, rows=split, validation=encoded.get("validation"), pooling=pooling,
         optimizer=optimizer, make_scheduler=schedule, set_train_mode=set_train_mode, saved_names=saved_names,
         run_dir=folder, num_labels=len(space.names), pad_id=pad_id, data_seed=data_seed,
-        callbacks=callbacks, gold=weak_data.self_training_gold, best_so_far=keep_from)
+        callbacks=callbacks, gold=weak_data.self_training_gold, best_so_far=keep_from, runtime=runtime)
     seconds = time.perf_counter() - started
     improved = best is not None and state.best_step is not None
     if t.restore_best and encoded.get("validation") is not None:
@@ -452,23 +493,22 @@ def _prepare_objective(recipe, task, model, tokenizer) -> Optional[str]:
     return mode
 
 
-def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, precision: str) -> str:
+def _precompute_reference(model, encoded: dict, batch_size: int, pad_id: int, adapter: bool, runtime) -> str:
     """Reference log-probs of every pair, from the network before training (adapters: with the adapter disabled),
     stored in the splits: training then runs one forward per batch instead of two. Computed at the training
     precision, so policy and reference agree exactly at the start."""
-    from .engine.evaluate import autocast
     from .tasks.preference import AdapterReference, eval_mode, reference_logps
 
     started = time.perf_counter()
 
     def logits_of(inputs):
-        with torch.no_grad(), autocast(precision):
+        with torch.no_grad(), runtime.autocast():
             if adapter:
                 return AdapterReference().logits(model, inputs)
             with eval_mode(model):
                 return model(**inputs).logits
     for split in encoded.values():
-        split.reference = reference_logps(split, logits_of, batch_size, pad_id)
+        split.reference = reference_logps(split, logits_of, batch_size, pad_id, runtime)
     pairs = sum(len(v) for v in encoded.values())
     return f"  reference log-probs of {pairs} pairs computed in {time.perf_counter() - started:.1f} s"
 

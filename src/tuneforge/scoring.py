@@ -17,10 +17,10 @@ from .errors import DataError, RunDirError
 class Scorer:
     """A reward-model run ready to score responses."""
 
-    def __init__(self, run_dir: str | Path):
-        from .inference import _open_run
+    def __init__(self, run_dir: str | Path, device: Optional[str] = None):
+        from .inference import open_run
 
-        self.run = _open_run(run_dir)
+        self.run = open_run(run_dir, device)
         if self.run.recipe.task.type != "reward-model":
             raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; scoring needs a reward-model run")
 
@@ -37,7 +37,7 @@ class Scorer:
         self.run.model.eval()
         out: list[float] = []
         for start in range(0, len(rows), size):
-            batch = encoder_batch(rows[start:start + size], pad_id)
+            batch = self.run.runtime.to_device(encoder_batch(rows[start:start + size], pad_id))
             out.extend(self.run.model(**batch).logits.float().squeeze(-1).tolist())
         return out
 
@@ -92,6 +92,7 @@ def read_responses(path, fmt: str, prompt_col: str, response_col: str) -> list[P
 
 
 def score(run_dir: str | Path, data: str | Path, response_column: str = "response",
-          batch_size: Optional[int] = None, prompt_column: Optional[str] = None) -> tuple[list[dict], dict]:
+          batch_size: Optional[int] = None, prompt_column: Optional[str] = None,
+          device: Optional[str] = None) -> tuple[list[dict], dict]:
     """Score a file with a reward-model run: (one record per row, summary)."""
-    return Scorer(run_dir).score_file(data, response_column, batch_size, prompt_column)
+    return Scorer(run_dir, device).score_file(data, response_column, batch_size, prompt_column)

@@ -8,20 +8,22 @@ from pathlib import Path
 
 import torch
 
-from ..engine.evaluate import autocast, run_prediction
+from ..engine.evaluate import run_prediction
+from ..engine.runtime import Runtime, device_of
 from ..methods import count_parameters
 
 
-def examples_per_second(model, split, batch_size: int, pad_id: int, precision: str = "fp32") -> float:
+def examples_per_second(model, split, batch_size: int, pad_id: int, runtime: Runtime | None = None) -> float:
     """One forward pass over the split (length-sorted batches, no gradients), after a warm-up batch."""
     if len(split) == 0:
         return float("nan")
-    with torch.no_grad(), autocast(precision):
+    runtime = runtime or Runtime(device_of(model))
+    with torch.no_grad(), runtime.autocast():
         model.eval()
-        model(**{k: v for k, v in split.batch(list(range(min(batch_size, len(split)))), pad_id).items()
+        model(**{k: v for k, v in runtime.to_device(split.batch(list(range(min(batch_size, len(split)))), pad_id)).items()
                  if k not in ("labels", "teacher_logits")})
     started = time.perf_counter()
-    run_prediction(model, split, batch_size, pad_id, precision)
+    run_prediction(model, split, batch_size, pad_id, runtime)  # ends with the logits on the host: synchronized
     return len(split) / (time.perf_counter() - started)
 
 

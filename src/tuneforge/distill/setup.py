@@ -109,7 +109,7 @@ def _weights_bytes(source: Path) -> int:
 
 
 def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metrics, task, space, pad_id: int,
-                        run_dir: Path, console, stored_bytes: int = 0) -> dict | None:
+                        run_dir: Path, console, stored_bytes: int = 0, runtime=None) -> dict | None:
     """Student and teacher on the test split (else validation): metric, parameters, examples/s at inference."""
     from ..data.collate import encode
     from ..engine.evaluate import run_evaluation
@@ -128,7 +128,7 @@ def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metric
         teacher_split = encode(teacher.tokenizer, splits[name], recipe.model.max_length, recipe.task.type, space)
         teacher_pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     teacher_metrics = run_evaluation(teacher_model, teacher_split, base_task, len(space.names), recipe.task.threshold,
-                                     t.eval_batch_size, teacher_pad, t.precision)
+                                     t.eval_batch_size, teacher_pad, runtime)
     passes = 3
     speed = measure_speed({"teacher": (teacher_model, teacher_split, t.eval_batch_size, teacher_pad),
                            "student": (model, encoded[name], t.eval_batch_size, pad_id)}, passes)

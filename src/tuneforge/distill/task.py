@@ -55,9 +55,9 @@ class DistillationTask:
         teacher = [teacher_states[k] for k in self.layers]
         length = student[0].shape[1]
         if self.causal:
-            weights = torch.zeros(labels.shape, dtype=torch.float32)
+            weights = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
             weights[:, :-1] = (labels[:, 1:] != -100).float()  # the positions whose outputs predict targets
         else:
-            mask = batch.get("attention_mask", torch.ones(labels.shape[0], length)).float()
+            mask = batch.get("attention_mask", torch.ones(labels.shape[0], length, device=labels.device)).float()
             weights = mask / mask.sum(1, keepdim=True)
         return hidden_cosine_sum(student, teacher, weights[:, -length:])

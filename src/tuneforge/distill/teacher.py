@@ -57,8 +57,8 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
     kind = recipe.task.type
     folder = Path(name).expanduser()
     if folder.is_dir() and (folder / "recipe.yaml").exists():  # a tuneforge run: model or adapter, as it saved it
-        from ..inference import _open_run
-        run = _open_run(folder)
+        from ..inference import open_run
+        run = open_run(folder, "cpu")  # moved to the run's device with the student
         run_kind = run.recipe.task.type
         language_model = run_kind in ("causal-lm", "preference", "grpo")
         if language_model != (kind == "causal-lm") or run_kind not in ("classification", "pair-classification",

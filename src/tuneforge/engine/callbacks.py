@@ -12,9 +12,10 @@ class KeepBest:
     """Track the best validation metric and keep those weights on disk (atomically)."""
 
     def __init__(self, metric: str, higher_is_better: bool, min_delta: float, path: Path,
-                 names: set[str] | None = None):
+                 names: set[str] | None = None, write: bool = True):
         self.metric, self.higher, self.min_delta, self.path = metric, higher_is_better, min_delta, path
         self.names = names  # what is kept: None = every weight; adapters: adapter and head
+        self.write = write  # False on ranks other than 0: they decide alike and rank 0 keeps the file
 
     def improved(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -26,8 +27,9 @@ class KeepBest:
         value = metrics[self.metric]  # the name was checked against the task before training
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_weights(loop.model, self.path, self.names)
+            if self.write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                save_weights(loop.model, self.path, self.names)
         else:
             s.bad_evals += 1
 
@@ -87,17 +89,15 @@ class JsonlLogger:
         self._t0, self._examples0 = time.perf_counter(), loop.state.examples_seen
 
     def on_step_end(self, loop):
+        # The loop averages the loss over the window (kept in its state, so it survives a checkpoint and resume)
+        # and reads it back from the device on logging steps only.
         s = loop.state
-        # The averaging window lives in the loop state, so it survives a checkpoint and resume.
-        s.log_loss_sum += loop.last_loss
-        s.log_steps += 1
-        if s.global_step % self.log_every == 0 or s.global_step == loop.total_steps:
+        if loop.logged:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
             self._write({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / loop.steps_per_epoch,
-                         "split": "train", "loss": s.log_loss_sum / s.log_steps,
+                         "split": "train", "loss": loop.last_loss,
                          "lr": loop.scheduler.get_last_lr()[-1],
                          "samples_per_s": (s.examples_seen - self._examples0) / elapsed})
-            s.log_loss_sum, s.log_steps = 0.0, 0
             self._t0, self._examples0 = time.perf_counter(), s.examples_seen
 
     def on_evaluate(self, loop, metrics):
@@ -128,7 +128,8 @@ class TensorBoardLogger:
 
     def on_step_end(self, loop):
         s = loop.state
-        self.writer.add_scalar("train/loss", loop.last_loss, s.global_step)
+        if loop.logged:  # the loss of the logging window (training.log_every)
+            self.writer.add_scalar("train/loss", loop.last_loss, s.global_step)
         self.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[-1], s.global_step)
 
     def on_evaluate(self, loop, metrics):
@@ -167,6 +168,7 @@ class ProgressBar:
     def on_step_end(self, loop):
         s = loop.state
         rate = (s.examples_seen - self._ex0) / max(time.perf_counter() - self._t0, 1e-9)
+        # The loss shown is the last logging window's: read from the device only on logging steps.
         info = f"loss {loop.last_loss:.4f}  lr {loop.scheduler.get_last_lr()[-1]:.2e}  {rate:.0f} samples/s  epoch {s.epoch + 1}"
         self.progress.update(self.task, completed=s.global_step, info=info)
 

@@ -67,14 +67,22 @@ def atomic_folder(final: Path):
     os.replace(tmp, final)
 
 
+def checkpoint_path(root: Path, step: int) -> Path:
+    return root / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int,
-                    names: Optional[set[str]] = None) -> Path:
-    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+                    names: Optional[set[str]] = None, rng: Optional[list[dict]] = None, scaler=None) -> Path:
+    """`rng`: every rank's generator states, in rank order (default: this process's CPU generator);
+    `scaler`: fp16's gradient scaler, whose scale is part of where training stands."""
+    final = checkpoint_path(root, step)
     with atomic_folder(final) as tmp:
         save_weights(model, tmp / "model.safetensors", names)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        torch.save({"ranks": rng or [{"torch": torch.get_rng_state()}]}, tmp / "rng.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -89,9 +97,25 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, names: Optional[set[str]] = None) -> dict:
-    load_weights(model, path / "model.safetensors", names)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+def read_loop_state(path: Path) -> dict:
     return json.loads((path / "loop_state.json").read_text())
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, names: Optional[set[str]] = None, runtime=None,
+                    scaler=None) -> dict:
+    """Restore a checkpoint into model, optimizer, scheduler, this rank's RNG states and the fp16 scaler; returns
+    the loop state. The caller has checked that the run's world size is this one's."""
+    device = runtime.device if runtime is not None else torch.device("cpu")
+    load_weights(model, path / "model.safetensors", names)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=device))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    saved = torch.load(path / "rng.pt", weights_only=True)
+    ranks = saved["ranks"] if "ranks" in saved else [saved]  # one process's checkpoints before ranks existed
+    state = ranks[runtime.rank if runtime is not None else 0]
+    if runtime is not None:
+        runtime.set_rng_state(state)
+    else:
+        torch.set_rng_state(state["torch"])
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    return read_loop_state(path)

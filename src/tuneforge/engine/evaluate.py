@@ -1,59 +1,75 @@
-"""Evaluation reduced batch by batch; batches sorted by length so little is spent on padding."""
+"""Evaluation reduced batch by batch; batches sorted by length so little is spent on padding.
+
+In several processes each rank evaluates every world-size-th batch and the metrics' counts and sums are
+combined (`merge`), never the logits: the result is the one a single process computes."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from typing import Optional
 
 import torch
 
 from ..data.collate import EncodedSplit
 from ..tasks.metrics import align_to_labels
-
-
-def autocast(precision: str):
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+from .parallel import shard
+from .runtime import CPU, Runtime, device_of
 
 
 def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
+def length_batches(split, batch_size: int) -> list[list[int]]:
+    """The split's rows in batches of similar length (shortest first)."""
+    lengths = split.lengths
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold: float, batch_size: int,
-                   pad_id: int, precision: str = "fp32") -> dict[str, float]:
+                   pad_id: int, runtime: Runtime = CPU) -> dict[str, float]:
     was_training = model.training
     model.eval()
     metrics = task.make_metrics(num_labels, threshold)
-    lengths = split.lengths
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
-    loss_sum, n = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        batch = split.batch(order[start:start + batch_size], pad_id)
-        with autocast(precision):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    n = 0
+    for indices in shard(length_batches(split, batch_size), runtime):
+        batch = runtime.to_device(split.batch(indices, pad_id))
+        with runtime.autocast():
             batch_loss, outputs = task.batch_loss(model, batch, evaluating=True)
-        loss_sum += float(batch_loss)
-        n += split.count(order[start:start + batch_size])
+        loss_sum += batch_loss.detach().double()
+        n += split.count(indices)
         metrics.update(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, batch.get("labels"))
     model.train(was_training)
+    loss_sum, n = float(loss_sum), n
+    if runtime.distributed:  # each rank's counts and sums, combined in rank order on every rank
+        parts = runtime.gather((metrics, loss_sum, n))
+        metrics = parts[0][0]
+        for other, _, _ in parts[1:]:
+            metrics.merge(other)
+        loss_sum, n = sum(p[1] for p in parts), sum(p[2] for p in parts)
     return {"loss": loss_sum / max(n, 1), **metrics.compute()}
 
 
 @torch.no_grad()
-def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int, precision: str = "fp32") -> torch.Tensor:
-    """Logits for every row, in the split's order."""
+def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int,
+                   runtime: Optional[Runtime] = None) -> torch.Tensor:
+    """Logits for every row, in the split's order (on the CPU; computed on the runtime's device, by default the
+    model's, in fp32)."""
+    runtime = _runtime(runtime, model)
     model.eval()
-    lengths = split.lengths
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
     out = [None] * len(split)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = split.batch(idx, pad_id)
-        with autocast(precision):
-            logits = model(**model_inputs(batch)).logits.float()
+    for idx in length_batches(split, batch_size):
+        batch = runtime.to_device(split.batch(idx, pad_id))
+        with runtime.autocast():
+            logits = model(**model_inputs(batch)).logits.float().cpu()
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return torch.stack(out) if out else torch.empty(0)
+
+
+def _runtime(runtime: Optional[Runtime], model) -> Runtime:
+    return runtime if runtime is not None else Runtime(device_of(model))
 
 
 @torch.no_grad()
@@ -61,11 +77,12 @@ def run_target_logits(model, split, batch_size: int, pad_id: int) -> torch.Tenso
     """A causal LM's logits at the positions that predict target tokens, all rows concatenated: what a merged
     model must reproduce (a vocabulary-wide row per target, not per position, so memory stays small)."""
     model.eval()
+    runtime = _runtime(None, model)
     out = []
     for start in range(0, len(split), batch_size):
-        batch = split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id)
+        batch = runtime.to_device(split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id))
         logits = align_to_labels(model(**model_inputs(batch)).logits.float(), batch["labels"])
-        out.append(logits[:, :-1][batch["labels"][:, 1:] != -100])
+        out.append(logits[:, :-1][batch["labels"][:, 1:] != -100].cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -73,9 +90,10 @@ def run_target_logits(model, split, batch_size: int, pad_id: int) -> torch.Tenso
 def run_pair_rewards(model, split, batch_size: int, pad_id: int) -> torch.Tensor:
     """A reward model's scores of every pair's chosen and rejected inputs (n x 2)."""
     model.eval()
+    runtime = _runtime(None, model)
     out = []
     for start in range(0, len(split), batch_size):
-        batch = split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id)
-        rewards = model(**model_inputs(batch)).logits.float().squeeze(-1)
+        batch = runtime.to_device(split.batch(list(range(start, min(start + batch_size, len(split)))), pad_id))
+        rewards = model(**model_inputs(batch)).logits.float().squeeze(-1).cpu()
         out.append(torch.stack(rewards.chunk(2), 1))
     return torch.cat(out) if out else torch.empty(0, 2)

@@ -5,7 +5,10 @@ Exactness matters more than brevity here:
 - the loss of each micro-batch is a *sum* divided by the examples (causal LM: target tokens) of the whole
   accumulated step, so accumulating 4x8 gives the gradient of one batch of 32;
 - the data order of epoch e is a permutation drawn from (data_seed, e) alone, so a resumed run can skip
-  to the exact step it stopped at; dropout draws from the global RNG, saved in every checkpoint.
+  to the exact step it stopped at; dropout draws from the global RNG, saved in every checkpoint;
+- in N processes each step's global batch is the one a single process would take, dealt out among ranks, and
+  the loss is divided by the global count, so N processes compute the 1-process gradient (engine/parallel.py);
+- the loss is read back from the device on logging steps only: a GPU never waits for the host in between.
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from pathlib import Path
 import torch
 
 from ..data.collate import EncodedSplit
-from .checkpoint import save_checkpoint
-from .evaluate import autocast, run_evaluation
+from .checkpoint import checkpoint_path, save_checkpoint
+from .evaluate import run_evaluation
+from .parallel import share_of, sync_gradients, trains_now, wrap_for_training
+from .runtime import CPU, Runtime
 
 
 @dataclass
@@ -32,14 +37,16 @@ class LoopState:
     bad_evals: int = 0
     examples_seen: int = 0
     should_stop: bool = False
-    log_loss_sum: float = 0.0  # training-loss window of the JSONL log since its last line
+    log_loss_sum: float = 0.0  # training-loss window of the log since its last line (up to the last checkpoint)
     log_steps: int = 0
+    world_size: int = 1       # processes the run trains in: a step's rows depend on it
     history: list = field(default_factory=list)  # validation metrics per evaluation
 
 
-def count_steps(rows: int, cfg) -> tuple[int, int]:
-    """(optimizer steps per epoch, optimizer steps in the run) for `rows` training rows."""
-    per_epoch = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum)
+def count_steps(rows: int, cfg, world_size: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps in the run) for `rows` training rows; each step takes
+    batch_size x grad_accum rows in every one of `world_size` processes."""
+    per_epoch = math.ceil(math.ceil(rows / cfg.batch_size) / (cfg.grad_accum * world_size))
     total = per_epoch * cfg.epochs
     return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
@@ -66,16 +73,21 @@ class Loop:
     def __init__(self, *, model, optimizer, scheduler, task, train: EncodedSplit, validation: EncodedSplit | None,
                  cfg, num_labels: int, threshold: float, pad_id: int, data_seed: int, run_dir: Path,
                  callbacks: list, set_train_mode, state: LoopState | None = None, saved_names: set[str] | None = None,
-                 checkpoints: bool = True):
+                 checkpoints: bool = True, runtime: Runtime = CPU):
         self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
         self.train_split, self.validation, self.cfg = train, validation, cfg
         self.num_labels, self.threshold, self.pad_id, self.data_seed = num_labels, threshold, pad_id, data_seed
         self.run_dir, self.callbacks, self.set_train_mode = run_dir, callbacks, set_train_mode
         self.saved_names = saved_names  # what checkpoints hold: None = every weight; adapters: adapter and head
         self.checkpoints = checkpoints  # False: a stage that restarts from its beginning on resume writes none
-        self.state = state or LoopState()
-        self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg)
-        self.last_loss = float("nan")
+        self.runtime = runtime
+        self.state = state or LoopState(world_size=runtime.world_size)
+        self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg, runtime.world_size)
+        self.scaler = runtime.grad_scaler()  # fp16 only
+        self._window = torch.zeros((), device=runtime.device)  # this rank's share of the loss since the last read
+        self.last_loss = float("nan")  # mean step loss over the logging window that closed at this step
+        self.logged = False            # whether this step closed one (callbacks log then)
+        self._wrapped, self._wrapped_for = None, None
         self.lengths = train.lengths if cfg.group_by_length else []
         self.params = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips grad None
 
@@ -95,11 +107,13 @@ class Loop:
             if cfg.group_by_length:
                 order = group_by_length(order, self.lengths, cfg.batch_size)
             micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+            per_step = cfg.grad_accum * self.runtime.world_size
+            steps = [micro[i:i + per_step] for i in range(0, len(micro), per_step)]
             for step_batches in steps[s.step_in_epoch:]:
                 self._optimizer_step(step_batches)
                 s.global_step += 1
                 s.step_in_epoch += 1
+                self._read_loss()
                 self.fire("on_step_end")
                 due_eval = isinstance(cfg.eval_every, int) and s.global_step % cfg.eval_every == 0
                 if due_eval:
@@ -119,37 +133,76 @@ class Loop:
             self.fire("on_epoch_end")
             if self.checkpoints:
                 self.save()
+        self.runtime.barrier()  # rank 0's last files (best weights, checkpoint) are complete before anyone reads them
         self.fire("on_train_end")
         return s
+
+    @property
+    def forward_model(self):
+        """The model as the training forward sees it: the model itself in one process; in several, a DDP wrapper,
+        built again when what trains changes (gradual unfreezing), since DDP syncs the parameters it was given."""
+        if not self.runtime.distributed:
+            return self.model
+        now = trains_now(self.model)
+        if now != self._wrapped_for:
+            self._wrapped, self._wrapped_for = wrap_for_training(self.model, self.runtime), now
+        return self._wrapped
 
     def _optimizer_step(self, step_batches: list[list[int]]) -> None:
         # Normalize by the examples (causal LM: target tokens) of the whole accumulated step, not per micro-batch.
         # (A masked LM's count depends on the step's masks, drawn from `augment`.) Never 0: a step of rows that
-        # all lack targets adds nothing instead of dividing by zero.
-        augment = (self.data_seed, self.state.epoch)
+        # all lack targets adds nothing instead of dividing by zero. Every rank counts the whole step.
+        rt, augment = self.runtime, (self.data_seed, self.state.epoch)
         normalizer = max(sum(self.train_split.count(b, augment) for b in step_batches), 1)
-        total = 0.0
-        for indices in step_batches:
-            batch = self.train_split.batch(indices, self.pad_id, augment)
-            with autocast(self.cfg.precision):
-                loss_sum, _ = self.task.batch_loss(self.model, batch)
-            loss = loss_sum / normalizer
-            loss.backward()
-            total += float(loss.detach())
+        mine = share_of(step_batches, rt)
+        # DDP averages gradients over ranks: scaled by the world size they sum to the 1-process gradient. A rank
+        # left without rows on a short last step still joins the all-reduce, with a loss of zero.
+        scale = rt.world_size / normalizer if mine else 0.0
+        work, model = mine or step_batches[:1], self.forward_model
+        total = torch.zeros((), device=rt.device)
+        for i, indices in enumerate(work):
+            batch = rt.to_device(self.train_split.batch(indices, self.pad_id, augment))
+            with sync_gradients(model, last=i == len(work) - 1):
+                with rt.autocast():
+                    loss_sum, _ = self.task.batch_loss(model, batch)
+                loss = loss_sum * scale
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = total
+        self._window += total / rt.world_size
         self.state.examples_seen += sum(len(b) for b in step_batches)
+
+    def _read_loss(self) -> None:
+        """On logging steps (the same on every rank), the window's mean step loss, summed over ranks."""
+        s, cfg = self.state, self.cfg
+        s.log_steps += 1
+        self.logged = s.global_step % cfg.log_every == 0 or s.global_step == self.total_steps
+        if self.logged:
+            self.last_loss = (s.log_loss_sum + float(self.runtime.sum(self._window))) / s.log_steps
+            s.log_loss_sum, s.log_steps = 0.0, 0
+            self._window.zero_()
+
+    def _flush_loss(self) -> None:
+        # The open window goes into the state, so a checkpoint carries it and a resumed run logs the same.
+        self.state.log_loss_sum += float(self.runtime.sum(self._window))
+        self._window.zero_()
 
     def evaluate(self) -> dict | None:
         if self.validation is None:
             return None
         started = time.perf_counter()
         metrics = run_evaluation(self.model, self.validation, self.task, self.num_labels, self.threshold,
-                                 self.cfg.eval_batch_size, self.pad_id, self.cfg.precision)
+                                 self.cfg.eval_batch_size, self.pad_id, self.runtime)
         metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
         self.state.history.append({"step": self.state.global_step, "epoch": self.state.epoch, **metrics})
         self.fire("on_evaluate", metrics)
@@ -157,9 +210,16 @@ class Loop:
         return metrics
 
     def save(self) -> Path:
-        path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
-                               self.scheduler,
-                               {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
-                               self.cfg.keep_checkpoints, self.saved_names)
+        """A checkpoint, written by rank 0 with every rank's RNG state; the others wait until it is complete."""
+        self._flush_loss()
+        rt = self.runtime
+        rng = rt.gather(rt.rng_state())
+        path = checkpoint_path(self.run_dir / "checkpoints", self.state.global_step)
+        if rt.is_main:
+            path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
+                                   self.scheduler,
+                                   {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
+                                   self.cfg.keep_checkpoints, self.saved_names, rng=rng, scaler=self.scaler)
+        rt.barrier()
         self.fire("on_save", path)
         return path

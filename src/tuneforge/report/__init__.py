@@ -12,6 +12,11 @@ def console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
+def quiet_console() -> Console:
+    """For processes other than rank 0: one process speaks for the run."""
+    return Console(quiet=True)
+
+
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:
     names = sorted({k for m in metrics.values() for k in m if k != "eval_seconds"},
                    key=lambda k: (k != "accuracy", k != "loss", k))

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import RecipeError, TuneforgeError
+from ..engine.runtime import device_of
 from ..objectives.grpo import group_advantages, grpo_token_loss, k3_kl
 from .preference import eval_mode
 
@@ -87,13 +88,19 @@ class GRPOMetrics:
         self.kl_sum, self.kl_tokens = 0.0, 0
 
     def update(self, outputs: dict, labels=None) -> None:
-        self.rewards.append(outputs["rewards"])
-        self.group_std.append(outputs["group_std"])
-        self.tokens.append(outputs["tokens"].float())
-        self.stopped.append(outputs["stopped"].float())
+        self.rewards.append(outputs["rewards"].cpu())
+        self.group_std.append(outputs["group_std"].cpu())
+        self.tokens.append(outputs["tokens"].float().cpu())
+        self.stopped.append(outputs["stopped"].float().cpu())
         if outputs.get("kl") is not None:
             self.kl_sum += outputs["kl"][0]
             self.kl_tokens += outputs["kl"][1]
+
+    def merge(self, other: "GRPOMetrics") -> None:
+        for name in ("rewards", "group_std", "tokens", "stopped"):
+            getattr(self, name).extend(getattr(other, name))
+        self.kl_sum += other.kl_sum
+        self.kl_tokens += other.kl_tokens
 
     def compute(self) -> dict[str, float]:
         if not self.rewards:
@@ -135,11 +142,11 @@ class GRPOTask:
         (if any), and whether one did. Drawn from the policy itself: the model's own generation settings
         (repetition penalty, minimum length, banned tokens, ...) are overridden, so the samples' log-probs are the
         policy's."""
-        pad = self._pad_id()
+        pad, device = self._pad_id(), device_of(model)
         width = max(len(p) for p in prompt_ids)
         # Left padding: every prompt ends where generation starts.
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         with eval_mode(model):
             out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
                                  temperature=self.temperature, top_p=1.0, top_k=0, min_p=None, typical_p=1.0,
@@ -159,15 +166,16 @@ class GRPOTask:
         from ..data.prompts import extras_by_column
 
         prompts, examples, g = batch["prompt_ids"], batch["examples"], self.num_generations
+        device = device_of(model)
         if evaluating:  # the same draws at every evaluation (of the same batches), and training's RNG untouched
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
                 torch.manual_seed(EVAL_SEED)
                 completions, stopped = self.sample(model, prompts)
         else:
             completions, stopped = self.sample(model, prompts)
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         rewards = call_reward(self.reward, [e.prompt for e in examples for _ in range(g)], texts,
-                              extras_by_column(examples, g))
+                              extras_by_column(examples, g)).to(device)
         advantages = group_advantages(rewards, g)
 
         # Prompt + completion rows, right-padded (positions need no help, whatever the adapter).
@@ -175,8 +183,8 @@ class GRPOTask:
         starts = [len(prompts[i // g]) for i in range(len(completions))]
         width = max(len(r) for r in rows)
         pad = self._pad_id()
-        inputs = {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-                  "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        inputs = {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device),
+                  "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device),
                   "use_cache": False}
         logits = model(**inputs).logits[:, -width:]  # prompt tuning's virtual positions come first: dropped
         logps, mask = completion_logps(logits, inputs["input_ids"], starts, [len(c) for c in completions],
@@ -201,11 +209,11 @@ def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, starts: list
     both completions x longest completion. Only the completion positions are normalized, row by row, so no
     vocabulary-wide copy of the whole batch is made."""
     longest = max(lengths)
-    mask = torch.zeros(len(lengths), longest, dtype=torch.bool)
+    mask = torch.zeros(len(lengths), longest, dtype=torch.bool, device=logits.device)
     rows = []
     for i, (start, n) in enumerate(zip(starts, lengths)):
         if n == 0:
-            rows.append(torch.zeros(longest))
+            rows.append(logits.new_zeros(longest, dtype=torch.float32))
             continue
         scores = logits[i, start - 1:start - 1 + n].float() / temperature  # position t predicts token t + 1
         targets = input_ids[i, start:start + n]

@@ -2,6 +2,7 @@
 
 Classification keeps a confusion matrix; multi-label keeps per-label counts; regression keeps running sums
 (plus one float pair per example for Spearman's rank correlation, which needs ranks of the whole set).
+`merge(other)` adds another shard's counts: how several processes' evaluations become one.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class ClassificationMetrics:
         pred = logits.argmax(-1).cpu().numpy()
         true = labels.cpu().numpy()
         np.add.at(self.confusion, (true, pred), 1)
+
+    def merge(self, other: "ClassificationMetrics") -> None:
+        self.confusion += other.confusion
 
     def compute(self) -> dict[str, float]:
         c = self.confusion.astype(np.float64)
@@ -71,6 +75,10 @@ class MultiLabelMetrics:
         self.exact += int((pred == true).all(1).sum())
         self.n += len(true)
 
+    def merge(self, other: "MultiLabelMetrics") -> None:
+        for name in ("tp", "fp", "fn", "tn", "exact", "n"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def compute(self) -> dict[str, float]:
         precision = _safe_div(self.tp, self.tp + self.fp)
         recall = _safe_div(self.tp, self.tp + self.fn)
@@ -103,6 +111,12 @@ class RegressionMetrics:
         self.sums += [x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum(), np.abs(x - y).sum()]
         self.sq_err += float(((x - y) ** 2).sum())
         self.pairs.append(np.stack([x, y], 1).astype(np.float32))
+
+    def merge(self, other: "RegressionMetrics") -> None:
+        self.n += other.n
+        self.sums = self.sums + other.sums
+        self.sq_err += other.sq_err
+        self.pairs.extend(other.pairs)
 
     def compute(self) -> dict[str, float]:
         from scipy.stats import spearmanr
@@ -146,6 +160,11 @@ class CausalLMMetrics:
         self.loss_sum += float(torch.nn.functional.cross_entropy(chosen, targets, reduction="sum"))
         self.tokens += int(keep.sum())
         self.correct += int((chosen.argmax(-1) == targets).sum())
+
+    def merge(self, other: "CausalLMMetrics") -> None:
+        self.loss_sum += other.loss_sum
+        self.tokens += other.tokens
+        self.correct += other.correct
 
     def compute(self) -> dict[str, float]:
         if not self.tokens:  # nothing was scored: no number can stand for it (never a perfect 1.0)

@@ -65,6 +65,10 @@ class RewardMetrics:
         self.chosen.append(chosen.detach().float().cpu())
         self.rejected.append(rejected.detach().float().cpu())
 
+    def merge(self, other: "RewardMetrics") -> None:
+        self.chosen.extend(other.chosen)
+        self.rejected.extend(other.rejected)
+
     def compute(self) -> dict[str, float]:
         if not self.chosen:
             return {"accuracy": float("nan"), "margin": float("nan"), "chosen_reward": float("nan"),
@@ -149,6 +153,12 @@ class PolicyMetrics:
             self.kl_sum += outputs["kl"][0]
             self.kl_tokens += outputs["kl"][1]
 
+    def merge(self, other: "PolicyMetrics") -> None:
+        for k in self.parts:
+            self.parts[k].extend(other.parts[k])
+        self.kl_sum += other.kl_sum
+        self.kl_tokens += other.kl_tokens
+
     def compute(self) -> dict[str, float]:
         nan = float("nan")
         if not self.parts["chosen"]:
@@ -224,16 +234,19 @@ class PreferenceTask:
 
 
 @torch.no_grad()
-def reference_logps(split, logits_of, batch_size: int, pad_id: int) -> torch.Tensor:
-    """Every pair's (chosen, rejected) reference log-probs, n x 2, from `logits_of(inputs)`."""
+def reference_logps(split, logits_of, batch_size: int, pad_id: int, runtime=None) -> torch.Tensor:
+    """Every pair's (chosen, rejected) reference log-probs, n x 2 on the host, from `logits_of(inputs)` (computed on
+    the runtime's device)."""
     out = torch.empty(len(split), 2, dtype=torch.float64)
     for start in range(0, len(split), batch_size):
         indices = list(range(start, min(start + batch_size, len(split))))
         batch = split.batch(indices, pad_id)
         batch.pop("reference_logps", None)
+        if runtime is not None:
+            batch = runtime.to_device(batch)
         logits = logits_of(_inputs(batch))
         logps = sequence_logprobs(align_to_labels(logits, batch["labels"]), batch["labels"])[0]
-        out[indices] = torch.stack(logps.double().chunk(2), 1)
+        out[indices] = torch.stack(logps.double().chunk(2), 1).cpu()
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import EncodedSplit, collate
-from ..engine.evaluate import autocast, model_inputs
+from ..engine.evaluate import model_inputs
 from ..objectives.cosine import confidence, cosine_loss, sharpen
 from ..tasks.metrics import ClassificationMetrics
 
@@ -80,13 +80,13 @@ class CosineTask:
             else out.logits
         terms = cosine_loss(out.logits, features, batch["labels"], self.threshold, self.contrastive_weight,
                             self.margin, self.confidence_weight)
-        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        self.last_terms = {k: v.detach() for k, v in terms.items()}  # tensors: read back only when looked at
         # The loop divides by the batch's rows; the COSINE terms are means already.
         return terms["loss"] * len(batch["labels"]), out.logits
 
 
 @torch.no_grad()
-def predict_probs(model, split: EncodedSplit, batch_size: int, pad_id: int, precision: str) -> torch.Tensor:
+def predict_probs(model, split: EncodedSplit, batch_size: int, pad_id: int, runtime) -> torch.Tensor:
     """Class probabilities of every row, in the split's order (model in eval mode: the teacher has no dropout)."""
     was_training = model.training
     model.eval()
@@ -95,8 +95,8 @@ def predict_probs(model, split: EncodedSplit, batch_size: int, pad_id: int, prec
     out = None
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        with autocast(precision):
-            probs = model(**model_inputs(collate(split, idx, pad_id))).logits.float().softmax(-1)
+        with runtime.autocast():
+            probs = model(**model_inputs(runtime.to_device(collate(split, idx, pad_id)))).logits.float().softmax(-1).cpu()
         if out is None:
             out = torch.empty(len(split), probs.shape[-1])
         out[torch.as_tensor(idx)] = probs
@@ -110,13 +110,13 @@ class RefreshPseudoLabels:
     labels of training rows are known, how often the pseudo-labels are right."""
 
     def __init__(self, split: PseudoLabelSplit, every: int, power: float, threshold: float, batch_size: int,
-                 pad_id: int, precision: str, gold: Optional[np.ndarray] = None):
+                 pad_id: int, runtime, gold: Optional[np.ndarray] = None):
         self.split, self.every, self.power, self.threshold = split, every, power, threshold
-        self.batch_size, self.pad_id, self.precision, self.gold = batch_size, pad_id, precision, gold
+        self.batch_size, self.pad_id, self.runtime, self.gold = batch_size, pad_id, runtime, gold
         self.history: list[dict] = []
 
     def refresh(self, loop) -> None:
-        probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.precision)
+        probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.runtime)
         targets = sharpen(probs, self.power)
         self.split.targets = targets
         confident = confidence(targets) > self.threshold
@@ -152,34 +152,40 @@ def self_training_schedule(rows: int, steps: int, cfg):
 
 def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, make_scheduler,
                       set_train_mode, saved_names, run_dir, num_labels: int, pad_id: int, data_seed: int,
-                      callbacks: list, gold: Optional[np.ndarray] = None, best_so_far: Optional[float] = None):
+                      callbacks: list, gold: Optional[np.ndarray] = None, best_so_far: Optional[float] = None,
+                      runtime=None):
     """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not). `best_so_far`: the
     first stage's best validation metric, which a step must beat to be kept. Returns (loop state, the pseudo-label
     refresh history, the path of the best weights, or None when no step beat `best_so_far`)."""
     from ..engine.callbacks import JsonlLogger, KeepBest
     from ..engine.loop import Loop, LoopState
+    from ..engine.runtime import CPU
     from ..tasks import higher_is_better
 
     st, t = recipe.weak.self_training, recipe.training
+    runtime = runtime or CPU
     cfg = self_training_schedule(len(rows), st.steps, t)
     split = PseudoLabelSplit(rows, torch.zeros(len(rows), num_labels), rows.truncated)
     task = CosineTask(st.threshold, st.contrastive_weight, st.margin, st.confidence_weight, pooling)
     refresh = RefreshPseudoLabels(split, st.update_every, st.power, st.threshold, t.eval_batch_size, pad_id,
-                                  t.precision, gold)
+                                  runtime, gold)
     metric = t.metric or task.default_metric
     best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    best_path.unlink(missing_ok=True)  # from an interrupted earlier attempt: this stage starts over
-    cbs = [refresh, KeepBest(metric, higher_is_better(metric), 0.0, best_path, saved_names),
-           JsonlLogger(run_dir / "metrics.jsonl", t.log_every), *callbacks]
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)  # from an interrupted earlier attempt: this stage starts over
+    runtime.barrier()
+    cbs = [refresh, KeepBest(metric, higher_is_better(metric), 0.0, best_path, saved_names, write=runtime.is_main),
+           *([JsonlLogger(run_dir / "metrics.jsonl", t.log_every)] if runtime.is_main else []), *callbacks]
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=split, validation=validation,
                 cfg=cfg, num_labels=num_labels, threshold=0.5, pad_id=pad_id, data_seed=data_seed, run_dir=run_dir,
-                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names, checkpoints=False)
+                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names, checkpoints=False,
+                runtime=runtime)
     loop.state = LoopState(best_metric=best_so_far)
     loop.scheduler = make_scheduler(loop.total_steps)
     # Self-training writes no checkpoints: a resumed run finishes the first stage from its checkpoint, then runs
     # this stage again from its start. Seeding dropout here makes that rerun the same as an uninterrupted one.
-    torch.manual_seed(t.seed + 1)
+    torch.manual_seed(t.seed + 1 + runtime.rank)
     loop.run()
     return loop.state, refresh.history, best_path if best_path.exists() else None

@@ -1,0 +1,59 @@
+"""Data parallelism with torch's DistributedDataParallel: how a step's rows are shared among processes and how the
+model is wrapped for the training forward.
+
+Every rank knows the whole data order, so each optimizer step's global batch (batch_size x grad_accum x world
+size rows, in the order one process would take them) is dealt out by position: micro-batch j of the step goes to
+rank j mod world size. The loss of each rank is divided by the step's *global* count of examples (or target
+tokens), known to every rank from the data, so the gradients DDP averages sum to the 1-process gradient.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+
+class DistributedModel(DistributedDataParallel):
+    """DDP whose wrapped model's own methods and attributes stay reachable (`generate`, `disable_adapter`,
+    `get_output_embeddings`, `config`), so tasks need not know whether they train in one process or several.
+    Only `forward` goes through DDP's gradient synchronization, which is the only call that needs it."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap_for_training(model: torch.nn.Module, runtime) -> torch.nn.Module:
+    """The model as the training forward sees it: itself in one process, a DDP wrapper in several. DDP registers
+    the parameters that train *now*; build a new wrapper when that set changes (gradual unfreezing)."""
+    if not runtime.distributed:
+        return model
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    # Some parameters that train can sit out a step (a pooler a task does not read, a frozen stage's head): DDP
+    # must then not wait for their gradients.
+    return DistributedModel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def trains_now(model: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def share_of(step_batches: list, runtime) -> list:
+    """This rank's micro-batches of an optimizer step: every world-size-th, starting at its rank."""
+    return step_batches[runtime.rank::runtime.world_size]
+
+
+def sync_gradients(model: torch.nn.Module, last: bool):
+    """Gradients are all-reduced once per optimizer step, in the backward of its last micro-batch."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return nullcontext()
+
+
+def shard(items: list, runtime) -> list:
+    """Evaluation batches by rank: every world-size-th one (whole batches, so each is the batch one process
+    would have run)."""
+    return items[runtime.rank::runtime.world_size]

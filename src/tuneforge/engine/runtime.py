@@ -1,0 +1,182 @@
+"""Where a run computes: the one place that decides the device, the precision and the process group.
+
+The loop, evaluation, prediction, generation, teachers and references take their device from a `Runtime`;
+nothing else names "cpu" or "cuda". Several processes are started by torchrun or `accelerate launch`, which
+both describe the group in the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); the group itself
+is torch.distributed's (NCCL on CUDA, gloo on CPU), and every collective used here is one of its own.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import RecipeError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str = "fp32"   # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only this process writes run files, logs and progress."""
+        return self.rank == 0
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+    def grad_scaler(self):
+        """fp16 needs its loss scaled so small gradients do not underflow; bf16 and fp32 do not."""
+        if self.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+    def to_device(self, batch: dict) -> dict:
+        """Tensors of a batch on the device; from pinned memory and without waiting, when that is a GPU."""
+        if self.device.type == "cpu":
+            return batch
+        pin = self.device.type == "cuda"
+        return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) if isinstance(v, torch.Tensor)
+                else v for k, v in batch.items()}
+
+    def alone(self) -> "Runtime":
+        """The same device and precision for work one rank does by itself (rank 0's reports): no collectives."""
+        return replace(self, rank=0, world_size=1)
+
+    # ---- collectives (no-ops in one process)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank (small Python objects: metric counts, RNG states)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over ranks (a copy; the argument is left as it was)."""
+        value = value.detach().clone()
+        if self.distributed:
+            torch.distributed.all_reduce(value)
+        return value
+
+    # ---- random number generators
+
+    def rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def fork_rng(self):
+        """A block whose draws leave this process's generators (CPU and the device's) as they were."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+
+CPU = Runtime(torch.device("cpu"))
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are (a task that builds tensors of its own builds them there)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def launched_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun or `accelerate launch` describe them; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(spec: str, local_rank: int = 0, key: str = "training.device") -> torch.device:
+    """`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps` as a device that exists here; a
+    RecipeError naming `key` otherwise. Several processes on CUDA take the GPU of their local rank."""
+    spec = (spec or "auto").strip().lower()
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if spec == "auto":
+        spec = "cuda" if cuda else ("mps" if mps else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not mps:
+            raise RecipeError([f"{key}: 'mps' was asked for and this machine has no MPS (Apple GPU) device; "
+                               "use 'auto' or 'cpu'"])
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not cuda:
+            raise RecipeError([f"{key}: {spec!r} was asked for and torch sees no CUDA GPU here "
+                               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                               "use 'auto' or 'cpu', or install a CUDA build of torch"])
+        count = torch.cuda.device_count()
+        index = local_rank if spec == "cuda" else _index(spec, key)
+        if index >= count:
+            raise RecipeError([f"{key}: {spec!r} names GPU {index}, and this machine has {count} "
+                               f"(cuda:0 ... cuda:{count - 1})" + ("; with several processes use 'cuda' (each "
+                               "takes the GPU of its local rank)" if local_rank else "")])
+        return torch.device("cuda", index)
+    raise RecipeError([f"{key}: {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps"])
+
+
+def _index(spec: str, key: str) -> int:
+    try:
+        index = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise RecipeError([f"{key}: {spec!r} is not a device; use cuda:N with N a GPU number"]) from None
+    if index < 0:
+        raise RecipeError([f"{key}: {spec!r} is not a device; use cuda:N with N a GPU number"])
+    return index
+
+
+def check_precision(precision: str, device: torch.device, key: str = "training.precision") -> None:
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RecipeError([f"{key}: bf16 was asked for and {torch.cuda.get_device_name(device)} does not support it; "
+                           "use fp16 (with a gradient scaler) or fp32"])
+
+
+def runtime_for(training, *, device: str | None = None, distributed: bool = True) -> Runtime:
+    """The runtime of a recipe's `training` section (`device` overrides training.device). Under torchrun or
+    `accelerate launch` (and `distributed`), joins the process group, created once per process."""
+    rank, world, local_rank = launched_world() if distributed else (0, 1, 0)
+    dev = resolve_device(device or getattr(training, "device", "auto"), local_rank,
+                         "device" if device else "training.device")
+    precision = getattr(training, "precision", "fp32")
+    check_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        # TF32 matmuls (Ampere and newer): fp32 range with a 10-bit mantissa, several times the fp32 speed.
+        allow = bool(getattr(training, "tf32", True))
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+    return Runtime(dev, precision, rank, world, local_rank)
