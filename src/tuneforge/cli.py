@@ -177,7 +177,7 @@ def _dispatch(args) -> int:
     if args.command == "train":
         result = tuneforge.fine_tune(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite,
                                      console=out)
-        if args.json:
+        if args.json and int(os.environ.get("RANK", "0") or 0) == 0:  # one process speaks for a run
             print(json.dumps(result.to_json(), indent=1))
         return 0
     if args.command == "validate":

@@ -137,15 +137,17 @@ class Loop:
         self.fire("on_train_end")
         return s
 
-    @property
-    def forward_model(self):
+    def forward_model(self, batch: dict):
         """The model as the training forward sees it: the model itself in one process; in several, a DDP wrapper,
         built again when what trains changes (gradual unfreezing), since DDP syncs the parameters it was given."""
         if not self.runtime.distributed:
             return self.model
         now = trains_now(self.model)
         if now != self._wrapped_for:
-            self._wrapped, self._wrapped_for = wrap_for_training(self.model, self.runtime), now
+            def loss_of(model):  # a probe: draws nothing from the generators training uses
+                with self.runtime.fork_rng(), self.runtime.autocast():
+                    return self.task.batch_loss(model, batch)[0]
+            self._wrapped, self._wrapped_for = wrap_for_training(self.model, self.runtime, loss_of), now
         return self._wrapped
 
     def _optimizer_step(self, step_batches: list[list[int]]) -> None:
@@ -158,10 +160,11 @@ class Loop:
         # DDP averages gradients over ranks: scaled by the world size they sum to the 1-process gradient. A rank
         # left without rows on a short last step still joins the all-reduce, with a loss of zero.
         scale = rt.world_size / normalizer if mine else 0.0
-        work, model = mine or step_batches[:1], self.forward_model
+        work = mine or step_batches[:1]
         total = torch.zeros((), device=rt.device)
         for i, indices in enumerate(work):
             batch = rt.to_device(self.train_split.batch(indices, self.pad_id, augment))
+            model = self.forward_model(batch) if i == 0 else model
             with sync_gradients(model, last=i == len(work) - 1):
                 with rt.autocast():
                     loss_sum, _ = self.task.batch_loss(model, batch)

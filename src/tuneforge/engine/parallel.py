@@ -26,15 +26,37 @@ class DistributedModel(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def wrap_for_training(model: torch.nn.Module, runtime) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (itself when not wrapped): for what must see the model as it is (switching
+    its adapter off for a reference forward), which needs no gradient synchronization."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def wrap_for_training(model: torch.nn.Module, runtime, loss_of=None) -> torch.nn.Module:
     """The model as the training forward sees it: itself in one process, a DDP wrapper in several. DDP registers
-    the parameters that train *now*; build a new wrapper when that set changes (gradual unfreezing)."""
+    the parameters that train *now*; build a new wrapper when that set changes (gradual unfreezing).
+    `loss_of(model)`: a loss of one batch, to find out whether some trainable parameter gets no gradient."""
     if not runtime.distributed:
         return model
     device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    # Some parameters that train can sit out a step (a pooler a task does not read, a frozen stage's head): DDP
-    # must then not wait for their gradients.
-    return DistributedModel(model, device_ids=device_ids, find_unused_parameters=True)
+    # A parameter that trains and gets no gradient (a pooler the task does not read) makes DDP wait for it forever
+    # unless DDP searches the graph for such parameters at every step, which costs time: search only if needed.
+    unused = loss_of is None or has_unused_parameters(model, loss_of)
+    return DistributedModel(model, device_ids=device_ids, find_unused_parameters=unused)
+
+
+def has_unused_parameters(model: torch.nn.Module, loss_of) -> bool:
+    """Whether a trainable parameter gets no gradient from `loss_of(model)`, measured in evaluation mode (no dropout,
+    no batch-norm statistics updated; `loss_of` restores any RNG it draws from), so training is left as it was."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        grads = torch.autograd.grad(loss_of(model), params, allow_unused=True)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return any(g is None for g in grads)
 
 
 def trains_now(model: torch.nn.Module) -> tuple[str, ...]:

@@ -103,7 +103,9 @@ class AdapterReference:
 
     def logits(self, model, inputs: dict) -> torch.Tensor:
         from ..adapters import disabled
+        from ..engine.parallel import unwrap
 
+        model = unwrap(model)  # a DDP wrapper hides the adapter switch; a no-grad forward needs no DDP
         with torch.no_grad(), eval_mode(model), disabled(model):
             return model(**inputs).logits
 
