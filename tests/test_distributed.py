@@ -211,3 +211,19 @@ def test_nproc_shortcut_starts_torchrun(tiny_bert_no_dropout, odd_files, tmp_pat
     ok(proc)
     assert summary(tmp_path / "short")["runtime"]["world_size"] == 2
     assert proc.stdout.count('"run_dir"') == 1  # one process speaks for the run
+
+
+def test_accelerate_launch_trains_what_one_process_does(tiny_bert_no_dropout, odd_files, tmp_path):
+    # `accelerate launch --multi_gpu` starts the processes through torchrun's machinery; without GPUs they meet over
+    # gloo on the CPU, as on a GPU machine they would over NCCL.
+    training = {"batch_size": 4, "epochs": 1}
+    ok(train_one(tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "one", training={**training, "grad_accum": 4})))
+    recipe = tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "acc", training={**training, "grad_accum": 2})
+    path = tmp_path / "acc.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+                           "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "tuneforge", "train",
+                           str(path)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    ok(proc)
+    assert summary(tmp_path / "acc")["runtime"]["world_size"] == 2
+    assert_close_weights(tmp_path / "one", tmp_path / "acc")

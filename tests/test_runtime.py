@@ -1,0 +1,141 @@
+"""The runtime: device choice and its errors, precision (fp16 with a checkpointed scaler), how a step's rows are
+dealt out among ranks, and metrics merged from shards equal to metrics of the whole."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tuneforge
+from tuneforge.engine.loop import count_steps
+from tuneforge.engine.parallel import share_of
+from tuneforge.engine.runtime import CPU, Runtime, resolve_device
+from tuneforge.errors import RecipeError
+from tuneforge.tasks.grpo import GRPOMetrics
+from tuneforge.tasks.metrics import ClassificationMetrics, CausalLMMetrics, MultiLabelMetrics, RegressionMetrics
+from tuneforge.tasks.preference import PolicyMetrics, RewardMetrics
+
+from conftest import tiny_recipe
+from helpers import InterruptAt
+from test_engine import assert_same_weights, weights
+
+
+def test_auto_and_cpu_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type in (expected, "mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1"])
+def test_cuda_where_there_is_none_is_a_recipe_error(spec, tiny_bert, sentiment_files, tmp_path):
+    with pytest.raises(RecipeError) as e:
+        tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"device": spec}))
+    assert "training.device" in str(e.value) and spec in str(e.value) and "sees no CUDA GPU" in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("spec, says", [("tpu", "is not a device"), ("cuda:x", "cuda:N"), ("cuda:-1", "cuda:N")])
+def test_malformed_devices_are_named(spec, says):
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        says = "sees no CUDA GPU"
+    with pytest.raises(RecipeError, match=says):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                    reason="this machine has MPS")
+def test_mps_where_there_is_none_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="no MPS"):
+        resolve_device("mps")
+
+
+def test_predict_refuses_a_device_that_is_not_here(tiny_bert, sentiment_files, tmp_path):
+    r = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}))
+    with pytest.raises(RecipeError, match="device: 'tpu'"):
+        tuneforge.predict(r.run_dir, texts=["good film"], device="tpu")
+    assert tuneforge.predict(r.run_dir, texts=["good film"], device="cpu")[0]["label"] in ("pos", "neg")
+
+
+def test_fp16_trains_with_a_scaler_that_resumes_exactly(tiny_bert, sentiment_files, tmp_path):
+    training = {"precision": "fp16", "checkpoint_every": 2, "epochs": 2}
+    full = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "full", training=training))
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "cut", training=training)
+    with pytest.raises(KeyboardInterrupt):
+        tuneforge.fine_tune(recipe, callbacks=[InterruptAt(5)])
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step-00000004"
+    scale = torch.load(checkpoint / "scaler.pt", weights_only=True)
+    assert scale["scale"] > 0  # the loss scale is part of where training stands
+    resumed = tuneforge.fine_tune(recipe, resume=True)
+    assert resumed.metrics == full.metrics
+    assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
+    start = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "fp32", training={"epochs": 2}))
+    assert abs(full.metrics["validation"]["loss"] - start.metrics["validation"]["loss"]) < 0.1  # trained alike
+    assert json.loads((full.run_dir / "summary.json").read_text())["runtime"]["precision"] == "fp16"
+
+
+def test_rng_state_of_every_rank_is_kept():
+    rt = Runtime(torch.device("cpu"))
+    torch.manual_seed(3)
+    state = rt.rng_state()
+    a = torch.rand(3)
+    rt.set_rng_state(state)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_a_steps_rows_are_dealt_out_by_position():
+    step = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    ranks = [share_of(step, Runtime(torch.device("cpu"), rank=r, world_size=2)) for r in (0, 1)]
+    assert ranks == [[[0, 1], [4, 5], [8, 9]], [[2, 3], [6, 7]]]
+    assert share_of([[0, 1]], Runtime(torch.device("cpu"), rank=1, world_size=2)) == []  # joins with a zero loss
+
+
+def test_steps_count_the_global_batch():
+    from tuneforge.recipe import TrainingSpec
+
+    cfg = TrainingSpec(batch_size=4, grad_accum=2, epochs=3)
+    assert count_steps(36, cfg, 1) == (5, 15)   # 9 micro-batches, 2 per step
+    assert count_steps(36, cfg, 2) == (3, 9)    # 4 per step
+    assert CPU.world_size == 1 and CPU.is_main
+
+
+def _shards(make, batches):
+    whole, parts = make(), [make(), make()]
+    for i, args in enumerate(batches):
+        whole.update(*args)
+        parts[i % 2].update(*args)
+    parts[0].merge(parts[1])
+    return whole.compute(), parts[0].compute()
+
+
+@pytest.mark.parametrize("kind", ["classification", "multi-label", "regression", "causal", "reward", "policy", "grpo"])
+def test_metrics_merged_from_shards_equal_the_whole(kind):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    if kind == "classification":
+        make, batches = lambda: ClassificationMetrics(3), [(r(5, 3), torch.randint(0, 3, (5,), generator=g)) for _ in range(5)]
+    elif kind == "multi-label":
+        make, batches = lambda: MultiLabelMetrics(4), [(r(5, 4), (r(5, 4) > 0).float()) for _ in range(5)]
+    elif kind == "regression":
+        make, batches = RegressionMetrics, [(r(5, 1), r(5)) for _ in range(5)]
+    elif kind == "causal":
+        def labels():
+            out = torch.randint(0, 7, (2, 6), generator=g)
+            out[:, :2] = -100
+            return out
+        make, batches = CausalLMMetrics, [(r(2, 6, 7), labels()) for _ in range(5)]
+    elif kind == "reward":
+        make, batches = RewardMetrics, [((r(4), r(4)),) for _ in range(5)]
+    elif kind == "policy":
+        make = PolicyMetrics
+        batches = [({k: r(3) for k in ("chosen", "rejected", "chosen_logps", "rejected_logps")}
+                    | {"kl": (float(r(1)), 3)},) for _ in range(5)]
+    else:
+        make = GRPOMetrics
+        batches = [({"rewards": r(4), "group_std": r(2), "tokens": torch.randint(1, 9, (4,), generator=g),
+                     "stopped": torch.rand(4, generator=g) > 0.5, "kl": (float(r(1)), 4)},) for _ in range(5)]
+    whole, merged = _shards(make, batches)
+    assert merged.keys() == whole.keys()
+    for k in whole:
+        assert merged[k] == pytest.approx(whole[k], rel=1e-6, abs=1e-7), k
