@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import sentiment_rows, tiny_recipe, write_rows
 from test_causal_lm import lm_recipe, pc_files, tiny_llama  # noqa: F401  (fixtures)
+from test_grpo import grpo_recipe, grpo_setup  # noqa: F401  (fixture)
 from test_preference import pref_files, pref_recipe  # noqa: F401  (fixture)
 
 HERE = Path(__file__).parent
@@ -227,3 +228,53 @@ def test_accelerate_launch_trains_what_one_process_does(tiny_bert_no_dropout, od
     ok(proc)
     assert summary(tmp_path / "acc")["runtime"]["world_size"] == 2
     assert_close_weights(tmp_path / "one", tmp_path / "acc")
+
+
+# ---------------------------------------------------------------- FSDP (training.distributed: fsdp)
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_in_two_processes_trains_what_one_process_does(method, tiny_bert_no_dropout, odd_files, tmp_path):
+    spec = CLASSIFIER_METHODS[method]
+    training = {"batch_size": 4, "epochs": 2, "checkpoint_every": 2, "eval_every": 2}
+    ok(train_one(tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "one", method=spec,
+                             training={**training, "grad_accum": 4})))
+    ok(train_cli(tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "fsdp", method=spec,
+                             training={**training, "grad_accum": 2, "distributed": "fsdp"}), tmp_path))
+    assert_close_weights(tmp_path / "one", tmp_path / "fsdp")
+    assert_same_metrics(tmp_path / "one", tmp_path / "fsdp")
+    # each rank wrote its shard of the last checkpoint; the kept model is whole and names transformers' class
+    shards = sorted(p.name for p in (tmp_path / "fsdp" / "checkpoints" / "step-00000006" / "shards").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    if method == "full":
+        config = json.loads((tmp_path / "fsdp" / "model" / "config.json").read_text())
+        assert config["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_fsdp_causal_lm_in_two_processes(tiny_llama, pc_files, tmp_path):  # noqa: F811
+    training = {"batch_size": 2, "epochs": 2, "lr": 1e-2}
+    ok(train_one(lm_recipe(tiny_llama, pc_files, tmp_path / "one", training={**training, "grad_accum": 2})))
+    ok(train_cli(lm_recipe(tiny_llama, pc_files, tmp_path / "fsdp",
+                           training={**training, "grad_accum": 1, "distributed": "fsdp"}), tmp_path))
+    assert_close_weights(tmp_path / "one", tmp_path / "fsdp")
+    assert_same_metrics(tmp_path / "one", tmp_path / "fsdp")
+
+
+def test_killed_fsdp_run_resumes_exactly_from_its_shards(tiny_bert, odd_files, tmp_path):
+    training = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "checkpoint_every": 2, "distributed": "fsdp"}
+    full = tiny_recipe(tiny_bert, odd_files, tmp_path / "full", training=training)
+    cut = tiny_recipe(tiny_bert, odd_files, tmp_path / "cut", training=training)
+    ok(train_cli(full, tmp_path))
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    assert torchrun([str(HERE / "dist_worker.py"), str(tmp_path / "cut.json")], {"DIST_KILL_AT": "5"}).returncode != 0
+    assert (tmp_path / "cut" / "checkpoints" / "step-00000004" / "shards").is_dir()
+    ok(train_cli(cut, tmp_path, "--resume"))
+    assert_close_weights(tmp_path / "full", tmp_path / "cut", atol=0.0)
+    assert summary(tmp_path / "cut")["metrics"] == summary(tmp_path / "full")["metrics"]
+
+
+def test_fsdp_refuses_what_it_cannot_run(tiny_llama, grpo_setup, tmp_path):  # noqa: F811
+    files, reward = grpo_setup
+    proc = train_cli(grpo_recipe(tiny_llama, files, tmp_path / "grpo", reward, training={"distributed": "fsdp"}),
+                     tmp_path)
+    assert proc.returncode != 0 and "training.distributed: fsdp does not run task grpo" in proc.stderr
+    assert not (tmp_path / "grpo" / "summary.json").exists()

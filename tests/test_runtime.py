@@ -139,3 +139,40 @@ def test_metrics_merged_from_shards_equal_the_whole(kind):
     assert merged.keys() == whole.keys()
     for k in whole:
         assert merged[k] == pytest.approx(whole[k], rel=1e-6, abs=1e-7), k
+
+
+class _Attention:
+    def on_train_start(self, loop):
+        self.kernel = loop.model.config._attn_implementation
+
+
+@pytest.mark.parametrize("spec", ["eager", "sdpa"])
+def test_attention_kernel_is_passed_to_transformers_and_trains_alike(spec, tiny_bert_no_dropout, sentiment_files,
+                                                                      tmp_path):
+    seen = _Attention()
+    r = tuneforge.fine_tune(tiny_recipe(tiny_bert_no_dropout, sentiment_files, tmp_path / spec,
+                                        model={"attn_implementation": spec}, training={"epochs": 1}), callbacks=[seen])
+    assert seen.kernel == spec
+    auto = tuneforge.fine_tune(tiny_recipe(tiny_bert_no_dropout, sentiment_files, tmp_path / "auto",
+                                           training={"epochs": 1}))
+    assert r.metrics["validation"]["loss"] == pytest.approx(auto.metrics["validation"]["loss"], abs=1e-5)
+
+
+def test_an_attention_kernel_that_cannot_run_is_a_recipe_error(tiny_bert, sentiment_files, tmp_path):
+    pytest.importorskip("torch")
+    import importlib.util
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(RecipeError, match="model.attn_implementation: 'flash_attention_2'"):
+        tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run",
+                                        model={"attn_implementation": "flash_attention_2"}))
+
+
+def test_auto_attention_chooses_flash_only_where_it_runs():
+    from tuneforge.models.attention import choose_attention
+
+    class Supports:
+        _supports_flash_attn = True
+    assert choose_attention("auto", Supports, "cpu", "bf16") is None          # transformers' choice: sdpa
+    assert choose_attention("auto", Supports, "cuda", "fp32") is None         # FlashAttention needs bf16/fp16
+    assert choose_attention("eager", Supports, "cuda", "bf16") == "eager"     # the user's choice stands

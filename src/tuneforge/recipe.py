@@ -35,6 +35,9 @@ class ModelSpec(_Section):
     pretrained: bool = Field(True, description="start from the pre-trained weights; false: the same architecture "
                              "randomly initialized (to measure what pre-training buys)")
     trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
+    attn_implementation: str = Field("auto", description="attention kernel for transformers: auto (FlashAttention-2 on a "
+                                     "CUDA GPU in bf16/fp16 when flash-attn is installed, else transformers' choice: "
+                                     "sdpa where the model has it), eager, sdpa, flash_attention_2, flex_attention, ...")
     keep_layers: Optional[list[int]] = Field(None, description="a smaller student: keep only these transformer blocks "
                                              "(0-based, in order) of the loaded model, e.g. [0, 2, 4]")
     keep_every: Optional[int] = Field(None, ge=2, description="a smaller student, DistilBERT-style: keep one block in "
@@ -278,6 +281,9 @@ class TrainingSpec(_Section):
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; under torchrun "
                         "each process takes the GPU of its local rank")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 adds a gradient scaler")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp (a full copy of the "
+                                                "model per process) or fsdp (FSDP2: weights, gradients and optimizer "
+                                                "state sharded across processes, for models that do not fit one device)")
     tf32: bool = Field(True, description="TF32 matmuls on GPUs that have them (Ampere and newer); false: exact fp32")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                          "about a third more time")

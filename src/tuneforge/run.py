@@ -16,7 +16,7 @@ from .data.collate import encode_for
 from .data.dataset import load_examples
 from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
                                TensorBoardLogger, tensorboard_available, truncate_jsonl)
-from .engine.checkpoint import atomic_folder, list_checkpoints, load_checkpoint, load_weights
+from .engine.checkpoint import atomic_folder, check_world_size, list_checkpoints, load_checkpoint, restore_weights
 from .engine.evaluate import run_evaluation
 from .engine.loop import Loop, LoopState, count_steps
 from .engine.runtime import runtime_for
@@ -162,7 +162,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         model_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(adapted)})})
         keep = STAGE_FOLDERS  # when the run starts over below, the stage just run stays
     splits, space, origin, weak_data = _load_data(recipe, notes)
-    loaded = load_for_recipe(model_recipe, task, space, head_seed)
+    loaded = load_for_recipe(model_recipe, task, space, head_seed, runtime)
     model, tokenizer = loaded.model, loaded.tokenizer  # tokenizer: an ImageProcessing for image models
     distill_info, teacher = None, None
     if recipe.distill is not None:
@@ -170,12 +170,19 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space)
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
-    model.to(runtime.device)  # before the optimizer and the reference copy are made
+    if not runtime.fsdp:
+        model.to(runtime.device)  # before the optimizer and the reference copy are made
     if teacher is not None:
         teacher.model.to(runtime.device)
     reference_mode = _prepare_objective(recipe, task, model, tokenizer)  # before a checkpoint loads: the start
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
+    if runtime.fsdp:  # sharded in place, onto the device, before the optimizer sees its parameters
+        from .engine.sharding import shard_model
+        _check_fsdp(recipe)
+        if getattr(task, "reference", None) is not None and hasattr(task.reference, "model"):
+            task.reference.model.to(runtime.device)
+        shard_model(model, runtime)
     # Dropout's RNG, apart from head and adapter initialization and data order; each rank draws its own masks.
     torch.manual_seed(t.seed + runtime.rank)
     warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
@@ -287,8 +294,9 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     loop.run()
     train_seconds = time.perf_counter() - started
 
-    if t.restore_best and validation is not None and best_path.exists():
-        load_weights(model, best_path, saved_names)
+    # Rank 0's disk decides (another machine's rank need not see it); its weights reach every rank.
+    if t.restore_best and validation is not None and runtime.gather(best_path.exists())[0]:
+        restore_weights(model, best_path, saved_names, runtime)
     weak_report, steps, best_step = None, loop.state.global_step, loop.state.best_step
     if weak_data is not None:
         weak_report = _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, space, pad_id, run_dir,
@@ -307,6 +315,10 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         if name in encoded and name not in metrics:
             metrics[name] = run_evaluation(model, encoded[name], task, len(space.names), recipe.task.threshold,
                                            t.eval_batch_size, pad_id, runtime)
+    kept = None
+    if runtime.fsdp:  # the whole model (or adapter and head) gathered onto rank 0, which saves it
+        from .engine.sharding import gather_state
+        kept = gather_state(model, saved_names)
     if not runtime.is_main:  # rank 0 writes the model and the summary; every rank returns the same metrics
         runtime.barrier()
         return RunResult(run_dir=run_dir, model_dir=run_dir / ("adapter" if adapter else "model"), metrics=metrics,
@@ -316,14 +328,14 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 
     if adapter:
         model_dir = run_dir / "adapter"
-        stored = save_adapter(model, tokenizer, model_dir)
+        stored = save_adapter(model, tokenizer, model_dir, kept)
     else:
         model_dir = run_dir / "model"
         carried = {}
         if recipe.task.type == "masked-lm":
             from .models.loading import base_weights_missing_from
             carried = base_weights_missing_from(model, loaded.path)
-        stored = _save_model(model, tokenizer, model_dir, carried)
+        stored = _save_model(model, tokenizer, model_dir, carried, kept)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=best_step,
                        steps=steps, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
@@ -353,19 +365,6 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     print_summary(console, result)
     runtime.barrier()
     return result
-
-
-def check_world_size(checkpoint: Path, world_size: int) -> None:
-    """A step's rows depend on the number of processes, so a run resumes exactly only in as many as it ran in."""
-    from .engine.checkpoint import read_loop_state
-
-    trained = read_loop_state(checkpoint).get("world_size", 1)
-    if trained != world_size:
-        how = "without torchrun" if trained == 1 else f"with torchrun --nproc_per_node {trained} (or --nnodes x " \
-            f"--nproc_per_node making {trained})"
-        raise RunDirError(f"{checkpoint}: the run trained in {trained} process(es) and this resume has {world_size}; "
-                          f"each optimizer step's rows depend on that number, so it would not continue exactly. "
-                          f"Resume it {how}, or start over with --overwrite")
 
 
 def _load_data(recipe, notes: list):
@@ -453,7 +452,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
     seconds = time.perf_counter() - started
     improved = best is not None and state.best_step is not None
     if t.restore_best and encoded.get("validation") is not None:
-        load_weights(model, best if improved else stage_one_best, saved_names)
+        restore_weights(model, best if improved else stage_one_best, saved_names, runtime)
     report["self_training"] = {"best_step": state.best_step if improved else None, "improved": improved,
                                "steps": state.global_step, "seconds": round(seconds, 2), "history": state.history,
                                "pseudo_labels": refreshes, "metrics_at_end": None}
@@ -521,14 +520,35 @@ def _enable_gradient_checkpointing(model) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None) -> int:
+def _check_fsdp(recipe) -> None:
+    """What a sharded model cannot do yet: sampling runs a different number of forwards on each rank, and every
+    forward of a sharded model is a collective of all ranks."""
+    problems = []
+    if recipe.task.type == "grpo":
+        problems.append("training.distributed: fsdp does not run task grpo (each rank samples completions of its own "
+                        "length); use ddp")
+    if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
+        problems.append("task.sample_prompts: sample generations run on rank 0 alone, which a sharded model cannot; "
+                        "remove them or use training.distributed: ddp")
+    if recipe.distill is not None:
+        problems.append("training.distributed: fsdp does not run distillation yet (its report times the student on rank "
+                        "0 alone); use ddp")
+    if problems:
+        raise RecipeError(problems)
+
+
+def _save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None) -> int:
     """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
     `carried`: tensors the model has no place for but a later fine-tune should find (an adapted encoder's pooler).
-    Returns the weights' size in bytes."""
+    `state`: the weights gathered from a sharded model. Returns the weights' size in bytes."""
     for p in model.parameters():  # saved models should load as ordinary trainable models
         p.requires_grad_(True)
     with atomic_folder(model_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if state is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            from .engine.sharding import save_gathered
+            save_gathered(model, state, tmp)
         tokenizer.save_pretrained(tmp)
         if carried:
             from safetensors.torch import load_file, save_file

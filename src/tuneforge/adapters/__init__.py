@@ -231,14 +231,15 @@ def trainable_names(model: nn.Module) -> set[str]:
 
 # ---------------------------------------------------------------- save and load
 
-def save_adapter(model: nn.Module, tokenizer, folder: Path) -> int:
-    """Write the adapter (and head) into `folder` atomically; returns the weights' size in bytes."""
+def save_adapter(model: nn.Module, tokenizer, folder: Path, state: dict | None = None) -> int:
+    """Write the adapter (and head) into `folder` atomically; returns the weights' size in bytes. `state`: the
+    weights gathered from a sharded model (adapter and head at least)."""
     with atomic_folder(folder) as tmp:
         if is_peft(model):
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
         else:
             config = model.bottleneck_config
-            state = dict(model.named_parameters())
+            state = state if state is not None else dict(model.named_parameters())
             save_file({n: state[n].detach().cpu().contiguous() for n in _bottleneck_saved_names(model, config)},
                       str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             (tmp / bn.CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=1))

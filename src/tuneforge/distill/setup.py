@@ -14,14 +14,14 @@ from .teacher import Teacher, _Reordered, load_teacher, teacher_outputs
 def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -> tuple[list[int] | None, int]:
     """What needs teacher and student both: readable batches, widths and depths for hidden-state matching.
     Returns (teacher hidden-state index per student block, or None; the student's blocks)."""
-    from ..models.layers import _find_blocks
+    from ..models.layers import find_blocks
 
     d = recipe.distill
     if not d.uses_cache(recipe.task.type) and not teacher.same_tokenizer:
         raise RecipeError([f"distill.teacher {d.teacher}: its tokenizer differs from the student's, so it cannot read "
                            "the student's batches; set distill.cache: true (its outputs are then computed from its "
                            "own tokens) and distill.hidden_weight: 0"])
-    student_blocks = len(_find_blocks(student)[1])
+    student_blocks = len(find_blocks(student)[1])
     if not d.hidden_weight:
         return None, student_blocks
     width = getattr(student.config, "hidden_size", None)

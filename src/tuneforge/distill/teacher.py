@@ -49,7 +49,7 @@ def _fingerprint(folder: Path) -> str:
 
 def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
     from ..assets import resolve_model_path
-    from ..models.layers import _find_blocks
+    from ..models.layers import find_blocks
     from ..models.loading import _quiet_transformers
 
     _quiet_transformers()
@@ -86,7 +86,7 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
                            "vocabulary"])
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return Teacher(model=model, tokenizer=tokenizer, source=str(where), label_names=labels, order=order,
-                   same_tokenizer=same, blocks=len(_find_blocks(base)[1]),
+                   same_tokenizer=same, blocks=len(find_blocks(base)[1]),
                    hidden_size=getattr(base.config, "hidden_size", None), fingerprint=_fingerprint(Path(where)),
                    method=method)
 

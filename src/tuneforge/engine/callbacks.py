@@ -27,9 +27,14 @@ class KeepBest:
         value = metrics[self.metric]  # the name was checked against the task before training
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
+            runtime = getattr(loop, "runtime", None)
+            state = None
+            if runtime is not None and runtime.fsdp:  # gathered whole onto rank 0: every rank takes part
+                from .sharding import gather_state
+                state = gather_state(loop.model, self.names)
             if self.write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                save_weights(loop.model, self.path, self.names)
+                save_weights(loop.model, self.path, self.names, state)
         else:
             s.bad_evals += 1
 

@@ -10,7 +10,7 @@ import torch
 
 from ..data.collate import EncodedSplit
 from ..tasks.metrics import align_to_labels
-from .parallel import shard
+from .parallel import padding, shard
 from .runtime import CPU, Runtime, device_of
 
 
@@ -33,7 +33,13 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
     metrics = task.make_metrics(num_labels, threshold)
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     n = 0
-    for indices in shard(length_batches(split, batch_size), runtime):
+    batches = length_batches(split, batch_size)
+    mine = shard(batches, runtime)
+    if runtime.fsdp:  # every forward of a sharded model gathers weights with all ranks: as many forwards on each
+        for _ in range(padding(len(mine), len(batches), runtime)):
+            with runtime.autocast():
+                task.batch_loss(model, runtime.to_device(split.batch(batches[0], pad_id)), evaluating=True)
+    for indices in mine:
         batch = runtime.to_device(split.batch(indices, pad_id))
         with runtime.autocast():
             batch_loss, outputs = task.batch_loss(model, batch, evaluating=True)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from ..data.collate import EncodedSplit
-from .checkpoint import checkpoint_path, save_checkpoint
+from .checkpoint import save_checkpoint
 from .evaluate import run_evaluation
-from .parallel import share_of, sync_gradients, trains_now, wrap_for_training
+from .parallel import padding, share_of, sync_gradients, trains_now, wrap_for_training
 from .runtime import CPU, Runtime
 
 
@@ -140,7 +140,7 @@ class Loop:
     def forward_model(self, batch: dict):
         """The model as the training forward sees it: the model itself in one process; in several, a DDP wrapper,
         built again when what trains changes (gradual unfreezing), since DDP syncs the parameters it was given."""
-        if not self.runtime.distributed:
+        if not self.runtime.distributed or self.runtime.fsdp:  # FSDP: the model is sharded in place already
             return self.model
         now = trains_now(self.model)
         if now != self._wrapped_for:
@@ -157,18 +157,18 @@ class Loop:
         rt, augment = self.runtime, (self.data_seed, self.state.epoch)
         normalizer = max(sum(self.train_split.count(b, augment) for b in step_batches), 1)
         mine = share_of(step_batches, rt)
-        # DDP averages gradients over ranks: scaled by the world size they sum to the 1-process gradient. A rank
-        # left without rows on a short last step still joins the all-reduce, with a loss of zero.
-        scale = rt.world_size / normalizer if mine else 0.0
-        work = mine or step_batches[:1]
+        # DDP and FSDP average gradients over ranks: scaled by the world size they sum to the 1-process gradient.
+        # Padding forwards (a rank short of rows on a short step) count with a loss of zero.
+        scale = rt.world_size / normalizer
+        work = [(b, scale) for b in mine] + [(step_batches[0], 0.0)] * padding(len(mine), len(step_batches), rt)
         total = torch.zeros((), device=rt.device)
-        for i, indices in enumerate(work):
+        for i, (indices, weight) in enumerate(work):
             batch = rt.to_device(self.train_split.batch(indices, self.pad_id, augment))
             model = self.forward_model(batch) if i == 0 else model
             with sync_gradients(model, last=i == len(work) - 1):
                 with rt.autocast():
                     loss_sum, _ = self.task.batch_loss(model, batch)
-                loss = loss_sum * scale
+                loss = loss_sum * weight
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
         if self.scaler:
@@ -213,16 +213,14 @@ class Loop:
         return metrics
 
     def save(self) -> Path:
-        """A checkpoint, written by rank 0 with every rank's RNG state; the others wait until it is complete."""
+        """A checkpoint with every rank's RNG state, written by rank 0 (FSDP: each rank writes its shard too);
+        every rank returns once it is complete."""
         self._flush_loss()
         rt = self.runtime
         rng = rt.gather(rt.rng_state())
-        path = checkpoint_path(self.run_dir / "checkpoints", self.state.global_step)
-        if rt.is_main:
-            path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
-                                   self.scheduler,
-                                   {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
-                                   self.cfg.keep_checkpoints, self.saved_names, rng=rng, scaler=self.scaler)
-        rt.barrier()
+        path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
+                               self.scheduler,
+                               {**asdict(self.state), "param_groups": [g.get("name") for g in self.optimizer.param_groups]},
+                               self.cfg.keep_checkpoints, self.saved_names, rng=rng, scaler=self.scaler, runtime=rt)
         self.fire("on_save", path)
         return path

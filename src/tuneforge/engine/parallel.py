@@ -69,9 +69,14 @@ def share_of(step_batches: list, runtime) -> list:
 
 
 def sync_gradients(model: torch.nn.Module, last: bool):
-    """Gradients are all-reduced once per optimizer step, in the backward of its last micro-batch."""
+    """Gradients are all-reduced (FSDP: reduce-scattered) once per optimizer step, in the backward of its last
+    micro-batch."""
+    from torch.distributed.fsdp import FSDPModule
+
     if isinstance(model, DistributedDataParallel) and not last:
         return model.no_sync()
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last)
     return nullcontext()
 
 
@@ -79,3 +84,12 @@ def shard(items: list, runtime) -> list:
     """Evaluation batches by rank: every world-size-th one (whole batches, so each is the batch one process
     would have run)."""
     return items[runtime.rank::runtime.world_size]
+
+
+def padding(mine: int, total: int, runtime) -> int:
+    """Forwards whose result is discarded that this rank adds, so every rank runs as many forwards. Needed where a
+    forward is itself a collective (FSDP gathers weights in it), and for a DDP rank left without rows in a step,
+    which must still join the gradient all-reduce."""
+    if runtime.fsdp:
+        return -(-total // runtime.world_size) - mine
+    return 0 if mine or not runtime.distributed else 1

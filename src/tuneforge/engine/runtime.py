@@ -25,6 +25,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    fsdp: bool = False        # weights sharded across the ranks (engine/sharding.py); else each holds a replica
 
     @property
     def distributed(self) -> bool:
@@ -56,7 +57,7 @@ class Runtime:
 
     def alone(self) -> "Runtime":
         """The same device and precision for work one rank does by itself (rank 0's reports): no collectives."""
-        return replace(self, rank=0, world_size=1)
+        return replace(self, rank=0, world_size=1, fsdp=False)
 
     # ---- collectives (no-ops in one process)
 
@@ -179,4 +180,5 @@ def runtime_for(training, *, device: str | None = None, distributed: bool = True
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
-    return Runtime(dev, precision, rank, world, local_rank)
+    fsdp = world > 1 and getattr(training, "distributed", "ddp") == "fsdp"
+    return Runtime(dev, precision, rank, world, local_rank, fsdp)

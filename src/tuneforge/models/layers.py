@@ -26,7 +26,7 @@ class LayerGroups:
         return sum(g.startswith("layer.") for g in self.order)
 
 
-def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     best, best_size = None, -1
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
@@ -42,7 +42,7 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def find_layer_groups(model: nn.Module) -> LayerGroups:
-    prefix, blocks = _find_blocks(model)
+    prefix, blocks = find_blocks(model)
     n = len(blocks)
     # Inside an encoder wrapper (bert.encoder, mpnet.encoder, deberta.encoder), a parameter beside the block
     # list is shared by the blocks (relative position tables); it is input-side, not head. When the blocks

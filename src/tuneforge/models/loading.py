@@ -45,10 +45,13 @@ def tokenizer_and_config(name: str, trust_remote_code: bool = False):
 
 
 def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
-                            head_seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
+                            head_seed: int, trust_remote_code: bool = False, pretrained: bool = True,
+                            attention=None) -> LoadedModel:
+    """`attention(auto_class, config)`: from_pretrained keyword arguments choosing the attention kernel."""
     from transformers import AutoModelForSequenceClassification
 
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
+    extra = attention(AutoModelForSequenceClassification, config) if attention else {}
     config.num_labels = num_outputs
     config.problem_type = problem_type
     if tokenizer.pad_token is None:
@@ -68,9 +71,10 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     # The head's initialization draws from the global RNG: seed it here, apart from the data order.
     torch.manual_seed(head_seed)
     load = lambda **kw: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
-        path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kw)
+        path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True,
+        **extra, **kw)
     if not pretrained:  # the same architecture, randomly initialized: what pre-training buys
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        model = _from_config(AutoModelForSequenceClassification, name, config, trust_remote_code, extra)
         return LoadedModel(model=model, tokenizer=tokenizer, path=path,
                            new_parameters=sorted(n for n, _ in model.named_parameters()))
     try:
@@ -84,7 +88,9 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
             model, info = load(ignore_mismatched_sizes=True)
     except (OSError, EnvironmentError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
+        if _attention_failed(extra, e):
+            raise _attention_error(name, extra, e) from None
         raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no sequence-classification head "
                              f"in transformers: {e}") from None
     mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys", [])]
@@ -105,52 +111,82 @@ def load_run_model(model_dir: Path):
     return model, tokenizer
 
 
-def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pretrained: bool = True) -> LoadedModel:
+def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pretrained: bool = True,
+                       attention=None) -> LoadedModel:
     """A causal language model and its tokenizer; its own head (tied or not) is kept, nothing is new."""
     from transformers import AutoModelForCausalLM
 
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
         tokenizer.pad_token = tokenizer.eos_token
+    extra = attention(AutoModelForCausalLM, config) if attention else {}
     torch.manual_seed(seed)
     if not pretrained:
-        try:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        except ValueError as e:
-            raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} is not a causal language model in "
-                                 f"transformers: {e}") from None
+        model = _from_config(AutoModelForCausalLM, name, config, trust_remote_code, extra,
+                             "is not a causal language model in transformers")
         return LoadedModel(model, tokenizer, path, sorted(n for n, _ in model.named_parameters()))
     model, info = _from_pretrained(AutoModelForCausalLM, name, path, config, trust_remote_code,
-                                   "is not a causal language model in transformers")
+                                   "is not a causal language model in transformers", extra)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=sorted(info.get("missing_keys", [])))
 
 
-def _from_pretrained(auto, name: str, path: Path, config, trust_remote_code: bool, unsupported: str):
+def _from_pretrained(auto, name: str, path: Path, config, trust_remote_code: bool, unsupported: str,
+                     extra: Optional[dict] = None):
     """(model, loading info) from safetensors; a failure names the model and why."""
+    extra = extra or {}
     try:
         return auto.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True,
-                                    output_loading_info=True)
+                                    output_loading_info=True, **extra)
     except (OSError, EnvironmentError) as e:
         raise TuneforgeError(f"model.name {name!r}: could not load weights from {path} (safetensors only): {e}") from None
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
+        if _attention_failed(extra, e):
+            raise _attention_error(name, extra, e) from None
         raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} {unsupported}: {e}") from None
 
 
-def load_for_recipe(recipe, task, space, head_seed: int) -> LoadedModel:
-    """The recipe's model with a new head for `space`, cut to the blocks model.keep_layers / keep_every name."""
+def _from_config(auto, name: str, config, trust_remote_code: bool, extra: dict,
+                 unsupported: str = "has no sequence-classification head in transformers"):
+    try:
+        return auto.from_config(config, trust_remote_code=trust_remote_code, **extra)
+    except (ValueError, ImportError) as e:
+        if _attention_failed(extra, e):
+            raise _attention_error(name, extra, e) from None
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} {unsupported}: {e}") from None
+
+
+def _attention_failed(extra: dict, e: Exception) -> bool:
+    text = str(e).lower()
+    return bool(extra) and ("attn" in text or "attention" in text)
+
+
+def _attention_error(name: str, extra: dict, e: Exception) -> TuneforgeError:
+    from ..errors import RecipeError
+
+    return RecipeError([f"model.attn_implementation: {extra['attn_implementation']!r} cannot run {name!r} here: {e}. "
+                        "Use auto (the fastest available), sdpa or eager"])
+
+
+def load_for_recipe(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
+    """The recipe's model with a new head for `space`, cut to the blocks model.keep_layers / keep_every name.
+    `runtime`: where it will run, for the attention choice `auto`."""
     from .truncate import truncate_for_recipe
 
-    loaded = _load_whole(recipe, task, space, head_seed)
+    loaded = _load_whole(recipe, task, space, head_seed, runtime)
     loaded.kept_layers, loaded.blocks_before = truncate_for_recipe(loaded.model, recipe.model)
     return loaded
 
 
-def _load_whole(recipe, task, space, head_seed: int) -> LoadedModel:
+def _load_whole(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
     """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
+    from .attention import attention_kwargs
+
+    attention = lambda auto, config: attention_kwargs(recipe.model, auto, config, runtime)  # noqa: E731
     if recipe.task.type == "masked-lm":
-        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code)
+        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, attention)
     if recipe.task.type in ("causal-lm", "preference", "grpo"):
-        return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
+        return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
+                                  attention)
     id2label = space.id2label if space.names else None
     if recipe.task.type == "image-classification":
         from .vision import load_for_image_classification
@@ -165,7 +201,8 @@ def _load_whole(recipe, task, space, head_seed: int) -> LoadedModel:
     if recipe.task.type == "reward-model":
         id2label = {0: "reward"}
     return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
-                                   id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained)
+                                   id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
+                                   attention)
 
 
 def load_causal_run_model(model_dir: Path):
@@ -183,7 +220,7 @@ def load_causal_run_model(model_dir: Path):
     return model, tokenizer
 
 
-def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False) -> LoadedModel:
+def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False, attention=None) -> LoadedModel:
     """An encoder with its masked-LM head, for continued pre-training. A checkpoint saved without one (e.g. a
     sentence-transformers encoder) gets a new head whose output layer is tied to the word embeddings, as BERT's
     is; only its small transform layer and bias start from scratch (they are listed as new)."""
@@ -196,7 +233,7 @@ def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False) ->
     torch.manual_seed(seed)
     model, info = _from_pretrained(AutoModelForMaskedLM, name, path, config, trust_remote_code,
                                    "has no masked-LM head in transformers (decoders continue pre-training with "
-                                   "task.type causal-lm)")
+                                   "task.type causal-lm)", attention(AutoModelForMaskedLM, config) if attention else {})
     output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
     if output is not None and output.weight is not inputs.weight and getattr(config, "tie_word_embeddings", True):
         model.tie_weights()

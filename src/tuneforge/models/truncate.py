@@ -10,7 +10,7 @@ from typing import Optional
 import torch.nn as nn
 
 from ..errors import RecipeError
-from .layers import _find_blocks
+from .layers import find_blocks
 
 
 def select_layers(num_blocks: int, every: Optional[int] = None, keep: Optional[list[int]] = None) -> list[int]:
@@ -33,7 +33,7 @@ def select_layers(num_blocks: int, every: Optional[int] = None, keep: Optional[l
 def keep_layers(model: nn.Module, indices: list[int]) -> tuple[int, int]:
     """Keep only the blocks `indices` of `model`, in place; the config says the new depth, so the model saves and
     reloads as an ordinary smaller one. Returns (blocks before, blocks after)."""
-    prefix, blocks = _find_blocks(model)
+    prefix, blocks = find_blocks(model)
     before = len(blocks)
     kept = nn.ModuleList([blocks[i] for i in indices])
     parent_name, _, attr = prefix.rpartition(".")
@@ -57,7 +57,7 @@ def truncate_for_recipe(model: nn.Module, spec) -> tuple[Optional[list[int]], Op
     (None, None) when the model stays whole."""
     if spec.keep_layers is None and spec.keep_every is None:
         return None, None
-    _, blocks = _find_blocks(model)
+    _, blocks = find_blocks(model)
     indices = select_layers(len(blocks), spec.keep_every, spec.keep_layers)
     before, _ = keep_layers(model, indices)
     return indices, before
