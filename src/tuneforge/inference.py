@@ -58,10 +58,12 @@ def _run_labels(run_dir: Path, recipe: Recipe) -> LabelSpace:
     return LabelSpace(list(labels) if recipe.task.type != "regression" else [])
 
 
-def load_base_for(recipe: Recipe, space: LabelSpace):
-    """The run's base model with a head of the run's shape (its weights come from the adapter)."""
+def load_base_for(recipe: Recipe, space: LabelSpace, runtime=None):
+    """The run's base model with a head of the run's shape (its weights come from the adapter); a quantized base
+    (model.quantization) is quantized again as in training, on the runtime's device."""
     t = recipe.training
-    return load_for_recipe(recipe, get_task(recipe.task.type), space, t.head_seed if t.head_seed is not None else t.seed)
+    return load_for_recipe(recipe, get_task(recipe.task.type), space, t.head_seed if t.head_seed is not None else t.seed,
+                           runtime)
 
 
 def _is_image(recipe: Recipe) -> bool:
@@ -73,18 +75,20 @@ def open_run(run_dir: str | Path, device: Optional[str] = None) -> OpenRun:
     process: using a run is not data-parallel."""
     from .engine.runtime import runtime_for
 
-    run = _load_run(run_dir)
-    run.runtime = runtime_for(run.recipe.training, device=device, distributed=False)
-    run.model.to(run.runtime.device)
+    run_dir, recipe = _read_run(run_dir)
+    runtime = runtime_for(recipe.training, device=device, distributed=False)
+    run = _load_run(run_dir, recipe, runtime)
+    run.runtime = runtime
+    if not recipe.model.quantization:  # (a quantized base is placed as it loads)
+        run.model.to(runtime.device)
     return run
 
 
-def _load_run(run_dir: str | Path) -> OpenRun:
-    run_dir, recipe = _read_run(run_dir)
+def _load_run(run_dir: Path, recipe: Recipe, runtime) -> OpenRun:
     adapter_dir = run_dir / "adapter"
     if adapter_kind(adapter_dir):
         space = _run_labels(run_dir, recipe)
-        loaded = load_base_for(recipe, space)
+        loaded = load_base_for(recipe, space, runtime)
         model = attach_saved_adapter(loaded.model, adapter_dir, name=_peft_name(0))
         model.eval()
         return OpenRun(run_dir, recipe, model, loaded.tokenizer, space, adapter_dir)

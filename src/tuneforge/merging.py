@@ -3,6 +3,10 @@
 The merged model's outputs are compared with the adapter model's on held-out inputs (the run's validation
 data, else its test data, else a file the user gives); when they differ beyond float tolerance the merge is
 refused and the measured difference reported. A merge that silently changes the model is never written.
+
+A QLoRA run's base is 4-bit or 8-bit: its weights are dequantized first (bitsandbytes, through PEFT), the adapter
+is folded into those full-precision weights, and the check compares with the dequantized adapter model. How far the
+merged model is from the quantized model that was trained (its compute dtype rounds differently) is reported too.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class MergeReport:
     max_abs_diff: float
     max_abs_logit: float
     tolerance: float
+    quantized_max_abs_diff: Optional[float] = None  # QLoRA: merged model against the quantized adapter model
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -121,8 +126,13 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     inputs, described = _held_out(predictor, data, examples)
     if not inputs:
         raise MergeError("no inputs to check the merge on; give a file with --data")
+    trained = None
     with torch.no_grad():
         before = predictor.logits(inputs).float()
+        if predictor.recipe.model.quantization:
+            trained, before = before, None
+            predictor.run.model = dequantized_adapter_model(predictor)
+            before = predictor.logits(inputs).float()
         merged = _merge_and_unload(predictor.run.model)
         merged.eval()
         predictor.run.model = merged
@@ -131,7 +141,8 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     scale = float(before.abs().max())
     tolerance = atol + rtol * scale
     report = MergeReport(out_dir=str(out_dir), method=method, examples=len(inputs), inputs=described,
-                         max_abs_diff=diff, max_abs_logit=scale, tolerance=tolerance)
+                         max_abs_diff=diff, max_abs_logit=scale, tolerance=tolerance,
+                         quantized_max_abs_diff=float((after - trained).abs().max()) if trained is not None else None)
     if not diff <= tolerance:  # also catches NaN
         raise MergeError(f"merged model's outputs differ from the adapter model's by {diff:.3g} (largest absolute "
                          f"logit difference over {len(inputs)} inputs from the {described}), above the tolerance "
@@ -140,4 +151,36 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     (out_dir / MERGED_MARKER).write_text(json.dumps({"run_dir": str(run_dir.resolve()), **report.to_json()}, indent=1))
     console.print(f"merged {method} adapter into {out_dir}: outputs match the adapter model's within "
                   f"{diff:.2e} (tolerance {tolerance:.2e}) on {len(inputs)} inputs from the {described}")
+    if trained is not None:
+        console.print(f"  base dequantized from {predictor.recipe.model.quantization} first; against the quantized "
+                      f"model that was trained, the largest logit difference is {report.quantized_max_abs_diff:.3g}")
     return report
+
+
+def dequantized_adapter_model(predictor: Predictor):
+    """The run's adapter on a full-precision copy of its quantized base: every 4-bit / 8-bit weight dequantized
+    (what the adapter was trained against), everything else as loaded."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    from .adapters import attach_saved_adapter
+    from .inference import load_base_for
+
+    recipe = predictor.recipe
+    plain = recipe.model_copy(update={"model": recipe.model.model_copy(update={"quantization": None})})
+    base = load_base_for(plain, predictor.space, predictor.runtime).model.to(predictor.runtime.device)
+    own = dict(base.named_modules())
+    copied = 0
+    for name, module in predictor.run.model.named_modules():
+        if type(module).__name__ not in ("Linear4bit", "Linear8bitLt") or not hasattr(module.weight, "dtype"):
+            continue
+        if not hasattr(module, "in_features") or hasattr(module, "base_layer"):
+            continue  # PEFT's wrapper of a quantized layer: its base_layer is the quantized one
+        target = own[name.removeprefix("base_model.model.").removesuffix(".base_layer")]
+        target.weight.data.copy_(dequantize_module_weight(module).to(target.weight.dtype))
+        copied += 1
+    if not copied:
+        raise MergeError(f"{predictor.run.run_dir}: model.quantization is {recipe.model.quantization!r} but no "
+                         "quantized layer was found to dequantize")
+    model = attach_saved_adapter(base, predictor.run.adapter_dir)
+    model.eval()
+    return model

@@ -35,6 +35,9 @@ class ModelSpec(_Section):
     pretrained: bool = Field(True, description="start from the pre-trained weights; false: the same architecture "
                              "randomly initialized (to measure what pre-training buys)")
     trust_remote_code: bool = Field(False, description="run code shipped inside the model folder (off: never by default)")
+    quantization: Optional[Literal["4bit", "8bit"]] = Field(None, description="QLoRA: load the frozen base in 4-bit "
+                                                            "NF4 (double quantization, bf16 compute) or 8-bit with "
+                                                            "bitsandbytes; adapter methods only")
     attn_implementation: str = Field("auto", description="attention kernel for transformers: auto (FlashAttention-2 on a "
                                      "CUDA GPU in bf16/fp16 when flash-attn is installed, else transformers' choice: "
                                      "sdpa where the model has it), eager, sdpa, flash_attention_2, flex_attention, ...")
@@ -466,6 +469,20 @@ class Recipe(_Section):
         if images and self.method.name in IMAGE_UNSUPPORTED:
             raise ValueError(f"method {self.method.name!r} does not apply to image models: "
                              f"{IMAGE_UNSUPPORTED[self.method.name]}. Use lora, dora or ia3, or a freezing method")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base(self):
+        """A quantized base cannot learn: only an adapter beside it can (PEFT's k-bit training)."""
+        q = self.model.quantization
+        if q is None:
+            return self
+        if self.method.name not in ("lora", "dora", "ia3", "prefix", "prompt"):
+            raise ValueError(f"model.quantization {q!r} freezes the base in {q} weights, which cannot be trained; "
+                             f"method.name is {self.method.name!r}: use lora, dora, ia3, prefix or prompt, or drop "
+                             "model.quantization")
+        if self.task.type == "image-classification":
+            raise ValueError("model.quantization is for transformers text models; task.type is image-classification")
         return self
 
     @model_validator(mode="after")

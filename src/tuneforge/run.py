@@ -170,7 +170,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space)
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
-    if not runtime.fsdp:
+    if not runtime.fsdp and not recipe.model.quantization:  # (a quantized base is placed as it loads)
         model.to(runtime.device)  # before the optimizer and the reference copy are made
     if teacher is not None:
         teacher.model.to(runtime.device)
@@ -530,6 +530,9 @@ def _check_fsdp(recipe) -> None:
     if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
         problems.append("task.sample_prompts: sample generations run on rank 0 alone, which a sharded model cannot; "
                         "remove them or use training.distributed: ddp")
+    if recipe.model.quantization:
+        problems.append(f"model.quantization {recipe.model.quantization!r} with training.distributed: fsdp: "
+                        "bitsandbytes weights are not sharded here; use ddp (one quantized copy per process)")
     if recipe.distill is not None:
         problems.append("training.distributed: fsdp does not run distillation yet (its report times the student on rank "
                         "0 alone); use ddp")

@@ -149,8 +149,12 @@ def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn
     torch.manual_seed(seed)  # adapter initialization (LoRA's A, prompt sampling), apart from head and data order
     if spec.name != "bottleneck":
         from peft import get_peft_model
+
+        from ..models.quantization import is_quantized, prepare_for_training
         with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates; nothing to act on
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*(gradient|activation)_checkpointing.*")
+            if is_quantized(model):  # QLoRA: norms and other unquantized weights in fp32, inputs that carry grads
+                model = prepare_for_training(model)
             # PEFT has no image-classification task type: image models take a plain PeftModel, whose forward
             # passes pixel_values through.
             task_type = None if takes_pixels(model) else "CAUSAL_LM" if generates(model) else "SEQ_CLS"

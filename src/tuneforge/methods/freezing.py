@@ -118,7 +118,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total). PEFT keeps an untouched original of each module it trains fully (the head) beside
     the trained copy; that original is not part of the model that runs, so it is not counted."""
     params = [(n, p) for n, p in model.named_parameters() if ".original_module." not in n]
-    return sum(p.numel() for _, p in params if p.requires_grad), sum(p.numel() for _, p in params)
+    return sum(_numel(p) for _, p in params if p.requires_grad), sum(_numel(p) for _, p in params)
+
+
+def _numel(p) -> int:
+    # A 4-bit weight is stored packed, two values per byte: count the values of the matrix it holds.
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return shape.numel() if shape is not None else p.numel()
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:

@@ -46,12 +46,12 @@ def tokenizer_and_config(name: str, trust_remote_code: bool = False):
 
 def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
                             head_seed: int, trust_remote_code: bool = False, pretrained: bool = True,
-                            attention=None) -> LoadedModel:
-    """`attention(auto_class, config)`: from_pretrained keyword arguments choosing the attention kernel."""
+                            load_kwargs=None) -> LoadedModel:
+    """`load_kwargs(auto_class, config)`: from_pretrained keyword arguments (attention kernel, quantization)."""
     from transformers import AutoModelForSequenceClassification
 
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
-    extra = attention(AutoModelForSequenceClassification, config) if attention else {}
+    extra = load_kwargs(AutoModelForSequenceClassification, config) if load_kwargs else {}
     config.num_labels = num_outputs
     config.problem_type = problem_type
     if tokenizer.pad_token is None:
@@ -112,14 +112,14 @@ def load_run_model(model_dir: Path):
 
 
 def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pretrained: bool = True,
-                       attention=None) -> LoadedModel:
+                       load_kwargs=None) -> LoadedModel:
     """A causal language model and its tokenizer; its own head (tied or not) is kept, nothing is new."""
     from transformers import AutoModelForCausalLM
 
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
     if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
         tokenizer.pad_token = tokenizer.eos_token
-    extra = attention(AutoModelForCausalLM, config) if attention else {}
+    extra = load_kwargs(AutoModelForCausalLM, config) if load_kwargs else {}
     torch.manual_seed(seed)
     if not pretrained:
         model = _from_config(AutoModelForCausalLM, name, config, trust_remote_code, extra,
@@ -157,7 +157,7 @@ def _from_config(auto, name: str, config, trust_remote_code: bool, extra: dict,
 
 def _attention_failed(extra: dict, e: Exception) -> bool:
     text = str(e).lower()
-    return bool(extra) and ("attn" in text or "attention" in text)
+    return "attn_implementation" in extra and ("attn" in text or "attention" in text)
 
 
 def _attention_error(name: str, extra: dict, e: Exception) -> TuneforgeError:
@@ -180,13 +180,16 @@ def load_for_recipe(recipe, task, space, head_seed: int, runtime=None) -> Loaded
 def _load_whole(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
     """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
     from .attention import attention_kwargs
+    from .quantization import quantization_kwargs
 
-    attention = lambda auto, config: attention_kwargs(recipe.model, auto, config, runtime)  # noqa: E731
+    def load_kwargs(auto, config) -> dict:
+        return {**attention_kwargs(recipe.model, auto, config, runtime),
+                **quantization_kwargs(recipe.model, auto, config, runtime)}
     if recipe.task.type == "masked-lm":
-        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, attention)
+        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, load_kwargs)
     if recipe.task.type in ("causal-lm", "preference", "grpo"):
         return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
-                                  attention)
+                                  load_kwargs)
     id2label = space.id2label if space.names else None
     if recipe.task.type == "image-classification":
         from .vision import load_for_image_classification
@@ -202,7 +205,7 @@ def _load_whole(recipe, task, space, head_seed: int, runtime=None) -> LoadedMode
         id2label = {0: "reward"}
     return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
                                    id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
-                                   attention)
+                                   load_kwargs)
 
 
 def load_causal_run_model(model_dir: Path):
@@ -220,7 +223,7 @@ def load_causal_run_model(model_dir: Path):
     return model, tokenizer
 
 
-def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False, attention=None) -> LoadedModel:
+def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False, load_kwargs=None) -> LoadedModel:
     """An encoder with its masked-LM head, for continued pre-training. A checkpoint saved without one (e.g. a
     sentence-transformers encoder) gets a new head whose output layer is tied to the word embeddings, as BERT's
     is; only its small transform layer and bias start from scratch (they are listed as new)."""
@@ -233,7 +236,7 @@ def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False, at
     torch.manual_seed(seed)
     model, info = _from_pretrained(AutoModelForMaskedLM, name, path, config, trust_remote_code,
                                    "has no masked-LM head in transformers (decoders continue pre-training with "
-                                   "task.type causal-lm)", attention(AutoModelForMaskedLM, config) if attention else {})
+                                   "task.type causal-lm)", load_kwargs(AutoModelForMaskedLM, config) if load_kwargs else {})
     output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
     if output is not None and output.weight is not inputs.weight and getattr(config, "tie_word_embeddings", True):
         model.tie_weights()
