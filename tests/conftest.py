@@ -18,7 +18,7 @@ NEUTRAL = ["movie", "film", "plot", "story", "actor", "scene", "the", "a", "was"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_bert(folder: Path, dropout: float = 0.1, layers: int = 2) -> Path:
+def make_tiny_bert(folder: Path, dropout: float = 0.1, layers: int = 2, hidden: int = 32) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -26,8 +26,8 @@ def make_tiny_bert(folder: Path, dropout: float = 0.1, layers: int = 2) -> Path:
     vocab = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64, hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout, pad_token_id=0)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)

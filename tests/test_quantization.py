@@ -10,7 +10,7 @@ import torch
 import tuneforge
 from tuneforge.errors import RecipeError
 
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, SPECIAL, tiny_recipe
+from conftest import make_tiny_bert, tiny_recipe
 from helpers import Snapshot
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'tuneforge[quantization]')")
@@ -19,17 +19,7 @@ pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip i
 @pytest.fixture(scope="module")
 def bert64(tmp_path_factory):
     # bitsandbytes' CPU kernels quantize in blocks of 64 values along a row: the tiny model's rows are 64 wide.
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("bert64")
-    vocab = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0, pad_token_id=0)).save_pretrained(folder)
-    return folder
+    return make_tiny_bert(tmp_path_factory.mktemp("bert64"), dropout=0.0, hidden=64)
 
 
 def qlora(model, files, out, bits="4bit", **training):

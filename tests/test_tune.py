@@ -163,3 +163,38 @@ def test_space_errors_name_the_key(tiny_bert, sentiment_files, tmp_path):
     no_validation["data"]["validation_fraction"] = 0.0
     with pytest.raises(RecipeError, match="a search needs validation data"):
         tune(no_validation, LR_RANGE, 1, study_dir=tmp_path / "v")
+
+
+@pytest.fixture
+def postgres():
+    pytest.importorskip("psycopg2", reason="psycopg2 (the PostgreSQL driver) is not installed")
+    from postgres import Postgres
+
+    server = Postgres()
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        server.stop()
+        pytest.skip(f"PostgreSQL could not start here: {e}")
+    yield server
+    server.stop()
+
+
+def test_two_machines_share_one_study_through_postgresql(postgres, tiny_bert, sentiment_files, tmp_path):
+    # Two workers with nothing in common but the database URL, as on two machines: each its own folder and seed.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_for(tiny_bert, sentiment_files, tmp_path)))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(LR_RANGE))
+    workers = [subprocess.Popen([sys.executable, "-m", "tuneforge", "tune", str(recipe), "--space", str(space),
+                                 "--trials", "6", "--sampler", "random", "--pruner", "none", "--storage", postgres.url,
+                                 "--study", "shared", "--out", str(tmp_path / f"machine-{i}"), "--seed", str(i)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=postgres.url)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 6 <= len(finished) <= 8  # each worker may finish the trial it had started
+    # both machines wrote trials, each under its own folder, into the one study
+    folders = {Path(t.user_attrs["recipe"]["output"]["dir"]).parent.parent.name for t in finished}
+    assert folders == {"machine-0", "machine-1"}

@@ -20,6 +20,7 @@ from typing import Optional, Union
 from ..errors import RecipeError, RunDirError, TuneforgeError
 from ..recipe import Recipe, load_recipe, parse_override
 from ..tasks import get_task, higher_is_better
+from .placement import run_placed, trial_gpus
 
 # `name:N` shorthand: the one option a number after the method's name sets.
 SHORTHAND = {"freeze": "freeze_layers", "gradual": "unfreeze_every", "lora": "r", "dora": "r",
@@ -194,24 +195,35 @@ def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str
     (study / "logs").mkdir(exist_ok=True)
 
     results: dict[str, list[dict]] = {c.label: [] for c in choices}
+    gpus = trial_gpus()
+    if gpus:
+        console.print(f"{len(gpus)} GPUs: {len(gpus)} runs at a time, one per GPU ({', '.join(gpus)})")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         bar = progress.add_task("compare", total=len(jobs))
-        for choice, k, run_dir, run_recipe in jobs:
+
+        def run_one(job, env):
+            choice, k, run_dir, run_recipe = job
             seed = base.training.seed + k
-            progress.update(bar, description=f"{choice.label} seed {seed}")
+            if not gpus:
+                progress.update(bar, description=f"{choice.label} seed {seed}")
             result_path = study / "logs" / f"{_slug(choice.label)}-seed-{seed}.json"
             result = _reuse(run_dir, run_recipe, result_path)
-            if result is None:
-                result = _run_in_process(run_recipe, result_path, study / "logs" / f"{_slug(choice.label)}-seed-{seed}.log")
-                how = "trained"
-            else:
-                how = "reused"
-            results[choice.label].append(result)
+            if result is not None:
+                return result, "reused"
+            log = study / "logs" / f"{_slug(choice.label)}-seed-{seed}.log"
+            return _run_in_process(run_recipe, result_path, log, env), "trained"
+
+        def done(job, outcome):
+            (choice, k, _, run_recipe), (result, how) = job, outcome
             metric, split = _outcome_metric(run_recipe, result["metrics"])
-            progress.console.print(f"  {choice.label:<14} seed {seed}: {split} {metric} "
-                                   f"{result['metrics'][split][metric]:.4f}  ({result['train_seconds']:.0f} s, {how})")
+            where = f", GPU {result['gpu']}" if result.get("gpu") is not None else ""
+            progress.console.print(f"  {choice.label:<14} seed {base.training.seed + k}: {split} {metric} "
+                                   f"{result['metrics'][split][metric]:.4f}  ({result['train_seconds']:.0f} s, {how}{where})")
             progress.advance(bar)
+
+        for (choice, *_), (result, _) in zip(jobs, run_placed(jobs, run_one, gpus, done)):
+            results[choice.label].append(result)
 
     rows = [_summarize(c, results[c.label], base) for c in choices]
     files = write_reports(rows, study, base, seeds)
@@ -232,11 +244,13 @@ def _reuse(run_dir: Path, run_recipe: Recipe, result_path: Path) -> Optional[dic
     return json.loads(result_path.read_text())
 
 
-def _run_in_process(run_recipe: Recipe, result_path: Path, log_path: Path) -> dict:
+def _run_in_process(run_recipe: Recipe, result_path: Path, log_path: Path, env: Optional[dict] = None) -> dict:
+    """The run in a process of its own (`env`: a placed trial's, with its one GPU); returns its result record."""
     job = result_path.with_suffix(".job.json")
     job.write_text(json.dumps({"recipe": run_recipe.model_dump(mode="json"), "result": str(result_path)}))
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, "-m", "tuneforge.studies.worker", str(job)], stdout=log, stderr=log)
+        code = subprocess.call([sys.executable, "-m", "tuneforge.studies.worker", str(job)], stdout=log, stderr=log,
+                               env=env)
     if code != 0 or not result_path.exists():
         tail = log_path.read_text().strip().splitlines()[-5:]
         raise TuneforgeError(f"run {run_recipe.output.dir} failed (exit {code}); its log is {log_path}:\n  "

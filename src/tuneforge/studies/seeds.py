@@ -21,6 +21,7 @@ from typing import Optional, Union
 from ..errors import RecipeError, TuneforgeError
 from ..recipe import Recipe, load_recipe
 from ..tasks import higher_is_better, task_for
+from .placement import run_placed, trial_gpus
 
 VARY = ("both", "init", "data")
 
@@ -156,29 +157,44 @@ def seed_study(recipe: Union[str, Path, dict, Recipe], seeds: int, *, vary: str 
             console.print(f"seed {run.index}: reusing the finished run in {run.run_dir}")
             continue
         pending.append((run, run_recipe))
+    gpus = trial_gpus()
     console.print(f"[bold]{seeds} seeds[/] (varying {vary}): {len(pending)} to train"
-                  + (f", the best {keep} continued after {discard_after:.0%} of training" if keep else ""))
-    continuing = []
-    for run, run_recipe in pending:
+                  + (f", the best {keep} continued after {discard_after:.0%} of training" if keep else "")
+                  + (f"; {len(gpus)} at a time, one per GPU" if gpus else ""))
+    logs = Path(base.output.dir) / "logs"
+
+    def attempt(job, env, stop_at=None) -> tuple[str, dict]:
+        run, run_recipe = job
         try:
-            if keep is None:
-                record(run, fine_tune(run_recipe, resume=True, console=console).metrics)
-                continue
-            try:
-                record(run, fine_tune(run_recipe, resume=True, callbacks=[StopAt(discard_after)], console=console).metrics)
-            except DiscardPoint as stop:
-                run.early, run.status = stop.metrics.get(metric), "discarded"
-                continuing.append((run, run_recipe))
+            if env is not None:  # a placed trial: a process of its own on its GPU
+                return _train_placed(run_recipe, env, stop_at, logs / f"seed-{run.index:02d}")
+            callbacks = [StopAt(stop_at)] if stop_at else []
+            return "complete", fine_tune(run_recipe, resume=True, callbacks=callbacks, console=console).metrics
+        except DiscardPoint as stop:
+            return "discarded", stop.metrics
         except TuneforgeError as e:
-            run.status, run.error = "failed", str(e)
-            console.print(f"[red]seed {run.index} failed:[/] {e}")
+            return "failed", {"error": str(e)}
+
+    def settle(job, outcome) -> None:
+        (run, _), (status, metrics) = job, outcome
+        if status == "complete":
+            record(run, metrics)
+        elif status == "discarded":
+            run.early, run.status = metrics.get(metric), "discarded"
+        else:
+            run.status, run.error = "failed", metrics["error"]
+            console.print(f"[red]seed {run.index} failed:[/] {run.error}")
+
+    run_placed(pending, lambda job, env: attempt(job, env, discard_after), gpus, settle)
+    continuing = [(r, rr) for r, rr in pending if r.status == "discarded"]
     if keep is not None and continuing:
         scored = [(r, rr) for r, rr in continuing if r.early is not None and math.isfinite(r.early)]
         scored.sort(key=lambda x: x[0].early, reverse=higher)
         finished_already = sum(r.status == "complete" for r, _ in plan)
-        for run, run_recipe in scored[:max(keep - finished_already, 0)]:
+        kept = scored[:max(keep - finished_already, 0)]
+        for run, _ in kept:
             console.print(f"seed {run.index}: kept ({metric} {run.early:.4g} at the discard point); training on")
-            record(run, fine_tune(run_recipe, resume=True, console=console).metrics)
+        run_placed(kept, attempt, gpus, settle)
     runs = [r for r, _ in plan]
     complete = [r for r in runs if r.status == "complete"]
     split = "test" if complete and all(r.test is not None for r in complete) else "validation"
@@ -190,6 +206,30 @@ def seed_study(recipe: Union[str, Path, dict, Recipe], seeds: int, *, vary: str 
     study.files = write_seed_reports(study, Path(base.output.dir))
     _print(console, study)
     return study
+
+
+def _train_placed(run_recipe: Recipe, env: dict, stop_at: Optional[float], log_stem: Path) -> tuple[str, dict]:
+    """One seed's run in a worker process with one GPU: ("complete" | "discarded", its metrics)."""
+    import subprocess
+    import sys
+
+    log_stem.parent.mkdir(parents=True, exist_ok=True)
+    result = log_stem.with_suffix(".json")
+    result.unlink(missing_ok=True)
+    job = log_stem.with_suffix(".job.json")
+    job.write_text(json.dumps({"recipe": run_recipe.model_dump(mode="json"), "result": str(result),
+                               "stop_at": stop_at}))
+    log = log_stem.with_suffix(".log")
+    with open(log, "w") as out:
+        code = subprocess.call([sys.executable, "-m", "tuneforge.studies.worker", str(job)], stdout=out, stderr=out,
+                               env=env)
+    if code != 0 or not result.exists():
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise TuneforgeError(f"run {run_recipe.output.dir} failed (exit {code}); its log is {log}: " + " / ".join(tail))
+    record = json.loads(result.read_text())
+    if "discarded" in record:
+        return "discarded", record["discarded"]["metrics"]
+    return "complete", record["metrics"]
 
 
 def _rows(study: SeedStudy) -> list[dict]:

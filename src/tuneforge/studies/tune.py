@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Optional, Union
 from ..errors import RecipeError, TuneforgeError
 from ..recipe import Recipe, load_recipe
 from ..tasks import higher_is_better, task_for
+from .placement import TRIAL_GPU, run_placed, trial_gpus
 from .space import Param, read_space, recipe_with, suggest
 
 SAMPLERS = ("grid", "random", "tpe", "gp")
@@ -144,6 +146,7 @@ def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], 
         trial_recipe = recipe_with(base, values)  # the recipe's own checks: a bad combination fails the trial
         trial_recipe.output.dir = str(study_dir / "trials" / f"trial-{trial.number:04d}")
         trial.set_user_attr("recipe", trial_recipe.model_dump(mode="json"))
+        trial.set_user_attr("gpu", os.environ.get(TRIAL_GPU))  # the GPU a placed worker ran it on (None: not placed)
         started = time.perf_counter()
         result = fine_tune(trial_recipe, overwrite=True, callbacks=[ReportToTrial(trial, metric)], console=console)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
@@ -155,7 +158,18 @@ def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], 
 
     finished = lambda: sum(t.state.is_finished() for t in study.trials)  # noqa: E731
     remaining = trials - finished()
-    if remaining > 0:
+    gpus = trial_gpus()
+    if remaining > 0 and gpus:
+        # One worker process per GPU, each running this search against the shared storage (as workers on several
+        # machines do), with its own sampler seed so that they do not propose the same trials.
+        console.print(f"[bold]study {name}[/]: {remaining} more trial(s) of {trials} on {len(gpus)} GPUs, one worker "
+                      f"each ({', '.join(gpus)}); storage {url}; logs in {study_dir / 'logs'}")
+        kwargs = {"recipe": base.model_dump(mode="json"), "space": _space_for_worker(space), "trials": trials,
+                  "sampler": sampler, "pruner": pruner, "storage": url, "study_name": name, "study_dir": str(study_dir)}
+        run_placed(list(range(len(gpus))), lambda i, env: _tune_worker(i, {**kwargs, "seed": seed + i}, env, study_dir),
+                   gpus)
+        study = _open_study(name, url, direction, make_sampler(sampler, params, seed, trials), make_pruner(pruner))
+    elif remaining > 0:
         console.print(f"[bold]study {name}[/]: {remaining} more trial(s) of {trials}, {sampler} sampler, {pruner} "
                       f"pruner, {direction} validation {metric}; storage {url}")
         # Failed trials are recorded and the study goes on; Ctrl-C stops it, and the same command continues it.
@@ -164,6 +178,26 @@ def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], 
         done = optuna.study.MaxTrialsCallback(trials, states=None)
         study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[done], gc_after_trial=True)
     return write_outputs(study, base, metric, direction, study_dir, url, console)
+
+
+def _space_for_worker(space):
+    return space if isinstance(space, dict) else str(Path(space).resolve())
+
+
+def _tune_worker(index: int, kwargs: dict, env: dict, study_dir: Path) -> int:
+    import subprocess
+    import sys
+
+    logs = study_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    job = logs / f"worker-{index}.job.json"
+    job.write_text(json.dumps({"tune": kwargs}))
+    with open(logs / f"worker-{index}.log", "w") as out:
+        code = subprocess.call([sys.executable, "-m", "tuneforge.studies.worker", str(job)], stdout=out, stderr=out,
+                               env=env)
+    if code != 0:
+        raise TuneforgeError(f"search worker {index} failed (exit {code}); its log is {logs / f'worker-{index}.log'}")
+    return code
 
 
 def trial_rows(study) -> list[dict]:
