@@ -278,3 +278,16 @@ def test_fsdp_refuses_what_it_cannot_run(tiny_llama, grpo_setup, tmp_path):  # n
                      tmp_path)
     assert proc.returncode != 0 and "training.distributed: fsdp does not run task grpo" in proc.stderr
     assert not (tmp_path / "grpo" / "summary.json").exists()
+
+
+def test_adaptation_then_task_in_two_processes(tiny_bert_no_dropout, odd_files, tmp_path):
+    # Two stages in one run: the masked-LM adaptation's folder is rank 0's, and both ranks then start the task
+    # from the adapted model.
+    common = {"adapt": {"epochs": 1, "batch_size": 4}}
+    training = {"batch_size": 4, "epochs": 1}
+    ok(train_one(tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "one", training={**training, "grad_accum": 4},
+                             **common)))
+    ok(train_cli(tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "two", training={**training, "grad_accum": 2},
+                             **common), tmp_path))
+    assert (tmp_path / "two" / "adapt" / "model" / "config.json").exists()
+    assert_same_metrics(tmp_path / "one", tmp_path / "two")

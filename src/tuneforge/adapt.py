@@ -83,30 +83,34 @@ stage_callbacks: list = []
 def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[Path, dict]:
     """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
     the whole recipe has been validated: only then may `overwrite` remove an old run."""
+    from .engine.runtime import runtime_for
     from .run import _remove_run, _saved_recipe, check_run_dir, fine_tune, mark_run_dir
 
     run_dir = Path(recipe.output.dir)
-    check_run_dir(run_dir, overwrite)
+    runtime = runtime_for(recipe.training)
     objective = adaptation_objective(recipe)
     texts, counts = adaptation_texts(recipe)
-    if overwrite and run_dir.exists():
-        _remove_run(run_dir, ())  # both stages are redone
-    mark_run_dir(run_dir)
     text_file = run_dir / "adapt-data" / "text.jsonl"
-    text_file.parent.mkdir(exist_ok=True)
-    body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
-    text_changed = text_file.exists() and text_file.read_text() != body
     child = adaptation_recipe(recipe, text_file, objective)
     stage_dir = Path(child.output.dir)
-    finished = (stage_dir / "summary.json").exists()
-    if (finished or (stage_dir / "checkpoints").is_dir()) and (text_changed or _saved_recipe(stage_dir) != child):
-        # Never reuse (or continue) an adaptation made from other settings or other text under this recipe's name.
-        raise RunDirError(f"{stage_dir} holds an adaptation stage made with other adapt settings, model or text than "
-                          "this recipe's; pass --overwrite to redo both stages, or set output.dir to a new folder")
-    if not text_file.exists() or text_changed:
-        tmp = text_file.with_name("text.jsonl.tmp")
-        tmp.write_text(body)
-        tmp.replace(text_file)
+    if runtime.is_main:  # the run folder is rank 0's; the others wait until it is ready
+        check_run_dir(run_dir, overwrite)
+        if overwrite and run_dir.exists():
+            _remove_run(run_dir, ())  # both stages are redone
+        mark_run_dir(run_dir)
+        text_file.parent.mkdir(exist_ok=True)
+        body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
+        text_changed = text_file.exists() and text_file.read_text() != body
+        started = (stage_dir / "summary.json").exists() or (stage_dir / "checkpoints").is_dir()
+        if started and (text_changed or _saved_recipe(stage_dir) != child):
+            # Never reuse (or continue) an adaptation made from other settings or other text under this recipe's name.
+            raise RunDirError(f"{stage_dir} holds an adaptation stage made with other adapt settings, model or text "
+                              "than this recipe's; pass --overwrite to redo both stages, or set output.dir to a new folder")
+        if not text_file.exists() or text_changed:
+            tmp = text_file.with_name("text.jsonl.tmp")
+            tmp.write_text(body)
+            tmp.replace(text_file)
+    finished = runtime.gather((stage_dir / "summary.json").exists())[0]  # rank 0's disk decides for all
     console.print(f"[bold]adaptation[/] ({objective}) on {len(texts)} unlabeled rows ("
                   + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f") into {stage_dir}")
     if finished:
