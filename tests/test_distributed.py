@@ -291,3 +291,24 @@ def test_adaptation_then_task_in_two_processes(tiny_bert_no_dropout, odd_files, 
                              **common), tmp_path))
     assert (tmp_path / "two" / "adapt" / "model" / "config.json").exists()
     assert_same_metrics(tmp_path / "one", tmp_path / "two")
+
+
+def test_killed_fsdp_run_resumes_exactly_during_gradual_unfreezing(tiny_bert, odd_files, tmp_path):
+    # The checkpoint's stage is applied before the shards load, so the optimizer state of what was unfrozen returns.
+    training = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "checkpoint_every": 2, "distributed": "fsdp"}
+    method = {"name": "gradual", "unfreeze_every": 2}
+    full = tiny_recipe(tiny_bert, odd_files, tmp_path / "full", method=method, training=training)
+    cut = tiny_recipe(tiny_bert, odd_files, tmp_path / "cut", method=method, training=training)
+    ok(train_cli(full, tmp_path))
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    assert torchrun([str(HERE / "dist_worker.py"), str(tmp_path / "cut.json")], {"DIST_KILL_AT": "5"}).returncode != 0
+    ok(train_cli(cut, tmp_path, "--resume"))
+    assert_close_weights(tmp_path / "full", tmp_path / "cut", atol=0.0)
+
+
+def test_a_finished_run_is_refused_on_every_rank_without_waiting(tiny_bert_no_dropout, odd_files, tmp_path):
+    recipe = tiny_recipe(tiny_bert_no_dropout, odd_files, tmp_path / "done", training={"batch_size": 4, "epochs": 1})
+    ok(train_cli(recipe, tmp_path))
+    again = train_cli(recipe, tmp_path)
+    assert again.returncode != 0 and "holds a finished run" in again.stderr
+    assert "error (rank 1)" in again.stderr  # rank 0's decision reached rank 1, which stopped with it

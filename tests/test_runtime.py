@@ -176,3 +176,58 @@ def test_auto_attention_chooses_flash_only_where_it_runs():
     assert choose_attention("auto", Supports, "cpu", "bf16") is None          # transformers' choice: sdpa
     assert choose_attention("auto", Supports, "cuda", "fp32") is None         # FlashAttention needs bf16/fp16
     assert choose_attention("eager", Supports, "cuda", "bf16") == "eager"     # the user's choice stands
+
+
+def test_one_gpu_for_several_processes_and_too_many_processes_are_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RecipeError, match="names one GPU for all 4 processes"):
+        resolve_device("cuda:1", local_rank=1, world_size=4)
+    with pytest.raises(RecipeError, match="local rank 3 takes GPU 3.*at most 2 processes"):
+        resolve_device("cuda", local_rank=3, world_size=4)
+    assert resolve_device("auto", local_rank=1, world_size=2) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a launcher that shows each process its own GPU
+    assert resolve_device("cuda", local_rank=5, world_size=8) == torch.device("cuda", 0)
+
+
+class _Ranks:
+    """A stand-in for a 2-rank runtime whose rank 1 cannot see rank 0's disk."""
+    distributed, is_main, fsdp = True, True, False
+
+    def __init__(self, fsdp=False):
+        self.fsdp = fsdp
+
+    def on_main(self, fn):
+        return fn()
+
+    def gather(self, obj):
+        return [obj, False] if isinstance(obj, bool) else [obj, obj]
+
+
+@pytest.mark.parametrize("needs", ["resume", "fsdp", "adapt", None])
+def test_work_that_needs_shared_storage_is_refused_without_it(needs, tmp_path):
+    from tuneforge.errors import RunDirError
+    from tuneforge.recipe import parse_recipe
+    from tuneforge.run import check_shared_storage
+
+    recipe = parse_recipe({"data": {"train": "x.csv"}, **({"adapt": {}} if needs == "adapt" else {})})
+    tmp_path.mkdir(exist_ok=True)
+    call = lambda: check_shared_storage(tmp_path, _Ranks(needs == "fsdp"), tmp_path if needs == "resume" else None,  # noqa: E731
+                                        recipe)
+    if needs is None:
+        call()  # plain DDP: rank 0 writes everything, the others need none of it
+        return
+    with pytest.raises(RunDirError, match="not on storage every machine of the run sees"):
+        call()
+
+
+def test_mixtures_of_experts_always_search_for_unused_parameters():
+    from types import SimpleNamespace
+
+    from tuneforge.engine.parallel import routes_by_data
+
+    moe = torch.nn.Linear(2, 2)
+    moe.config = SimpleNamespace(num_local_experts=8)
+    dense = torch.nn.Linear(2, 2)
+    dense.config = SimpleNamespace(hidden_size=2)
+    assert routes_by_data(moe) and not routes_by_data(dense)

@@ -84,7 +84,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
     """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
     the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
-    from .run import _remove_run, _saved_recipe, check_run_dir, fine_tune, mark_run_dir
+    from .run import _remove_run, _saved_recipe, check_run_dir, check_shared_storage, fine_tune, mark_run_dir
 
     run_dir = Path(recipe.output.dir)
     runtime = runtime_for(recipe.training)
@@ -93,7 +93,8 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
     text_file = run_dir / "adapt-data" / "text.jsonl"
     child = adaptation_recipe(recipe, text_file, objective)
     stage_dir = Path(child.output.dir)
-    if runtime.is_main:  # the run folder is rank 0's; the others wait until it is ready
+
+    def prepare() -> bool:  # the run folder is rank 0's; its answer (or error) reaches every rank
         check_run_dir(run_dir, overwrite)
         if overwrite and run_dir.exists():
             _remove_run(run_dir, ())  # both stages are redone
@@ -110,7 +111,10 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
             tmp = text_file.with_name("text.jsonl.tmp")
             tmp.write_text(body)
             tmp.replace(text_file)
-    finished = runtime.gather((stage_dir / "summary.json").exists())[0]  # rank 0's disk decides for all
+        return (stage_dir / "summary.json").exists()
+    finished = runtime.on_main(prepare)
+    if runtime.distributed:  # the task stage starts from the adapted folder on every rank
+        check_shared_storage(run_dir, runtime, None, recipe)
     console.print(f"[bold]adaptation[/] ({objective}) on {len(texts)} unlabeled rows ("
                   + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f") into {stage_dir}")
     if finished:

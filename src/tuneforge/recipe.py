@@ -287,6 +287,8 @@ class TrainingSpec(_Section):
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp (a full copy of the "
                                                 "model per process) or fsdp (FSDP2: weights, gradients and optimizer "
                                                 "state sharded across processes, for models that do not fit one device)")
+    collective_timeout: int = Field(60, gt=0, description="minutes a process waits for the others (e.g. while rank 0 "
+                                    "saves a big model) before the run is ended")
     tf32: bool = Field(True, description="TF32 matmuls on GPUs that have them (Ampere and newer); false: exact fp32")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                          "about a third more time")

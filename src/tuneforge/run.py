@@ -58,6 +58,7 @@ class RunResult:
 
 
 RUN_MARKER = ".tuneforge-run"  # written by tuneforge into every run directory; only such folders are ever deleted
+RANKS_FILE = ".tuneforge-ranks"  # a token of rank 0's: the other ranks find it where output.dir is shared
 
 
 def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,
@@ -88,7 +89,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
 
 
 def _holds_a_run(run_dir: Path, keep: tuple[str, ...] = ()) -> bool:
-    return run_dir.exists() and any(p.name not in (*keep, RUN_MARKER) for p in run_dir.iterdir())
+    return run_dir.exists() and any(p.name not in (*keep, RUN_MARKER, RANKS_FILE) for p in run_dir.iterdir())
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) -> None:
@@ -167,13 +168,13 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     distill_info, teacher = None, None
     if recipe.distill is not None:
         from .distill.setup import prepare_distillation
-        task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space)
+        task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space, str(runtime.device))
     groups = find_layer_groups(model)
     model, plan = _apply_method(model, recipe.method, groups, head_seed)
     if not runtime.fsdp and not recipe.model.quantization:  # (a quantized base is placed as it loads)
         model.to(runtime.device)  # before the optimizer and the reference copy are made
-    if teacher is not None:
-        teacher.model.to(runtime.device)
+    if teacher is not None and not getattr(getattr(teacher.model, "config", None), "quantization_config", None):
+        teacher.model.to(runtime.device)  # (a quantized teacher was placed as it loaded)
     reference_mode = _prepare_objective(recipe, task, model, tokenizer)  # before a checkpoint loads: the start
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
@@ -185,15 +186,16 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         shard_model(model, runtime)
     # Dropout's RNG, apart from head and adapter initialization and data order; each rank draws its own masks.
     torch.manual_seed(t.seed + runtime.rank)
-    warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan)
-    # Only now, with recipe, data and model all checked, may an old run be replaced (by rank 0 alone).
-    resume_from = None
-    if runtime.is_main:
-        resume_from = _prepare_run_dir(run_dir, recipe, resume, overwrite, console, keep)
+    warnings = check_run(recipe, task, space, splits, loaded.model.config, tokenizer, plan, runtime.world_size)
+    # Only now, with recipe, data and model all checked, may an old run be replaced (by rank 0 alone; its decision
+    # and any error it raises reach every rank).
+    def prepare():
+        found = _prepare_run_dir(run_dir, recipe, resume, overwrite, console, keep)
         _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-    runtime.barrier()
-    if not runtime.is_main and resume:
-        resume_from = (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
+        return found
+    resume_from = runtime.on_main(prepare)
+    if runtime.distributed:
+        check_shared_storage(run_dir, runtime, resume_from, recipe)
     for w in notes + warnings:
         console.print(f"[yellow]warning:[/] {w}")
     adapter = recipe.method.is_adapter
@@ -442,7 +444,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
                  *([ProgressBar(console)] if writes and t.progress else []), *extra_callbacks]
     stage_one_best = run_dir / "checkpoints" / "best" / "model.safetensors"
     # Self-training must beat the first stage's best validation score for its weights to be kept.
-    keep_from = stage_one.best_metric if t.restore_best and stage_one_best.exists() else None
+    keep_from = stage_one.best_metric if t.restore_best and runtime.gather(stage_one_best.exists())[0] else None
     started = time.perf_counter()
     state, refreshes, best = run_self_training(
         recipe=recipe, model=model, rows=split, validation=encoded.get("validation"), pooling=pooling,
@@ -628,7 +630,31 @@ def _group_summary(order: list[str]) -> str:
     return ", ".join([*rest[:1], middle, *rest[1:]]) if rest and rest[0] == "embeddings" else ", ".join([middle, *rest])
 
 
-def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> list[str]:
+def check_shared_storage(run_dir: Path, runtime, resume_from, recipe) -> None:
+    """Whether every rank sees rank 0's run folder (one machine, or storage the machines share). Needed to resume
+    (every rank reads the checkpoint), for sharded checkpoints (every rank writes its part) and for an adaptation
+    stage (the task starts from its folder); without it those are refused on every rank alike."""
+    import secrets
+
+    token = runtime.on_main(lambda: _write_token(run_dir, secrets.token_hex(8)))
+    file = run_dir / RANKS_FILE
+    sees = file.exists() and file.read_text() == token
+    if all(runtime.gather(sees)):
+        return
+    needs = [why for why, on in (("--resume", resume_from is not None), ("training.distributed: fsdp", runtime.fsdp),
+                                 ("adapt", recipe.adapt is not None)) if on]
+    if needs:
+        raise RunDirError(f"output.dir {str(run_dir)!r} is not on storage every machine of the run sees (a rank on "
+                          f"another machine cannot find rank 0's files), and {', '.join(needs)} needs it; put "
+                          "output.dir on a shared file system")
+
+
+def _write_token(run_dir: Path, token: str) -> str:
+    (run_dir / RANKS_FILE).write_text(token)
+    return token
+
+
+def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan, world_size: int = 1) -> list[str]:
     """Checks that need the data and the model; raise RecipeError for errors, return warnings."""
     problems, warnings = [], []
     t = recipe.training
@@ -658,7 +684,7 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan) -> l
         raise RecipeError(problems)
     if plan is not None and plan.gradual:
         # The stage the last optimizer step trains at, by the schedule the loop itself uses.
-        per_epoch, total = count_steps(len(splits["train"]), t)
+        per_epoch, total = count_steps(len(splits["train"]), t, world_size)
         last = LoopState(epoch=(total - 1) // per_epoch, global_step=total - 1)
         reached = GradualUnfreezing(plan, recipe.method.unfreeze_every, None).stage_for(last) + 1
         if reached < plan.num_stages:

@@ -34,10 +34,10 @@ def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -
     return layer_map(student_blocks, teacher.blocks, kept if blocks_before == teacher.blocks else None), student_blocks
 
 
-def prepare_distillation(recipe, task, loaded, space) -> tuple[DistillationTask, Teacher, dict]:
+def prepare_distillation(recipe, task, loaded, space, device: str = "cpu") -> tuple[DistillationTask, Teacher, dict]:
     """The teacher, checked against the student, and the objective wrapping the recipe's task."""
     d, kind = recipe.distill, recipe.task.type
-    teacher = load_teacher(recipe, space.names, loaded.tokenizer)
+    teacher = load_teacher(recipe, space.names, loaded.tokenizer, device)
     layers, student_blocks = check_distillation(recipe, teacher, loaded.model, loaded.kept_layers, loaded.blocks_before)
     objective = DistillationTask(task, teacher, d.alpha, d.temperature, d.hidden_weight, layers,
                                  causal=kind == "causal-lm")

@@ -47,7 +47,8 @@ def _fingerprint(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
+def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str = "cpu") -> Teacher:
+    """`device`: where a teacher that is a run loads (a quantized base is placed as it loads)."""
     from ..assets import resolve_model_path
     from ..models.layers import find_blocks
     from ..models.loading import _quiet_transformers
@@ -58,7 +59,7 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer) -> Teacher:
     folder = Path(name).expanduser()
     if folder.is_dir() and (folder / "recipe.yaml").exists():  # a tuneforge run: model or adapter, as it saved it
         from ..inference import open_run
-        run = open_run(folder, "cpu")  # moved to the run's device with the student
+        run = open_run(folder, device)
         run_kind = run.recipe.task.type
         language_model = run_kind in ("causal-lm", "preference", "grpo")
         if language_model != (kind == "causal-lm") or run_kind not in ("classification", "pair-classification",

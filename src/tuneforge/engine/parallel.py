@@ -26,12 +26,6 @@ class DistributedModel(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP wrapper (itself when not wrapped): for what must see the model as it is (switching
-    its adapter off for a reference forward), which needs no gradient synchronization."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def wrap_for_training(model: torch.nn.Module, runtime, loss_of=None) -> torch.nn.Module:
     """The model as the training forward sees it: itself in one process, a DDP wrapper in several. DDP registers
     the parameters that train *now*; build a new wrapper when that set changes (gradual unfreezing).
@@ -41,8 +35,17 @@ def wrap_for_training(model: torch.nn.Module, runtime, loss_of=None) -> torch.nn
     device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
     # A parameter that trains and gets no gradient (a pooler the task does not read) makes DDP wait for it forever
     # unless DDP searches the graph for such parameters at every step, which costs time: search only if needed.
-    unused = loss_of is None or has_unused_parameters(model, loss_of)
+    # The probe sees one batch of this rank's: where use depends on the data (mixture-of-experts routing), always
+    # search; and all ranks search if any rank's probe found one, so every rank builds the same wrapper.
+    unused = loss_of is None or routes_by_data(model) or has_unused_parameters(model, loss_of)
+    unused = any(runtime.gather(unused))
     return DistributedModel(model, device_ids=device_ids, find_unused_parameters=unused)
+
+
+def routes_by_data(model: torch.nn.Module) -> bool:
+    """A mixture of experts: which experts a step trains depends on its tokens."""
+    config = getattr(model, "config", None)
+    return any(getattr(config, k, None) for k in ("num_experts", "num_local_experts", "moe_num_experts", "n_routed_experts"))
 
 
 def has_unused_parameters(model: torch.nn.Module, loss_of) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from datetime import timedelta
 from dataclasses import dataclass, replace
 
 import torch
@@ -73,6 +74,24 @@ class Runtime:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def on_main(self, fn):
+        """`fn()` on rank 0 alone (what touches the run folder), its result shared with every rank; a TuneforgeError
+        it raises is raised on every rank, so none is left waiting in a collective for a rank that stopped."""
+        from ..errors import TuneforgeError
+
+        if not self.distributed:
+            return fn()
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("ok", fn())
+            except TuneforgeError as e:
+                outcome = ("error", e)
+        kind, value = self.gather(outcome)[0]
+        if kind == "error":
+            raise value
+        return value
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """`value` summed over ranks (a copy; the argument is left as it was)."""
         value = value.detach().clone()
@@ -117,7 +136,7 @@ def launched_world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def resolve_device(spec: str, local_rank: int = 0, key: str = "training.device") -> torch.device:
+def resolve_device(spec: str, local_rank: int = 0, key: str = "training.device", world_size: int = 1) -> torch.device:
     """`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps` as a device that exists here; a
     RecipeError naming `key` otherwise. Several processes on CUDA take the GPU of their local rank."""
     spec = (spec or "auto").strip().lower()
@@ -138,11 +157,17 @@ def resolve_device(spec: str, local_rank: int = 0, key: str = "training.device")
                                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                                "use 'auto' or 'cpu', or install a CUDA build of torch"])
         count = torch.cuda.device_count()
-        index = local_rank if spec == "cuda" else _index(spec, key)
+        if spec != "cuda" and world_size > 1:
+            raise RecipeError([f"{key}: {spec!r} names one GPU for all {world_size} processes; use 'cuda' or 'auto' "
+                               "(each process takes the GPU of its local rank)"])
+        # A launcher that shows each process only its own GPU (one visible device) means: that one.
+        index = (local_rank if count > 1 else 0) if spec == "cuda" else _index(spec, key)
+        if index >= count and spec == "cuda":
+            raise RecipeError([f"{key}: the process of local rank {local_rank} takes GPU {index}, and this machine "
+                               f"has {count}; start at most {count} processes per machine (--nproc_per_node {count})"])
         if index >= count:
             raise RecipeError([f"{key}: {spec!r} names GPU {index}, and this machine has {count} "
-                               f"(cuda:0 ... cuda:{count - 1})" + ("; with several processes use 'cuda' (each "
-                               "takes the GPU of its local rank)" if local_rank else "")])
+                               f"(cuda:0 ... cuda:{count - 1})"])
         return torch.device("cuda", index)
     raise RecipeError([f"{key}: {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps"])
 
@@ -168,7 +193,7 @@ def runtime_for(training, *, device: str | None = None, distributed: bool = True
     `accelerate launch` (and `distributed`), joins the process group, created once per process."""
     rank, world, local_rank = launched_world() if distributed else (0, 1, 0)
     dev = resolve_device(device or getattr(training, "device", "auto"), local_rank,
-                         "device" if device else "training.device")
+                         "device" if device else "training.device", world)
     precision = getattr(training, "precision", "fp32")
     check_precision(precision, dev)
     if dev.type == "cuda":
@@ -179,6 +204,10 @@ def runtime_for(training, *, device: str | None = None, distributed: bool = True
         torch.backends.cudnn.allow_tf32 = allow
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+        # Ranks wait in a collective while rank 0 alone writes checkpoints, the best weights and the final model:
+        # long for big models, so the wait allowed is the recipe's, not NCCL's 10-minute default.
+        minutes = getattr(training, "collective_timeout", 60)
+        torch.distributed.init_process_group(backend, device_id=dev if dev.type == "cuda" else None,
+                                             timeout=timedelta(minutes=minutes))
     fsdp = world > 1 and getattr(training, "distributed", "ddp") == "fsdp"
     return Runtime(dev, precision, rank, world, local_rank, fsdp)

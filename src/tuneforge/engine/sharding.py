@@ -66,16 +66,28 @@ def save_shards(folder: Path, model, optimizer, names: Optional[set[str]] = None
 
 
 def load_shards(folder: Path, model, optimizer, names: Optional[set[str]] = None) -> None:
+    """Weights and optimizer state back from `folder`. The optimizer state expected is that of the parameters that
+    had it when saved (read from the checkpoint): not of what trains now, which differs when gradual unfreezing
+    had just unfrozen a group that had not yet taken a step, whose state must stay empty as it was."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
-    if names is not None:
-        model_state = {k: v for k, v in model_state.items() if k in names}
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=StateDictOptions(strict=False))
+    saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    stateful = {k[len("optim.state."):].rsplit(".", 1)[0] for k in saved if k.startswith("optim.state.")}
+    trains = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in stateful)
+    try:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        if names is not None:
+            model_state = {k: v for k, v in model_state.items() if k in names}
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=StateDictOptions(strict=False))
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(trains[n])
 
 
 

@@ -17,7 +17,6 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import RecipeError, TuneforgeError
-from ..engine.runtime import device_of
 from ..objectives.grpo import group_advantages, grpo_token_loss, k3_kl
 from .preference import eval_mode
 
@@ -142,7 +141,7 @@ class GRPOTask:
         (if any), and whether one did. Drawn from the policy itself: the model's own generation settings
         (repetition penalty, minimum length, banned tokens, ...) are overridden, so the samples' log-probs are the
         policy's."""
-        pad, device = self._pad_id(), device_of(model)
+        pad, device = self._pad_id(), _device(model)
         width = max(len(p) for p in prompt_ids)
         # Left padding: every prompt ends where generation starts.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
@@ -166,7 +165,7 @@ class GRPOTask:
         from ..data.prompts import extras_by_column
 
         prompts, examples, g = batch["prompt_ids"], batch["examples"], self.num_generations
-        device = device_of(model)
+        device = _device(model)
         if evaluating:  # the same draws at every evaluation (of the same batches), and training's RNG untouched
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
                 torch.manual_seed(EVAL_SEED)
@@ -201,6 +200,10 @@ class GRPOTask:
         outputs = {"rewards": rewards, "group_std": rewards.view(-1, g).std(1, unbiased=True),
                    "tokens": torch.tensor([len(c) for c in completions]), "stopped": stopped, "kl": kl}
         return loss, outputs
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, starts: list[int], lengths: list[int],

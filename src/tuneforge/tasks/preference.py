@@ -102,10 +102,12 @@ class AdapterReference:
     """The policy network itself with its adapter switched off: the base model, no second copy."""
 
     def logits(self, model, inputs: dict) -> torch.Tensor:
-        from ..adapters import disabled
-        from ..engine.parallel import unwrap
+        from torch.nn.parallel import DistributedDataParallel
 
-        model = unwrap(model)  # a DDP wrapper hides the adapter switch; a no-grad forward needs no DDP
+        from ..adapters import disabled
+
+        if isinstance(model, DistributedDataParallel):  # its wrapper hides the adapter switch; no-grad needs no DDP
+            model = model.module
         with torch.no_grad(), eval_mode(model), disabled(model):
             return model(**inputs).logits
 

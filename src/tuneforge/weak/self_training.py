@@ -188,4 +188,5 @@ def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling:
     # this stage again from its start. Seeding dropout here makes that rerun the same as an uninterrupted one.
     torch.manual_seed(t.seed + 1 + runtime.rank)
     loop.run()
-    return loop.state, refresh.history, best_path if best_path.exists() else None
+    kept = runtime.gather(best_path.exists())[0]  # rank 0's disk decides for every rank
+    return loop.state, refresh.history, best_path if kept else None
