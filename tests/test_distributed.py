@@ -312,3 +312,18 @@ def test_a_finished_run_is_refused_on_every_rank_without_waiting(tiny_bert_no_dr
     again = train_cli(recipe, tmp_path)
     assert again.returncode != 0 and "holds a finished run" in again.stderr
     assert "error (rank 1)" in again.stderr  # rank 0's decision reached rank 1, which stopped with it
+
+
+def test_grpo_and_distillation_run_in_two_processes(tiny_llama, grpo_setup, tiny_bert, odd_files, tmp_path):  # noqa: F811
+    # GRPO samples on every rank (its own prompts, its own generator), so it is not compared with one process;
+    # it must train and evaluate (sampling under the evaluation seed on every rank) to the end.
+    files, reward = grpo_setup
+    ok(train_cli(grpo_recipe(tiny_llama, files, tmp_path / "grpo", reward, training={"epochs": 2}), tmp_path))
+    s = summary(tmp_path / "grpo")
+    assert s["runtime"]["world_size"] == 2 and "reward" in s["metrics"]["validation"]
+    # distillation with a teacher beside the student on every rank
+    ok(train_one(tiny_recipe(tiny_bert, odd_files, tmp_path / "teacher", training={"epochs": 1, "batch_size": 4})))
+    student = tiny_recipe(tiny_bert, odd_files, tmp_path / "student", training={"epochs": 1, "batch_size": 4},
+                          distill={"teacher": str(tmp_path / "teacher")})
+    ok(train_cli(student, tmp_path))
+    assert summary(tmp_path / "student")["distillation"]["report"]["rows"][0]["model"] == "teacher"
