@@ -1,4 +1,5 @@
-"""Started by torchrun in the distributed tests: trains a recipe (JSON) with a planted event, as a real fault would
+"""Started by torchrun in the distributed tests: trains a recipe (JSON; or a list of recipes, in the same
+processes) with a planted event, as a real fault would
 happen. DIST_KILL_AT=K: rank 0 is SIGKILLed right after optimizer step K; DIST_FAIL_AT=K with DIST_FAIL_RANK=R:
 rank R raises an error after step K."""
 import json
@@ -23,11 +24,12 @@ class Fault:
 
 
 if __name__ == "__main__":
-    recipe = json.loads(open(sys.argv[1]).read())
+    recipes = json.loads(open(sys.argv[1]).read())  # one recipe, or a list trained one after another
     fault = Fault(int(os.environ.get("DIST_KILL_AT", -1)), int(os.environ.get("DIST_FAIL_AT", -1)),
                   int(os.environ.get("DIST_FAIL_RANK", -1)))
     try:
-        tuneforge.fine_tune(recipe, resume="--resume" in sys.argv, callbacks=[fault])
+        for recipe in recipes if isinstance(recipes, list) else [recipes]:
+            tuneforge.fine_tune(recipe, resume="--resume" in sys.argv, callbacks=[fault])
     except TuneforgeError as e:
         print(f"error (rank {os.environ.get('RANK')}): {e}", file=sys.stderr)
         sys.exit(2)
