@@ -84,7 +84,9 @@ class Loop:
         self.state = state or LoopState(world_size=runtime.world_size)
         self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg, runtime.world_size)
         self.scaler = runtime.grad_scaler()  # fp16 only
-        self._window = torch.zeros((), device=runtime.device)  # this rank's share of the loss since the last read
+        # This rank's share of the loss since the last read, summed in float64 as the host would (MPS has none).
+        self._window = torch.zeros((), dtype=torch.float32 if runtime.device.type == "mps" else torch.float64,
+                                   device=runtime.device)
         self.last_loss = float("nan")  # mean step loss over the logging window that closed at this step
         self.logged = False            # whether this step closed one (callbacks log then)
         self._wrapped, self._wrapped_for = None, None
@@ -159,18 +161,18 @@ class Loop:
         mine = share_of(step_batches, rt)
         # DDP and FSDP average gradients over ranks: scaled by the world size they sum to the 1-process gradient.
         # Padding forwards (a rank short of rows on a short step) count with a loss of zero.
-        scale = rt.world_size / normalizer
-        work = [(b, scale) for b in mine] + [(step_batches[0], 0.0)] * padding(len(mine), len(step_batches), rt)
-        total = torch.zeros((), device=rt.device)
+        # (Divided, then multiplied: one process computes loss_sum / normalizer bit for bit as it always has.)
+        work = [(b, rt.world_size) for b in mine] + [(step_batches[0], 0)] * padding(len(mine), len(step_batches), rt)
+        total = torch.zeros((), dtype=self._window.dtype, device=rt.device)
         for i, (indices, weight) in enumerate(work):
             batch = rt.to_device(self.train_split.batch(indices, self.pad_id, augment))
             model = self.forward_model(batch) if i == 0 else model
             with sync_gradients(model, last=i == len(work) - 1):
                 with rt.autocast():
                     loss_sum, _ = self.task.batch_loss(model, batch)
-                loss = loss_sum * weight
+                loss = loss_sum / normalizer * weight
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += loss.detach()
+            total += loss.detach().to(total.dtype)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.cfg.max_grad_norm:
