@@ -231,3 +231,10 @@ def test_mixtures_of_experts_always_search_for_unused_parameters():
     dense = torch.nn.Linear(2, 2)
     dense.config = SimpleNamespace(hidden_size=2)
     assert routes_by_data(moe) and not routes_by_data(dense)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_validate_checks_the_device_too(tiny_bert, sentiment_files, tmp_path):
+    with pytest.raises(RecipeError, match="training.device"):
+        tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"device": "cuda"}))
+    assert tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run"))["rows"]["train"] == 48

@@ -702,6 +702,10 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     from .models.truncate import truncate_for_recipe
 
     recipe = load_recipe(recipe, overrides)
+    runtime = runtime_for(recipe.training, distributed=False)  # the device and precision must exist here
+    if recipe.model.quantization:
+        from .models.quantization import check_quantization
+        check_quantization(recipe.model.quantization, runtime.device)
     task = task_for(recipe)
     notes: list[str] = []
     splits, space, origin, weak_data = _load_data(recipe, notes)
