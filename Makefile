@@ -29,6 +29,7 @@ demo: install
 	$(VENV)/bin/tuneforge train examples/demo.yaml --overwrite
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: install

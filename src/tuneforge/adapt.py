@@ -84,7 +84,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
     """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
     the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
-    from .run import _remove_run, _saved_recipe, check_run_dir, check_shared_storage, fine_tune, mark_run_dir
+    from .run import remove_run, saved_recipe, check_run_dir, check_shared_storage, fine_tune, mark_run_dir
 
     run_dir = Path(recipe.output.dir)
     runtime = runtime_for(recipe.training)
@@ -97,13 +97,13 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
     def prepare() -> bool:  # the run folder is rank 0's; its answer (or error) reaches every rank
         check_run_dir(run_dir, overwrite)
         if overwrite and run_dir.exists():
-            _remove_run(run_dir, ())  # both stages are redone
+            remove_run(run_dir, ())  # both stages are redone
         mark_run_dir(run_dir)
         text_file.parent.mkdir(exist_ok=True)
         body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
         text_changed = text_file.exists() and text_file.read_text() != body
         started = (stage_dir / "summary.json").exists() or (stage_dir / "checkpoints").is_dir()
-        if started and (text_changed or _saved_recipe(stage_dir) != child):
+        if started and (text_changed or saved_recipe(stage_dir) != child):
             # Never reuse (or continue) an adaptation made from other settings or other text under this recipe's name.
             raise RunDirError(f"{stage_dir} holds an adaptation stage made with other adapt settings, model or text "
                               "than this recipe's; pass --overwrite to redo both stages, or set output.dir to a new folder")

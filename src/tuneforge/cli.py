@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     import tuneforge
     from .errors import TuneforgeError
-    from .run import _group_summary
+    from .run import group_summary
     from .report import console, metrics_table
 
     out = console()
@@ -191,7 +191,7 @@ def _dispatch(args) -> int:
         if report.get("adaptation"):
             out.print(f"  {report['adaptation']}")
         out.print(f"  truncated rows: {report['truncated']}")
-        out.print(f"  layer groups: {_group_summary(report['layer_groups'])}")
+        out.print(f"  layer groups: {group_summary(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")
         for w in report["warnings"]:
             out.print(f"[yellow]warning:[/] {w}")

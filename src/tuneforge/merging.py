@@ -104,7 +104,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     more than atol + rtol * max|logit| on `examples` held-out inputs.
     """
     from .report import console as default_console
-    from .run import _save_model
+    from .run import save_model
 
     console = console or default_console()
     run_dir = Path(run_dir)
@@ -147,7 +147,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         raise MergeError(f"merged model's outputs differ from the adapter model's by {diff:.3g} (largest absolute "
                          f"logit difference over {len(inputs)} inputs from the {described}), above the tolerance "
                          f"{tolerance:.3g}; nothing was written")
-    _save_model(merged, predictor.run.tokenizer, out_dir)
+    save_model(merged, predictor.run.tokenizer, out_dir)
     (out_dir / MERGED_MARKER).write_text(json.dumps({"run_dir": str(run_dir.resolve()), **report.to_json()}, indent=1))
     console.print(f"merged {method} adapter into {out_dir}: outputs match the adapter model's within "
                   f"{diff:.2e} (tolerance {tolerance:.2e}) on {len(inputs)} inputs from the {described}")

@@ -70,9 +70,9 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
     if _holds_a_run(run_dir, keep):
         checkpoints = list_checkpoints(run_dir / "checkpoints")
         if overwrite:
-            _remove_run(run_dir, keep)
+            remove_run(run_dir, keep)
         elif resume and checkpoints:
-            saved = _saved_recipe(run_dir)
+            saved = saved_recipe(run_dir)
             if saved != recipe:
                 raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
                                   "resume with the same recipe, or start over with --overwrite")
@@ -83,7 +83,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: boo
         else:
             # A run stopped before its first checkpoint: nothing to continue from.
             console.print(f"{run_dir}: an earlier run stopped before its first checkpoint; starting over")
-            _remove_run(run_dir, keep)
+            remove_run(run_dir, keep)
     mark_run_dir(run_dir)
     return None
 
@@ -114,7 +114,7 @@ def mark_run_dir(run_dir: Path) -> None:
     (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
 
 
-def _remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
+def remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
     if not keep:
         shutil.rmtree(run_dir)
         return
@@ -126,7 +126,7 @@ def _remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
                 p.unlink()
 
 
-def _saved_recipe(run_dir: Path) -> Optional[Recipe]:
+def saved_recipe(run_dir: Path) -> Optional[Recipe]:
     """The recipe a run was started with (compared as values, so a newer version's extra defaults do not count)."""
     try:
         return load_recipe(run_dir / "recipe.yaml")
@@ -337,7 +337,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         if recipe.task.type == "masked-lm":
             from .models.loading import base_weights_missing_from
             carried = base_weights_missing_from(model, loaded.path)
-        stored = _save_model(model, tokenizer, model_dir, carried, kept)
+        stored = save_model(model, tokenizer, model_dir, carried, kept)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=best_step,
                        steps=steps, method=recipe.method.name, task=recipe.task.type, lr=recipe.lr, stored_bytes=stored,
@@ -542,7 +542,7 @@ def _check_fsdp(recipe) -> None:
         raise RecipeError(problems)
 
 
-def _save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None) -> int:
+def save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None) -> int:
     """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
     `carried`: tensors the model has no place for but a later fine-tune should find (an adapted encoder's pooler).
     `state`: the weights gathered from a sharded model. Returns the weights' size in bytes."""
@@ -583,7 +583,7 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
         console.print("  packed: " + ", ".join(f"{k} {n} examples into {r} rows" for k, (n, r) in packed.items()))
     new = loaded.new_parameters
     shown = "all (random initialization)" if not recipe.model.pretrained else ", ".join(new) or "none"
-    console.print(f"  layer groups: {_group_summary(groups.order)}; new head weights: {shown}")
+    console.print(f"  layer groups: {group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
     if recipe.method.is_adapter:
         stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type not in GENERATIVE_TASKS \
@@ -620,7 +620,7 @@ def _prompt_format(recipe, tokenizer, splits) -> Optional[str]:
     return "chat-template" if templated else "plain"
 
 
-def _group_summary(order: list[str]) -> str:
+def group_summary(order: list[str]) -> str:
     """'embeddings, layer.0 ... layer.15 (16 blocks), head' rather than eighteen names."""
     blocks = [g for g in order if g.startswith("layer.")]
     if len(blocks) <= 6:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..engine.checkpoint import atomic_folder
 from ..errors import RecipeError, TuneforgeError
-from ..methods.param_groups import _no_decay_names
+from ..methods.param_groups import no_decay_names
 from ..models.layers import LayerGroups
 from . import bottleneck as bn
 from .targets import adaptable, auto_targets, block_roles, head_modules, is_convolutional, matches
@@ -182,7 +182,7 @@ def _set_bottleneck_trainable(model, config) -> None:
 def adapter_param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_decay: float) -> list[dict]:
     """Trainable parameters only: adapter weights at `lr`, head at `head_lr` (default lr). No decay on
     biases, norms, (IA)^3 scales (they start at 1) or DoRA magnitudes."""
-    no_decay = _no_decay_names(model)
+    no_decay = no_decay_names(model)
     buckets: dict[str, list] = {"adapter": [], "adapter.no_decay": [], "head": [], "head.no_decay": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from .targets import _out_features
+from .targets import output_width
 
 CONFIG_NAME = "bottleneck_config.json"
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
@@ -64,7 +64,7 @@ def inject(model: nn.Module, config: BottleneckConfig) -> None:
         target = model.get_submodule(name)
         if hasattr(target, "bottleneck"):
             raise ValueError(f"{name} already has a bottleneck adapter")
-        target.add_module("bottleneck", Bottleneck(_out_features(target), config.bottleneck_size,
+        target.add_module("bottleneck", Bottleneck(output_width(target), config.bottleneck_size,
                                                    config.non_linearity, config.dropout))
         target.register_forward_hook(_apply_adapter)
 

@@ -47,7 +47,7 @@ def _in_features(module: nn.Module) -> int:
     return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
 
 
-def _out_features(module: nn.Module) -> int:
+def output_width(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.nf
 
 
@@ -81,7 +81,7 @@ def block_roles(model: nn.Module, groups: LayerGroups) -> BlockRoles:
     width = _in_features(ffn_out)
     k = len(linears) - 2
     ffn_in = []
-    while k >= 1 and _out_features(linears[k][1]) == width:
+    while k >= 1 and output_width(linears[k][1]) == width:
         ffn_in.insert(0, linears[k][0])
         k -= 1
     if not ffn_in or k < 1:

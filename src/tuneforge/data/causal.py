@@ -55,7 +55,7 @@ def _eos(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def _render(tokenizer, messages: list[dict], where: str, generation_prompt: bool = False) -> str:
+def render_messages(tokenizer, messages: list[dict], where: str, generation_prompt: bool = False) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as e:  # jinja's TemplateError, or a template's own raise_exception (e.g. no system role)
@@ -65,14 +65,14 @@ def _render(tokenizer, messages: list[dict], where: str, generation_prompt: bool
 def assistant_spans(tokenizer, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns (each with its end-of-turn
     marker), found by rendering prefixes."""
-    full = _render(tokenizer, messages, where)
+    full = render_messages(tokenizer, messages, where)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        upto = _render(tokenizer, messages[: i + 1], where)
+        upto = render_messages(tokenizer, messages[: i + 1], where)
         if i:
-            before = _render(tokenizer, messages[:i], where, generation_prompt=True)
+            before = render_messages(tokenizer, messages[:i], where, generation_prompt=True)
             start = len(before)
         else:  # a conversation that opens with the assistant: its text starts where its content does, so a
             # default system prompt the template inserts before it gets no loss
@@ -253,7 +253,7 @@ def read_causal_examples(path, fmt: str, text_col: str, prompt_col: str, complet
                          train_on: str = "assistant") -> list[CausalExample]:
     """Rows of one file, by the columns present: chat (messages), prompt/completion, or plain text. Every row is
     checked; problems name the file, row and column."""
-    from .dataset import _is_missing
+    from .dataset import is_missing
     from .readers import read_table
 
     df = read_table(path, fmt)
@@ -288,7 +288,7 @@ def read_causal_examples(path, fmt: str, text_col: str, prompt_col: str, complet
             continue
         cells = {prompt_col: row[prompt_col], completion_col: row[completion_col]} if kind == "prompt" \
             else {text_col: row[text_col]}
-        bad = [c for c, v in cells.items() if _is_missing(v) or not isinstance(v, str)]
+        bad = [c for c, v in cells.items() if is_missing(v) or not isinstance(v, str)]
         for c in bad:
             problems.append(f"{where}, column {c!r}: expected non-empty text, got {cells[c]!r}")
         if bad:

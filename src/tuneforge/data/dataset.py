@@ -38,7 +38,7 @@ class LabelSpace:
         return dict(enumerate(self.names))
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -52,7 +52,7 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _label_text(value: Any) -> Optional[str]:
+def label_text(value: Any) -> Optional[str]:
     """A single class label as its name: 1 -> '1', 1.0 -> '1', True -> 'True', ' pos ' -> 'pos'."""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
@@ -65,7 +65,7 @@ def _label_text(value: Any) -> Optional[str]:
     return None
 
 
-def _row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_col: Optional[str],
+def row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_col: Optional[str],
                   label_col: Optional[str], separator: str, problems: list[str]) -> list[TextExample]:
     missing = [c for c in (text_col, pair_col, label_col) if c and c not in df.columns]
     if missing:
@@ -83,7 +83,7 @@ def _row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_c
         for col, value in ((text_col, text), (pair_col, pair)):
             if col is None:
                 continue
-            if _is_missing(value):
+            if is_missing(value):
                 problems.append(f"{src}, column {col!r}: missing text (got {_shown(value)}); fill it or drop the row")
                 ok = False
             elif not isinstance(value, str):
@@ -102,7 +102,7 @@ def _row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_c
 
 def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[str]]:
     if task == "regression":
-        if _is_missing(value):
+        if is_missing(value):
             return None, f"missing label (got {_shown(value)})"
         if isinstance(value, bool):
             return None, f"expected a number, got {value!r}"
@@ -118,17 +118,17 @@ def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[s
             items = list(value)
         elif isinstance(value, str):
             items = [p for p in value.split(separator)] if value.strip() else []
-        elif _is_missing(value):
+        elif is_missing(value):
             return None, f"missing labels (got {_shown(value)}); use an empty list or empty string for 'no label'"
         else:
             items = [value]
-        names = [_label_text(v) for v in items]
+        names = [label_text(v) for v in items]
         if any(n is None or n == "" for n in names):
             return None, f"labels must be names or integers, got {value!r}"
         return sorted(set(names)), None
-    if _is_missing(value):
+    if is_missing(value):
         return None, f"missing label (got {_shown(value)})"
-    name = _label_text(value)
+    name = label_text(value)
     if name is None:
         return None, f"expected one label (a name or an integer), got {type(value).__name__} {value!r}"
     return name, None
@@ -139,7 +139,7 @@ def read_examples_from_file(path: str | Path, task: str, text_col: str, pair_col
     """Read and validate one file; raises DataError listing every bad row."""
     problems: list[str] = []
     df = read_table(path, fmt)
-    examples = _row_examples(df, str(path), task, text_col, pair_col, label_col, separator, problems)
+    examples = row_examples(df, str(path), task, text_col, pair_col, label_col, separator, problems)
     if problems:
         raise DataError(problems)
     return examples

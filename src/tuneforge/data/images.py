@@ -66,8 +66,8 @@ def check_array(pixels: np.ndarray, where: str) -> Optional[str]:
 
 
 def _label_name(value) -> Optional[str]:
-    from .dataset import _is_missing, _label_text
-    return None if _is_missing(value) else _label_text(value)
+    from .dataset import is_missing, label_text
+    return None if is_missing(value) else label_text(value)
 
 
 # ---------------------------------------------------------------- readers

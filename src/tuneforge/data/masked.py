@@ -20,7 +20,7 @@ EVALUATION_SEED = 20_200_513  # masks of validation and test rows: one fixed dra
 
 def read_text_rows(path, fmt: str, text_col: str) -> list[TextExample]:
     """The text column of one file; other columns (labels included) are ignored. Problems name file, row, column."""
-    from .dataset import _is_missing
+    from .dataset import is_missing
     from .readers import read_table
 
     df = read_table(path, fmt)
@@ -29,7 +29,7 @@ def read_text_rows(path, fmt: str, text_col: str) -> list[TextExample]:
                          "data.text_column"])
     problems, rows = [], []
     for i, value in enumerate(df[text_col].tolist(), start=1):
-        if _is_missing(value) or not isinstance(value, str) or not value.strip():
+        if is_missing(value) or not isinstance(value, str) or not value.strip():
             problems.append(f"{path} row {i}, column {text_col!r}: expected text, got {value!r}")
             continue
         rows.append(TextExample(text=value, source=f"{path} row {i}"))

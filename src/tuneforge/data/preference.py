@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DataError
-from .causal import CausalExample, CausalTokens, _render, checked_messages, end_of_turn_id, tokenize
+from .causal import CausalExample, CausalTokens, render_messages, checked_messages, end_of_turn_id, tokenize
 
 Text = Union[str, list]  # a string, or chat messages
 
@@ -257,7 +257,7 @@ def reward_text(tokenizer, example: PreferenceExample, response: Text,
     the tokenizer has one (and data.chat_template is on); else the two texts as a pair for tokenizers with a
     separator (encoders); else the prompt and response on separate lines."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return _render(tokenizer, example.conversation(response), example.source), None
+        return render_messages(tokenizer, example.conversation(response), example.source), None
     if example.is_chat or isinstance(example.prompt, list):
         raise DataError([f"{example.source}: chat messages need a tokenizer with a chat template; this one has none"])
     if getattr(tokenizer, "sep_token", None):

@@ -8,7 +8,7 @@ from ..errors import RecipeError
 from .loss import layer_map
 from .report import parameters
 from .task import DistillationTask
-from .teacher import Teacher, _Reordered, load_teacher, teacher_outputs
+from .teacher import Teacher, ReorderedTeacher, load_teacher, teacher_outputs
 
 
 def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -> tuple[list[int] | None, int]:
@@ -124,7 +124,7 @@ def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metric
     if recipe.task.type == "causal-lm":
         teacher_model, teacher_split, teacher_pad = teacher.model, encoded[name], pad_id
     else:
-        teacher_model = _Reordered(teacher)
+        teacher_model = ReorderedTeacher(teacher)
         teacher_split = encode(teacher.tokenizer, splits[name], recipe.model.max_length, recipe.task.type, space)
         teacher_pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     teacher_metrics = run_evaluation(teacher_model, teacher_split, base_task, len(space.names), recipe.task.threshold,

@@ -51,9 +51,9 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str 
     """`device`: where a teacher that is a run loads (a quantized base is placed as it loads)."""
     from ..assets import resolve_model_path
     from ..models.layers import find_blocks
-    from ..models.loading import _quiet_transformers
+    from ..models.loading import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     name = recipe.distill.teacher
     kind = recipe.task.type
     folder = Path(name).expanduser()
@@ -142,7 +142,7 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
     unlabelled = [TextExample(text=ex.text, text_pair=ex.text_pair) for ex in examples]  # transfer rows have none
     split = encode(teacher.tokenizer, unlabelled, max_length, task, space)
     pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
-    logits = run_prediction(_Reordered(teacher), split, batch_size, pad)
+    logits = run_prediction(ReorderedTeacher(teacher), split, batch_size, pad)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # parallel workers: own file
     save_file({"logits": logits.contiguous()}, str(tmp))
@@ -151,7 +151,7 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
                     f"(cached in {path})")
 
 
-class _Reordered(torch.nn.Module):
+class ReorderedTeacher(torch.nn.Module):
     """The teacher as a module whose logits come in the student's label order."""
 
     def __init__(self, teacher: Teacher):

@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..models.layers import LayerGroups
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
+def no_decay_names(model: nn.Module) -> set[str]:
     names = set()
     for module_name, module in model.named_modules():
         is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or \
@@ -37,7 +37,7 @@ def group_learning_rates(groups: LayerGroups, lr: float, head_lr: float | None, 
 
 
 def build_param_groups(model: nn.Module, groups: LayerGroups, rates: dict[str, float], weight_decay: float) -> list[dict]:
-    no_decay = _no_decay_names(model)
+    no_decay = no_decay_names(model)
     group_of = groups.group_of()
     buckets: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():

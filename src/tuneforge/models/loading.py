@@ -22,7 +22,7 @@ class LoadedModel:
     blocks_before: Optional[int] = None      # and how many the loaded model had
 
 
-def _quiet_transformers():
+def quiet_transformers():
     # transformers reports newly initialized weights as a warning; tuneforge reports them itself.
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
@@ -34,7 +34,7 @@ def tokenizer_and_config(name: str, trust_remote_code: bool = False):
     """(folder, tokenizer, config) of a model alias or folder; an unreadable one is named with the reason."""
     from transformers import AutoConfig, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -102,7 +102,7 @@ def load_run_model(model_dir: Path):
     """A saved run's model and tokenizer (plain Hugging Face format)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -212,7 +212,7 @@ def load_causal_run_model(model_dir: Path):
     """A saved causal-LM run's model and tokenizer (plain Hugging Face format)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

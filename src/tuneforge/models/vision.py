@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..data.image_transforms import PREPROCESSOR_FILE, ImageProcessing
 from ..errors import TuneforgeError
-from .loading import LoadedModel, _quiet_transformers
+from .loading import LoadedModel, quiet_transformers
 
 EFFICIENTNET_LITE = {"efficientnet-lite0": 224}   # variant -> native input side
 LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # on 0-255 pixels: (x - 127) / 128
@@ -150,7 +150,7 @@ def _load_hf_image_model(name, num_labels, id2label, head_seed, image_size, pret
 
     from ..assets import MODEL_ALIASES, resolve_model_path
 
-    _quiet_transformers()
+    quiet_transformers()
     if name in MODEL_ALIASES:
         raise TuneforgeError(f"model.name {name!r} is a text model; image tasks take "
                              f"{', '.join(EFFICIENTNET_LITE)} or a local Hugging Face image-model folder")
@@ -203,7 +203,7 @@ def load_image_run_model(model_dir: Path):
     """A saved image run's model and preprocessing."""
     from transformers import AutoModelForImageClassification
 
-    _quiet_transformers()
+    quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
     if is_lite_folder(model_dir):

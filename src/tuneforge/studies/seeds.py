@@ -108,10 +108,10 @@ def seed_recipes(base: Recipe, seeds: int, vary: str) -> list[tuple[SeedRun, Rec
 
 
 def _finished(run_dir: Path, recipe: Recipe) -> Optional[dict]:
-    from ..run import _saved_recipe
+    from ..run import saved_recipe
 
     summary = run_dir / "summary.json"
-    if summary.exists() and _saved_recipe(run_dir) == recipe:
+    if summary.exists() and saved_recipe(run_dir) == recipe:
         return json.loads(summary.read_text())
     return None
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..data.dataset import LabelSpace, TextExample, _label_text, _row_examples, read_examples_from_file
+from ..data.dataset import LabelSpace, TextExample, label_text, row_examples, read_examples_from_file
 from ..data.readers import read_table
 from ..errors import DataError, RecipeError
 from .analysis import Analysis, analyze, label_accuracy
@@ -109,7 +109,7 @@ def _column_labels(values: list, sources: list[str], column: str, abstain: set[s
             continue
         missing = value is None or (isinstance(value, float) and math.isnan(value)) or \
             (isinstance(value, str) and not value.strip())
-        name = None if missing else _label_text(value)
+        name = None if missing else label_text(value)
         if missing or name in abstain:
             kinds.append(("abstain", None))
         elif name is None:
@@ -155,7 +155,7 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
     df = read_table(d.train, d.format)
     if d.limit_train:
         df = df.head(d.limit_train)
-    train_rows = _row_examples(df, str(d.train), "classification", d.text_column, None, None, ",", problems)
+    train_rows = row_examples(df, str(d.train), "classification", d.text_column, None, None, ",", problems)
     for col, key in ((w.column, "weak.column"), (w.gold_column, "weak.gold_column")):
         if col and col not in df.columns:
             problems.append(f"{d.train}: no column {col!r} (columns are: {', '.join(map(str, df.columns))}); set {key}")
@@ -171,7 +171,7 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
     unlabeled: list[TextExample] = []
     if w.unlabeled:
         extra = read_table(w.unlabeled, d.format)
-        unlabeled = _row_examples(extra, str(w.unlabeled), "classification", d.text_column, None, None, ",", problems)
+        unlabeled = row_examples(extra, str(w.unlabeled), "classification", d.text_column, None, None, ",", problems)
     if problems:
         raise DataError(problems)
     texts, sources = [ex.text for ex in train_rows], [ex.source for ex in train_rows]
@@ -179,7 +179,7 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
     gold_train = None
     if w.gold_column:
         gold_train = [None if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
-                      else _label_text(v) for v in df[w.gold_column].tolist()]
+                      else label_text(v) for v in df[w.gold_column].tolist()]
         gold_names |= {g for g in gold_train if g is not None}
 
     matrix, function_names, ds = None, [], None
