@@ -147,6 +147,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     t = recipe.training
     runtime = runtime_for(t)  # device, precision and, under torchrun, the process group
     console = (console or default_console()) if runtime.is_main else quiet_console()
+    if runtime.fsdp:
+        _check_fsdp(recipe)  # before anything loads
     if t.threads:
         torch.set_num_threads(t.threads)
     head_seed = t.head_seed if t.head_seed is not None else t.seed
@@ -180,7 +182,6 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         _enable_gradient_checkpointing(model)
     if runtime.fsdp:  # sharded in place, onto the device, before the optimizer sees its parameters
         from .engine.sharding import shard_model
-        _check_fsdp(recipe)
         if getattr(task, "reference", None) is not None and hasattr(task.reference, "model"):
             task.reference.model.to(runtime.device)
         shard_model(model, runtime)
