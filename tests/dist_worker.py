@@ -30,6 +30,9 @@ if __name__ == "__main__":
     try:
         for recipe in recipes if isinstance(recipes, list) else [recipes]:
             tuneforge.fine_tune(recipe, resume="--resume" in sys.argv, callbacks=[fault])
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
     except TuneforgeError as e:
         print(f"error (rank {os.environ.get('RANK')}): {e}", file=sys.stderr)
         sys.exit(2)

@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        _leave_process_group()
+        return code
     except TuneforgeError as e:
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
         print(f"error{f' (rank {rank})' if rank is not None else ''}: {e}", file=sys.stderr)
@@ -149,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             "the latest checkpoint is kept: continue with `tuneforge train RECIPE --resume`"
         print(f"\ninterrupted; {how}", file=sys.stderr)
         return 130
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: every rank done, the group is closed before the process ends (a rank that exits while
+    another still holds a connection open can be aborted by the collective library)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _dispatch(args) -> int:

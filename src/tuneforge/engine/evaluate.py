@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..data.collate import EncodedSplit
+from ..data.split import Split
 from ..tasks.metrics import align_to_labels
 from .parallel import padding, shard
 from .runtime import CPU, Runtime, device_of
@@ -26,7 +26,7 @@ def length_batches(split, batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold: float, batch_size: int,
+def run_evaluation(model, split: Split, task, num_labels: int, threshold: float, batch_size: int,
                    pad_id: int, runtime: Runtime = CPU) -> dict[str, float]:
     was_training = model.training
     model.eval()
@@ -58,7 +58,7 @@ def run_evaluation(model, split: EncodedSplit, task, num_labels: int, threshold:
 
 
 @torch.no_grad()
-def run_prediction(model, split: EncodedSplit, batch_size: int, pad_id: int,
+def run_prediction(model, split: Split, batch_size: int, pad_id: int,
                    runtime: Optional[Runtime] = None) -> torch.Tensor:
     """Logits for every row, in the split's order (on the CPU; computed on the runtime's device, by default the
     model's, in fp32)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.collate import EncodedSplit
+from ..data.split import Split
 from .checkpoint import save_checkpoint
 from .evaluate import run_evaluation
 from .parallel import padding, share_of, sync_gradients, trains_now, wrap_for_training
@@ -70,7 +70,7 @@ def group_by_length(order: list[int], lengths: list[int], batch_size: int, windo
 
 
 class Loop:
-    def __init__(self, *, model, optimizer, scheduler, task, train: EncodedSplit, validation: EncodedSplit | None,
+    def __init__(self, *, model, optimizer, scheduler, task, train: Split, validation: Split | None,
                  cfg, num_labels: int, threshold: float, pad_id: int, data_seed: int, run_dir: Path,
                  callbacks: list, set_train_mode, state: LoopState | None = None, saved_names: set[str] | None = None,
                  checkpoints: bool = True, runtime: Runtime = CPU):
