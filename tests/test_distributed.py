@@ -91,6 +91,14 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def kill_and_resume(full: dict, cut: dict, folder: Path, kill_at: int = 5) -> None:
+    """Train `full` unbroken, and train `cut` until rank 0 is SIGKILLed after step `kill_at` (the caller resumes it)."""
+    ok(train_cli(full, folder))
+    (folder / "cut.json").write_text(json.dumps(cut))
+    assert torchrun([str(HERE / "dist_worker.py"), str(folder / "cut.json")],
+                    {"DIST_KILL_AT": str(kill_at)}).returncode != 0
+
+
 @pytest.fixture
 def odd_files(tmp_path) -> dict[str, Path]:
     # 36 training rows in global steps of 16: the last step of each epoch holds one micro-batch, so one rank has
@@ -154,10 +162,7 @@ def test_killed_two_process_run_resumes_exactly(tiny_bert, odd_files, tmp_path):
     training = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "checkpoint_every": 2, "log_every": 3}
     full = tiny_recipe(tiny_bert, odd_files, tmp_path / "full", training=training)
     cut = tiny_recipe(tiny_bert, odd_files, tmp_path / "cut", training=training)
-    ok(train_cli(full, tmp_path))
-    (tmp_path / "cut.json").write_text(json.dumps(cut))
-    killed = torchrun([str(HERE / "dist_worker.py"), str(tmp_path / "cut.json")], {"DIST_KILL_AT": "5"})
-    assert killed.returncode != 0
+    kill_and_resume(full, cut, tmp_path)
     assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))] == ["step-00000004"]
     refused = train_one(cut, "--resume")  # one process cannot continue a run of two
     assert refused.returncode == 2 and "2 process(es)" in refused.stderr and "--nproc_per_node 2" in refused.stderr
@@ -264,9 +269,7 @@ def test_killed_fsdp_run_resumes_exactly_from_its_shards(tiny_bert, odd_files, t
     training = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "checkpoint_every": 2, "distributed": "fsdp"}
     full = tiny_recipe(tiny_bert, odd_files, tmp_path / "full", training=training)
     cut = tiny_recipe(tiny_bert, odd_files, tmp_path / "cut", training=training)
-    ok(train_cli(full, tmp_path))
-    (tmp_path / "cut.json").write_text(json.dumps(cut))
-    assert torchrun([str(HERE / "dist_worker.py"), str(tmp_path / "cut.json")], {"DIST_KILL_AT": "5"}).returncode != 0
+    kill_and_resume(full, cut, tmp_path)
     assert (tmp_path / "cut" / "checkpoints" / "step-00000004" / "shards").is_dir()
     ok(train_cli(cut, tmp_path, "--resume"))
     assert_close_weights(tmp_path / "full", tmp_path / "cut", atol=0.0)
@@ -300,9 +303,7 @@ def test_killed_fsdp_run_resumes_exactly_during_gradual_unfreezing(tiny_bert, od
     method = {"name": "gradual", "unfreeze_every": 2}
     full = tiny_recipe(tiny_bert, odd_files, tmp_path / "full", method=method, training=training)
     cut = tiny_recipe(tiny_bert, odd_files, tmp_path / "cut", method=method, training=training)
-    ok(train_cli(full, tmp_path))
-    (tmp_path / "cut.json").write_text(json.dumps(cut))
-    assert torchrun([str(HERE / "dist_worker.py"), str(tmp_path / "cut.json")], {"DIST_KILL_AT": "5"}).returncode != 0
+    kill_and_resume(full, cut, tmp_path)
     ok(train_cli(cut, tmp_path, "--resume"))
     assert_close_weights(tmp_path / "full", tmp_path / "cut", atol=0.0)
 

@@ -31,12 +31,6 @@ def shard_model(model: torch.nn.Module, runtime) -> torch.nn.Module:
     return model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule) or any(isinstance(m, FSDPModule) for m in model.modules())
-
-
 def gather_state(model: torch.nn.Module, names: Optional[set[str]] = None) -> dict[str, torch.Tensor]:
     """The whole model's weights (only `names`, when given) on rank 0's host; an empty dict on the other ranks.
     A collective: every rank calls it."""
