@@ -16,7 +16,7 @@ import torch
 
 def main() -> None:
     from tuneforge.assets import rotten_tomatoes
-    from tuneforge.data.dataset import read_examples_from_file
+    from tuneforge.data.dataset import parse_class_label, read_examples_from_file
     from tuneforge.data.masked import encode_masked
     from tuneforge.models.loading import load_for_masked_lm
     from tuneforge.tasks import get_task
@@ -29,7 +29,7 @@ def main() -> None:
     loaded = load_for_masked_lm("minilm-l6", seed=0)
     model, tok = loaded.model, loaded.tokenizer
     model.train()
-    rows = read_examples_from_file(rotten_tomatoes()["train"], "classification", "text", None, "label", ",", "auto")
+    rows = read_examples_from_file(rotten_tomatoes()["train"], parse_class_label, "text", None, "label", "auto")
     split = encode_masked(tok, rows[: 32 * args.steps], 64, 0.15)
     batches = [split.batch(list(range(i * 32, (i + 1) * 32)), tok.pad_token_id, (0, 0)) for i in range(args.steps)]
     task = get_task("masked-lm")

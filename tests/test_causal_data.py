@@ -194,8 +194,7 @@ def test_packed_batches_with_padding_give_the_unpacked_loss(tok):
     padding a segment of its own) against the unpacked split, by summed loss and target count."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneforge.data.collate import encode
-    from tuneforge.data.dataset import LabelSpace
+    from tuneforge.data.collate import encode_causal_split
     from tuneforge.engine.evaluate import model_inputs
     from tuneforge.tasks import get_task
 
@@ -213,8 +212,8 @@ def test_packed_batches_with_padding_give_the_unpacked_loss(tok):
             batch = split.batch(list(range(len(split))), tok.pad_token_id)
             return float(task.loss_sum(model(**model_inputs(batch)).logits, batch["labels"])), split.count(range(len(split)))
 
-    unpacked = encode(tok, examples, 24, "causal-lm", LabelSpace([]))
-    packed = encode(tok, examples, 24, "causal-lm", LabelSpace([]), packing=True)
+    unpacked = encode_causal_split(tok, examples, 24)
+    packed = encode_causal_split(tok, examples, 24, packing=True)
     assert len(unpacked) == 5 and len(packed) == 3 and len(set(packed.lengths)) > 1
     (a, n_a), (b, n_b) = total(unpacked), total(packed)
     assert n_a == n_b and b == pytest.approx(a, rel=1e-5)

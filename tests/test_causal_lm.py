@@ -57,15 +57,14 @@ def lm_recipe(model_dir: Path, files: dict, out: Path, **sections) -> dict:
 
 def untrained_loss(model_dir: Path, data: Path) -> float:
     from tuneforge.data.causal import read_causal_examples
-    from tuneforge.data.collate import encode
-    from tuneforge.data.dataset import LabelSpace
+    from tuneforge.data.collate import encode_causal_split
     from tuneforge.engine.evaluate import run_evaluation
     from tuneforge.models.loading import load_for_causal_lm
     from tuneforge.tasks import get_task
 
     loaded = load_for_causal_lm(str(model_dir), 0)
     examples = read_causal_examples(data, "auto", "text", "prompt", "completion", "messages")
-    split = encode(loaded.tokenizer, examples, 32, "causal-lm", LabelSpace([]))
+    split = encode_causal_split(loaded.tokenizer, examples, 32)
     return run_evaluation(loaded.model, split, get_task("causal-lm"), 0, 0.5, 8, loaded.tokenizer.pad_token_id)["loss"]
 
 

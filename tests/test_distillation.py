@@ -300,9 +300,9 @@ def test_pair_of_tokenizers_needs_cached_outputs(bert4, teacher_run, sentiment_f
 
 def _assert_cache_holds_teacher_logits(cache: Path, teacher_run: Path, train_file: Path, order=None):
     from safetensors.torch import load_file
-    from tuneforge.data.dataset import read_examples_from_file
+    from tuneforge.data.dataset import parse_class_label, read_examples_from_file
     from tuneforge.inference import Predictor
-    rows = read_examples_from_file(train_file, "classification", "text", None, "label", ",", "auto")
+    rows = read_examples_from_file(train_file, parse_class_label, "text", None, "label", "auto")
     expected = Predictor(teacher_run).logits(rows)
     if order is not None:
         expected = expected[:, order]

@@ -14,7 +14,8 @@ from tuneforge.engine.runtime import CPU, Runtime, resolve_device
 from tuneforge.errors import RecipeError
 from tuneforge.tasks.grpo import GRPOMetrics
 from tuneforge.tasks.metrics import ClassificationMetrics, CausalLMMetrics, MultiLabelMetrics, RegressionMetrics
-from tuneforge.tasks.preference import PolicyMetrics, RewardMetrics
+from tuneforge.tasks.preference import PolicyMetrics
+from tuneforge.tasks.reward_model import RewardMetrics
 
 from conftest import tiny_recipe
 from helpers import InterruptAt

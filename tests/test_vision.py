@@ -525,14 +525,14 @@ def test_transparent_and_palette_images_become_rgb_over_white(tmp_path):
 
 
 def test_limit_train_on_an_image_folder_keeps_every_class(tmp_path):
-    from tuneforge.data.dataset import load_examples
+    from tuneforge.data.splits import load_examples
     from tuneforge.recipe import load_recipe
 
     x, y = stripes(12)
     folder = write_folder(tmp_path / "train", x, y)
     recipe = load_recipe({"task": {"type": "image-classification"},
                           "data": {"train": str(folder), "validation_fraction": 0.0, "limit_train": 4}})
-    splits, space, _ = load_examples(recipe.data, recipe.task.type)
+    splits, space, _ = load_examples(recipe.data, recipe.task_kind)
     assert [e.label for e in splits["train"]] == ["horizontal", "vertical"] * 2
 
 

@@ -29,7 +29,7 @@ def adaptation_objective(recipe) -> str:
 
 def adaptation_texts(recipe) -> tuple[list[str], dict[str, int]]:
     """Every text of adapt.data, in order, and how many came from each source."""
-    from .data.dataset import load_examples
+    from .data.splits import load_examples
     from .data.masked import read_text_rows
 
     a = recipe.adapt
@@ -38,7 +38,7 @@ def adaptation_texts(recipe) -> tuple[list[str], dict[str, int]]:
         if source == "task":
             # The task's training rows, after validation/test are carved off, before limit_train: unlabeled use.
             spec = recipe.data.model_copy(update={"limit_train": None})
-            splits, _, _ = load_examples(spec, recipe.task.type)
+            splits, _, _ = load_examples(spec, recipe.task_kind)
             rows = [getattr(ex, "text", None) for ex in splits["train"]]
             if any(not isinstance(r, str) for r in rows):
                 raise RecipeError(["adapt.data: 'task' reads the task's text column; this task's rows have none "

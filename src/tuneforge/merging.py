@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .adapters import MERGEABLE, read_adapter_method
-from .data.dataset import load_examples
+from .data.splits import load_examples
 from .errors import RunDirError, TuneforgeError
 from .inference import Predictor
 
@@ -73,7 +73,7 @@ def _held_out(predictor: Predictor, data: Optional[str | Path], n: int):
         examples = predictor._examples(data, None, None, with_labels=False)
         return examples[:n], str(data)
     try:
-        splits, _, origin = load_examples(recipe.data, recipe.task.type)
+        splits, _, origin = load_examples(recipe.data, recipe.task_kind)
     except TuneforgeError as e:
         raise MergeError(f"could not read the run's data to check the merge ({e}); give inputs with --data FILE") from None
     for name in ("validation", "test"):
@@ -163,7 +163,7 @@ def dequantized_adapter_model(predictor: Predictor):
     from peft.utils.integrations import dequantize_module_weight
 
     from .adapters import attach_saved_adapter
-    from .inference import load_base_for
+    from .runs import load_base_for
 
     recipe = predictor.recipe
     plain = recipe.model_copy(update={"model": recipe.model.model_copy(update={"quantization": None})})

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .tasks import TASKS, owned_keys
+from .tasks.preference import REFERENCE_FREE  # noqa: F401  (the reference-free losses, for callers)
 
 
 def _epoch_or_steps(v):
@@ -60,10 +62,7 @@ class ModelSpec(_Section):
         return self
 
 
-TaskType = Literal["classification", "multi-label", "regression", "pair-classification", "image-classification",
-                   "causal-lm", "masked-lm", "reward-model", "preference", "grpo"]
-GENERATIVE_TASKS = ("causal-lm", "preference", "grpo")  # tasks whose model is a causal LM that generates
-REFERENCE_FREE = ("simpo", "orpo")
+TaskType = Literal[tuple(TASKS)]  # type: ignore[valid-type]  (the registry's names)
 # Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
 # al.); ORPO's weight of the odds-ratio term 0.1 (Hong et al.).
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "grpo": 0.04}  # grpo: KL weight (Shao et al.)
@@ -181,11 +180,6 @@ class DataSpec(_Section):
 
 MethodName = Literal["full", "head", "freeze", "gradual", "lora", "dora", "ia3", "prefix", "prompt", "bottleneck"]
 ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "bottleneck")
-IMAGE_UNSUPPORTED = {
-    "prefix": "its virtual tokens extend a transformer's token sequence, which a CNN does not have",
-    "prompt": "its soft prompt is input embeddings of tokens, which an image model does not read",
-    "bottleneck": "tuneforge's bottleneck adapters sit on transformer sub-layer outputs",
-}
 
 # Adapters train few, freshly initialized weights and need a larger step than full fine-tuning; these are the
 # usual rates from each method's paper and PEFT's examples. training.lr, when given, overrides them.
@@ -372,9 +366,6 @@ class WeakSpec(_Section):
         return self
 
 
-DISTILL_TASKS = ("classification", "pair-classification", "causal-lm")
-
-
 class DistillSpec(_Section):
     """Knowledge distillation (Hinton et al., 2015): loss = alpha * T^2 * KL(teacher_T || student_T)
     + (1 - alpha) * task loss [+ hidden_weight * hidden-state matching]."""
@@ -400,10 +391,11 @@ class DistillSpec(_Section):
     def _files(cls, v):
         return [v] if isinstance(v, str) else v
 
-    def uses_cache(self, task_type: str) -> bool:
+    def uses_cache(self, generative: bool) -> bool:
+        """Whether the teacher's outputs are computed once (`generative`: the task's model is a causal LM)."""
         if self.cache is not None:
             return self.cache
-        return task_type != "causal-lm" and self.hidden_weight == 0
+        return not generative and self.hidden_weight == 0
 
 
 class AdaptSpec(_Section):
@@ -447,30 +439,27 @@ class Recipe(_Section):
                                        "in-domain text before the task's fine-tuning")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
+    @property
+    def task_kind(self):
+        """The task this recipe trains (tasks/): what it reads, loads and checks."""
+        return TASKS[self.task.type]
+
     @model_validator(mode="after")
-    def _pairs(self):
-        if self.task.type == "pair-classification" and not self.data.text_pair_column:
-            raise ValueError("task 'pair-classification' needs data.text_pair_column (the second text's column)")
-        images = self.task.type == "image-classification"
-        if images and self.data.dataset == "rotten-tomatoes":
-            raise ValueError("data.dataset 'rotten-tomatoes' is text; an image-classification task needs images "
-                             "(e.g. data.dataset: fashion-mnist)")
-        if not images and self.data.dataset == "fashion-mnist":
+    def _task_and_data(self):
+        task = self.task_kind
+        task.check_recipe(self)  # the task's own checks (its data columns, its losses, the methods it allows)
+        if not task.images and self.data.dataset == "fashion-mnist":
             raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
                              f"(it is {self.task.type!r})")
-        if self.data.packing and self.method.name in ("prefix", "prompt"):
-            raise ValueError(f"data.packing cannot isolate packed examples under method {self.method.name!r} (PEFT "
-                             "replaces the restarting position ids, or adds a key/value cache, that isolation relies on); "
-                             "turn packing off or choose another method")
-        if not images and self.model.image_size is not None:
+        if not task.images and self.model.image_size is not None:
             raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")
         if not self.model.pretrained and self.method.name != "full":
             raise ValueError(f"model.pretrained is false (random initialization) and method.name is "
                              f"{self.method.name!r}: only full training makes sense from random weights (the frozen "
                              "parts would stay random); set method.name: full")
-        if images and self.method.name in IMAGE_UNSUPPORTED:
-            raise ValueError(f"method {self.method.name!r} does not apply to image models: "
-                             f"{IMAGE_UNSUPPORTED[self.method.name]}. Use lora, dora or ia3, or a freezing method")
+        if self.method.is_adapter and not task.trained_by_adapters:
+            raise ValueError(f"task {self.task.type} trains the network a task will start from; method "
+                             f"{self.method.name!r} leaves it unchanged beside an adapter. Use full or a freezing method")
         return self
 
     @model_validator(mode="after")
@@ -483,116 +472,59 @@ class Recipe(_Section):
             raise ValueError(f"model.quantization {q!r} freezes the base in {q} weights, which cannot be trained; "
                              f"method.name is {self.method.name!r}: use lora, dora, ia3, prefix or prompt, or drop "
                              "model.quantization")
-        if self.task.type == "image-classification":
-            raise ValueError("model.quantization is for transformers text models; task.type is image-classification")
+        if not self.task_kind.quantizable:
+            raise ValueError(f"model.quantization is for transformers text models; task.type is {self.task.type}")
         return self
 
     @model_validator(mode="after")
     def _keys_of_the_task(self):
         """Options set for a task that does not read them are errors, not silently ignored."""
         kind = self.task.type
-        if kind not in GENERATIVE_TASKS and self.task.sample_prompts:
-            raise ValueError(f"task.sample_prompts: for causal-lm, preference and grpo tasks only; task.type is {kind!r}")
-        if kind not in (*GENERATIVE_TASKS, "reward-model") and not self.data.chat_template:
-            raise ValueError(f"data.chat_template: for causal-lm, preference, grpo and reward-model tasks only; task.type "
-                             f"is {kind!r}")
-        causal_only = [k for k, v in (("data.packing", self.data.packing),
-                                      ("data.train_on", self.data.train_on != "assistant")) if v]
-        if kind != "causal-lm" and causal_only:
-            raise ValueError(f"{', '.join(causal_only)}: for causal-lm tasks only; task.type is {kind!r}")
-        pair_keys = [k for k in ("chosen_column", "rejected_column", "drop_invalid_pairs")
-                     if getattr(self.data, k) != DataSpec.model_fields[k].get_default()]
-        if kind not in ("preference", "reward-model") and pair_keys:
-            raise ValueError(f"{', '.join('data.' + k for k in pair_keys)}: for preference and reward-model tasks only; "
-                             f"task.type is {kind!r}")
-        changed = lambda keys: [k for k in keys if getattr(self.task, k) != TaskSpec.model_fields[k].get_default()]  # noqa: E731
-        owners = {("preference",): ("loss", "label_smoothing", "gamma"), ("grpo",): ("reward", "num_generations", "temperature"),
-                  ("masked-lm",): ("mlm_probability",),
-                  ("preference", "grpo"): ("beta", "reference")}
-        for allowed, keys in owners.items():
-            if kind not in allowed and changed(keys):
-                raise ValueError(f"{', '.join('task.' + k for k in changed(keys))}: for {' and '.join(allowed)} tasks "
-                                 f"only; task.type is {kind!r}")
-        if kind not in ("preference", "reward-model", "grpo") and not self.task.disable_dropout:
-            raise ValueError(f"task.disable_dropout is for preference, reward-model and grpo tasks; task.type is {kind!r}")
+        by_owners: dict[tuple, list[str]] = {}
+        for key, owners in owned_keys(TASKS).items():
+            if kind not in owners and _changed(self, key):
+                by_owners.setdefault(owners, []).append(key)
+        for owners, keys in by_owners.items():
+            names = " and ".join([", ".join(owners[:-1]), owners[-1]]) if len(owners) > 1 else owners[0]
+            raise ValueError(f"{', '.join(keys)}: for {names} tasks only; task.type is {kind!r}")
         return self
 
     @model_validator(mode="after")
-    def _preference_objectives(self):
-        """Preference, reward-model and GRPO runs: a consistent loss, reference and data source."""
-        kind, t = self.task.type, self.task
-        if kind in ("preference", "reward-model", "grpo") and self.data.dataset:
-            raise ValueError(f"data.dataset {self.data.dataset!r} has no preference pairs or prompts; give data.train "
-                             f"(a file with {self.data.prompt_column!r}" + (" and the reward's columns)" if kind == "grpo" else
-                             f", {self.data.chosen_column!r} and {self.data.rejected_column!r} columns)"))
-        if kind in ("preference", "grpo") and self.method.is_adapter and t.reference == "copy":
-            raise ValueError(f"task.reference: copy is for whole-network methods; with an adapter ({self.method.name}) the "
-                             "reference is the base network, the adapter switched off (no copy needed); use auto")
-        if kind == "reward-model" and self.method.name == "prompt":
-            raise ValueError("method 'prompt' cannot train a reward model: PEFT feeds the model input embeddings, so a "
-                             "decoder's score head cannot find each row's last token; use lora, dora, ia3 or a freezing "
-                             "method")
-        if kind == "grpo":
-            if not t.reward:
-                raise ValueError("task.reward: grpo needs a reward: a Python function 'file.py:name' or 'module:name', "
-                                 "or a reward-model run directory")
-            if t.reference == "precomputed":
-                raise ValueError("task.reference: precomputed does not apply to grpo (its completions are sampled "
-                                 "during training); use auto or copy")
-            if t.reference == "none" and t.preference_beta:
-                raise ValueError("task.reference: none leaves grpo's KL penalty without a reference; set task.beta: 0 "
-                                 "or use auto / copy")
-        if kind == "preference":
-            if t.label_smoothing and t.loss != "dpo":
-                raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
-            if t.gamma != TaskSpec.model_fields["gamma"].get_default() and t.loss != "simpo":
-                raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
-            if t.reference == "precomputed" and t.loss in REFERENCE_FREE:
-                raise ValueError(f"task.reference: precomputed log-probs are unused by loss {t.loss!r} (reference-free); "
-                                 "use auto (or copy, to measure the KL divergence)")
-            if t.reference == "none" and t.loss not in REFERENCE_FREE:
-                raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
-                                 "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
-        return self
-
-    @model_validator(mode="after")
-    def _weak_supervision(self):
-        if self.weak is None:
-            return self
-        if self.task.type != "classification":
-            raise ValueError(f"weak supervision is for task.type classification; it is {self.task.type!r}")
-        if self.data.dataset:
-            raise ValueError(f"weak supervision reads data.train (rows to label); data.dataset {self.data.dataset!r} "
-                             "has gold labels already")
-        if self.weak.self_training and self.method.name in ("prefix", "prompt"):
-            raise ValueError(f"weak.self_training reads the encoder's features at the first token, which method "
-                             f"{self.method.name!r} shifts by its virtual tokens; use full, a freezing method, lora, "
-                             "dora, ia3 or bottleneck")
-        return self
-
-    @model_validator(mode="after")
-    def _distillation_and_adaptation(self):
-        d, kind = self.distill, self.task.type
+    def _stages(self):
+        """Which stages run with which task, and with each other."""
+        task, kind = self.task_kind, self.task.type
+        if self.weak is not None:
+            if not task.weakly_supervised:
+                raise ValueError(f"weak supervision is for task.type {_names(lambda t: t.weakly_supervised)}; it is "
+                                 f"{kind!r}")
+            if self.data.dataset:
+                raise ValueError(f"weak supervision reads data.train (rows to label); data.dataset {self.data.dataset!r} "
+                                 "has gold labels already")
+            if self.weak.self_training and self.method.name in ("prefix", "prompt"):
+                raise ValueError(f"weak.self_training reads the encoder's features at the first token, which method "
+                                 f"{self.method.name!r} shifts by its virtual tokens; use full, a freezing method, lora, "
+                                 "dora, ia3 or bottleneck")
+        d = self.distill
         if d is not None:
-            if kind not in DISTILL_TASKS:
-                raise ValueError(f"distill: for task.type {', '.join(DISTILL_TASKS)}; it is {kind!r}")
+            if not task.distillable:
+                raise ValueError(f"distill: for task.type {_names(lambda t: t.distillable, ', ')}; it is {kind!r}")
             if self.weak is not None:
                 raise ValueError("distill and weak in one recipe: train on the weak labels first, then distill that "
                                  "run (distill.teacher: its run directory) in a second recipe")
             if d.cache and d.hidden_weight:
                 raise ValueError("distill.cache stores the teacher's outputs, not its hidden states, which "
                                  "distill.hidden_weight needs at every step; set cache: false or hidden_weight: 0")
-            if d.cache and kind == "causal-lm":
+            if d.cache and task.generative:
                 raise ValueError("distill.cache: a causal LM teacher's outputs are a vocabulary-wide distribution per "
                                  "token, too large to store; set cache: false (the teacher then runs beside the student)")
-            if d.unlabeled and kind != "classification":
+            if d.unlabeled and not task.transfer_set:
                 raise ValueError(f"distill.unlabeled: a transfer set of single texts, for task.type classification; "
                                  f"it is {kind!r}")
             if d.hidden_weight and self.method.name in ("prefix", "prompt"):
                 raise ValueError(f"distill.hidden_weight matches hidden states position by position, which method "
                                  f"{self.method.name!r} shifts by its virtual tokens; use another method")
         if self.adapt is not None:
-            if kind in ("masked-lm", "preference", "reward-model", "grpo", "image-classification"):
+            if not task.adaptable:
                 raise ValueError(f"adapt: continued pre-training before a task's fine-tuning; task.type {kind!r} is "
                                  "not such a task (to only adapt, use task.type masked-lm or causal-lm)")
             if not self.model.pretrained:
@@ -600,9 +532,6 @@ class Recipe(_Section):
             if self.weak is not None:
                 raise ValueError("adapt and weak in one recipe: adapt first (a task.type masked-lm run on the "
                                  "training file's text), then name that run as model.name in the weak recipe")
-        if kind == "masked-lm" and self.method.is_adapter:
-            raise ValueError(f"task masked-lm trains the network a task will start from; method {self.method.name!r} "
-                             "leaves it unchanged beside an adapter. Use full or a freezing method")
         return self
 
     @property
@@ -612,6 +541,18 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _changed(recipe: Recipe, key: str) -> bool:
+    """Whether recipe key 'section.name' differs from its default."""
+    section, name = key.split(".")
+    part = getattr(recipe, section)
+    return getattr(part, name) != type(part).model_fields[name].get_default(call_default_factory=True)
+
+
+def _names(wanted, sep: str = " and ") -> str:
+    """The registry's task names for which `wanted(task)` holds."""
+    return sep.join(n for n, t in TASKS.items() if wanted(t))
 
 
 # ---------------------------------------------------------------- loading, overrides, error messages

@@ -12,8 +12,7 @@ from typing import Optional, Union
 import torch
 
 from .adapters import adapter_param_groups, attach_adapter, save_adapter, trainable_names
-from .data.collate import encode_for
-from .data.dataset import load_examples
+from .data.splits import load_examples
 from .engine.callbacks import (EarlyStopping, GradualUnfreezing, JsonlLogger, KeepBest, ProgressBar,
                                TensorBoardLogger, tensorboard_available, truncate_jsonl)
 from .engine.checkpoint import atomic_folder, check_world_size, list_checkpoints, load_checkpoint, restore_weights
@@ -27,7 +26,7 @@ from .methods import (apply_plan, build_param_groups, build_plan, count_paramete
 from .methods.param_groups import group_learning_rates
 from .tasks.preference import disable_dropout, make_reference
 from .models import find_layer_groups, load_for_recipe
-from .recipe import GENERATIVE_TASKS, REFERENCE_FREE, Recipe, load_recipe
+from .recipe import Recipe, load_recipe
 from .report import console as default_console, print_summary, quiet_console
 from .tasks import higher_is_better, task_for
 
@@ -172,7 +171,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         from .distill.setup import prepare_distillation
         task, teacher, distill_info = prepare_distillation(recipe, task, loaded, space, str(runtime.device))
     groups = find_layer_groups(model)
-    model, plan = _apply_method(model, recipe.method, groups, head_seed)
+    model, plan = _apply_method(model, recipe.method, groups, head_seed, recipe.task_kind)
     if not runtime.fsdp and not recipe.model.quantization:  # (a quantized base is placed as it loads)
         model.to(runtime.device)  # before the optimizer and the reference copy are made
     if teacher is not None and not getattr(getattr(teacher.model, "config", None), "quantization_config", None):
@@ -205,7 +204,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     saved_names = trainable_names(model) if adapter else None
     optimizer = make_optimizer(param_groups)
 
-    encoded = {k: encode_for(recipe, tokenizer, v, space) for k, v in splits.items()}
+    encoded = {k: recipe.task_kind.encode(recipe, tokenizer, v, space) for k, v in splits.items()}
     emptied = [f"{k}: all {len(splits[k])} example(s) were left with nothing to train on by truncation at "
                f"model.max_length {recipe.model.max_length} (first: {v.dropped[0]}); raise model.max_length"
                for k, v in encoded.items() if len(v) == 0 and getattr(v, "dropped", None)]
@@ -248,7 +247,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         cbs.append(GradualUnfreezing(plan, recipe.method.unfreeze_every, lambda stage: apply_plan(model, plan, stage)))
     prompt_format = _prompt_format(recipe, tokenizer, splits)
     if runtime.is_main:
-        if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
+        if recipe.task.sample_prompts:  # (a key of the tasks that generate)
             from .generation import SampleGenerations
             cbs.append(SampleGenerations(tokenizer, recipe.task.sample_prompts, run_dir / "samples.jsonl",
                                          recipe.task.max_new_tokens, prompt_format == "chat-template"))
@@ -334,10 +333,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
         stored = save_adapter(model, tokenizer, model_dir, kept)
     else:
         model_dir = run_dir / "model"
-        carried = {}
-        if recipe.task.type == "masked-lm":
-            from .models.loading import base_weights_missing_from
-            carried = base_weights_missing_from(model, loaded.path)
+        carried = recipe.task_kind.saved_extras(model, loaded)
         stored = save_model(model, tokenizer, model_dir, carried, kept)
     result = RunResult(run_dir=run_dir, model_dir=model_dir, metrics=metrics, trainable_parameters=final_stage_trainable,
                        total_parameters=total, train_seconds=round(train_seconds, 2), best_step=best_step,
@@ -373,7 +369,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 def _load_data(recipe, notes: list):
     """(splits, label space, where each split came from, weak data or None)."""
     if recipe.weak is None:
-        return (*load_examples(recipe.data, recipe.task.type, notes), None)
+        return (*load_examples(recipe.data, recipe.task_kind, notes), None)
     from .weak.data import load_weak_data
     weak_data, evaluation, origin = load_weak_data(recipe)
     if not weak_data.labelled:
@@ -409,7 +405,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
                  saved_names, set_train_mode, console, stage_one, train_seconds, extra_callbacks, runtime) -> dict:
     """After fine-tuning on the weak labels: write the rules' analysis and the labels, measure the first stage, then
     run COSINE self-training when the recipe asks for it (the model ends as its best validation step)."""
-    from .data.collate import encode
+    from .data.collate import encode_texts
     from .data.dataset import TextExample
     from .weak.analysis import print_analysis, write_analysis
     from .weak.data import write_weak_labels
@@ -430,7 +426,7 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
     if st is None:
         return {**report, "train_seconds": train_seconds, "model_is_stage_one": True}
     rows = [TextExample(text=ex.text, source=ex.source) for ex in weak_data.labelled + weak_data.unlabelled]
-    split = encode(tokenizer, rows, recipe.model.max_length, "classification", space)  # targets: pseudo-labels
+    split = encode_texts(tokenizer, rows, recipe.model.max_length)  # targets: pseudo-labels
     optimizer = make_optimizer(_param_groups(recipe, model, groups, st.lr or recipe.lr))
     schedule = lambda total: make_scheduler(optimizer, t.schedule, warmup_steps(total, t.warmup_ratio, t.warmup_steps),  # noqa: E731
                                             total)
@@ -466,10 +462,11 @@ def _weak_stages(recipe, weak_data, model, tokenizer, groups, encoded, task, spa
             "model_is_stage_one": not improved and t.restore_best and encoded.get("validation") is not None}
 
 
-def _apply_method(model, spec, groups, init_seed: int):
-    """Freeze per the method's plan, or attach an adapter. Returns (model to train, plan or None for adapters)."""
+def _apply_method(model, spec, groups, init_seed: int, task):
+    """Freeze per the method's plan, or attach an adapter (of the task's PEFT task type). Returns (model to train,
+    plan or None for adapters)."""
     if spec.is_adapter:
-        return attach_adapter(model, spec, groups, init_seed), None
+        return attach_adapter(model, spec, groups, init_seed, task.peft_task_type), None
     plan = build_plan(spec, groups)
     apply_plan(model, plan, 0)
     return model, plan
@@ -478,17 +475,15 @@ def _apply_method(model, spec, groups, init_seed: int):
 def _prepare_objective(recipe, task, model, tokenizer) -> Optional[str]:
     """Preference, reward-model and GRPO runs: dropout off, the reference policy (the starting network: called
     before any checkpoint is loaded), GRPO's reward and stop tokens. Returns the reference mode in effect."""
-    kind = recipe.task.type
-    if kind in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
+    if "task.disable_dropout" in task.keys and recipe.task.disable_dropout:
         disable_dropout(model)
-    if kind not in ("preference", "grpo"):
+    if not task.has_reference:
         return None
-    needed = recipe.task.preference_beta > 0 if kind == "grpo" else recipe.task.loss not in REFERENCE_FREE
-    task.reference, mode = make_reference(recipe.task.reference, needed, model, recipe.method.is_adapter)
-    if kind == "grpo":
-        from .data.causal import stop_ids
-        from .tasks.grpo import load_reward
-        task.reward, task.tokenizer, task.stop_ids = load_reward(recipe.task.reward), tokenizer, stop_ids(tokenizer, model)
+    task.reference, mode = make_reference(recipe.task.reference, task.reference_needed(recipe), model,
+                                          recipe.method.is_adapter)
+    if task.uses_reward:
+        from .rewards import load_reward
+        task.bind(model, tokenizer, load_reward(recipe.task.reward))
     if task.reference is None and recipe.training.metric == "kl":
         raise RecipeError([f"training.metric: kl needs a reference network at evaluation, and task.reference "
                            f"{recipe.task.reference!r} keeps none here ({mode}); use reference: copy, or another metric"])
@@ -527,10 +522,10 @@ def _check_fsdp(recipe) -> None:
     """What a sharded model cannot do yet: sampling runs a different number of forwards on each rank, and every
     forward of a sharded model is a collective of all ranks."""
     problems = []
-    if recipe.task.type == "grpo":
-        problems.append("training.distributed: fsdp does not run task grpo (each rank samples completions of its own "
+    if recipe.task_kind.samples:
+        problems.append(f"training.distributed: fsdp does not run task {recipe.task.type} (each rank samples completions of its own "
                         "length); use ddp")
-    if recipe.task.type in GENERATIVE_TASKS and recipe.task.sample_prompts:
+    if recipe.task.sample_prompts:
         problems.append("task.sample_prompts: sample generations run on rank 0 alone, which a sharded model cannot; "
                         "remove them or use training.distributed: ddp")
     if recipe.model.quantization:
@@ -587,19 +582,15 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
     console.print(f"  layer groups: {group_summary(groups.order)}; new head weights: {shown}")
     stage_note = " (at the first unfreezing stage)" if plan is not None and plan.gradual else ""
     if recipe.method.is_adapter:
-        stage_note = " (adapter and head; the pre-trained weights are frozen)" if recipe.task.type not in GENERATIVE_TASKS \
+        stage_note = " (adapter and head; the pre-trained weights are frozen)" if not recipe.task_kind.generative \
             else " (adapter; the pre-trained weights are frozen)"
     console.print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){stage_note}")
-    if recipe.task.type in ("preference", "grpo"):
-        t = recipe.task
+    if recipe.task_kind.has_reference:
         shown = {"adapter": "the network with its adapter disabled", "copy": "a frozen copy of the starting network",
                  "precomputed": "log-probs of the starting network, computed once",
                  "none": "none"}[reference_mode]
-        objective = f"{t.loss} (beta {t.preference_beta:g})" if t.type == "preference" else \
-            f"grpo ({t.num_generations} completions per prompt at temperature {t.temperature:g}, KL weight " \
-            f"{t.preference_beta:g}); reward: {t.reward}"
-        console.print(f"  objective: {objective}; reference: {shown}")
-    if recipe.task.type in ("preference", "reward-model", "grpo") and recipe.task.disable_dropout:
+        console.print(f"  objective: {recipe.task_kind.describe_objective(recipe)}; reference: {shown}")
+    if "task.disable_dropout" in recipe.task_kind.keys and recipe.task.disable_dropout:
         console.print("  dropout: off, the adapter's included (task.disable_dropout)")
     console.print(f"  run directory: {run_dir}")
 
@@ -607,18 +598,7 @@ def _report_start(console, recipe, loaded, groups, model, splits, origin, encode
 def _prompt_format(recipe, tokenizer, splits) -> Optional[str]:
     """How a causal-lm or preference run's prompts were rendered in training, so generation renders them the same
     way."""
-    if recipe.task.type not in GENERATIVE_TASKS:
-        return None
-    first = splits["train"][0]
-    if recipe.task.type == "preference":
-        first = first.causal(first.chosen)
-    if recipe.task.type == "grpo":
-        chat = isinstance(first.prompt, list)
-        templated = bool(getattr(tokenizer, "chat_template", None)) and (chat or recipe.data.chat_template)
-        return "chat-template" if templated else "plain"
-    templated = bool(getattr(tokenizer, "chat_template", None)) and (
-        first.messages is not None or (first.prompt is not None and recipe.data.chat_template))
-    return "chat-template" if templated else "plain"
+    return recipe.task_kind.prompt_format(recipe, tokenizer, splits["train"][0])
 
 
 def group_summary(order: list[str]) -> str:
@@ -672,7 +652,7 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan, worl
     if limits and recipe.model.max_length > min(limits):
         problems.append(f"model.max_length: {recipe.model.max_length} is more than {recipe.model.name!r} takes "
                         f"({min(limits)} tokens); use at most {min(limits)}")
-    elif limits and recipe.task.type == "grpo" and recipe.model.max_length + recipe.task.max_new_tokens > min(limits):
+    elif limits and task.samples and recipe.model.max_length + recipe.task.max_new_tokens > min(limits):
         problems.append(f"model.max_length {recipe.model.max_length} (the prompt) + task.max_new_tokens "
                         f"{recipe.task.max_new_tokens} (the completion) is more than {recipe.model.name!r} takes "
                         f"({min(limits)} positions); lower one of them")
@@ -697,8 +677,6 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan, worl
 
 def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     """Check recipe, data and model without training; raise on the first class of problems, return a report."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
-
     from .models.loading import tokenizer_and_config
     from .models.truncate import truncate_for_recipe
 
@@ -710,36 +688,23 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     task = task_for(recipe)
     notes: list[str] = []
     splits, space, origin, weak_data = _load_data(recipe, notes)
-    remote = recipe.model.trust_remote_code
-    if recipe.task.type == "image-classification":  # loaded with weights (no meta-device path for image models)
+    kind = recipe.task_kind
+    model = None
+    if not kind.images:
+        path, tokenizer, config = tokenizer_and_config(recipe.model.name, recipe.model.trust_remote_code)
+        model = kind.model_skeleton(recipe, space, tokenizer, config)  # structure only: no memory, no weights read
+    if model is None:  # a model with no meta-device path (image models): loaded with weights
         with torch.random.fork_rng(devices=[]):
             loaded = load_for_recipe(recipe, task, space, 0)
         model, tokenizer, config, path = loaded.model, loaded.tokenizer, loaded.model.config, loaded.path
-    else:
-        path, tokenizer, config = tokenizer_and_config(recipe.model.name, remote)
-        if recipe.task.type in GENERATIVE_TASKS:
-            auto = AutoModelForCausalLM
-            if tokenizer.pad_token is None:  # as the loader does: batches need a pad id
-                tokenizer.pad_token = tokenizer.eos_token
-        elif recipe.task.type == "masked-lm":
-            auto = AutoModelForMaskedLM
-            if tokenizer.mask_token is None:
-                raise RecipeError([f"model.name {recipe.model.name!r}: its tokenizer has no mask token, so it cannot "
-                                   "be trained as a masked LM; decoders continue pre-training with task.type causal-lm"])
-        else:
-            auto = AutoModelForSequenceClassification
-            config.num_labels = task.num_outputs(len(space.names))
-        with torch.device("meta"):  # structure only: no memory, no weights read
-            model = auto.from_config(config, trust_remote_code=remote)
-    kept, blocks_before = truncate_for_recipe(model, recipe.model) if recipe.task.type != "image-classification" \
-        else (None, None)
+    kept, blocks_before = truncate_for_recipe(model, recipe.model) if not kind.images else (None, None)
     teacher = None
     if recipe.distill is not None:  # the teacher must load and agree with the student before a run starts
         from .distill.setup import check_distillation
         from .distill.teacher import load_teacher
         loaded_teacher = load_teacher(recipe, space.names, tokenizer)
         check_distillation(recipe, loaded_teacher, model, kept, blocks_before)
-        agrees = "its tokenizer matches the student's" if recipe.task.type == "causal-lm" else \
+        agrees = "its tokenizer matches the student's" if kind.generative else \
             "its labels match the data's"
         teacher = f"{loaded_teacher.source} (loaded; {agrees})"
     adaptation = None
@@ -748,15 +713,15 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
         texts, counts = adaptation_texts(recipe)
         adaptation = (f"adaptation first ({adaptation_objective(recipe)}) on {len(texts)} unlabeled rows: "
                       + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if recipe.task.type == "grpo":  # the reward must import and be callable before a run starts
-        from .tasks.grpo import load_reward
+    if kind.uses_reward:  # the reward must import and be callable before a run starts
+        from .rewards import load_reward
         load_reward(recipe.task.reward)
     groups = find_layer_groups(model)
     with torch.random.fork_rng(devices=[]):  # adapter initialization must not move the caller's RNG
-        model, plan = _apply_method(model, recipe.method, groups, 0)
+        model, plan = _apply_method(model, recipe.method, groups, 0, kind)
     warnings = check_run(recipe, task, space, splits, config, tokenizer, plan)
     trainable, total = count_parameters(model)
-    truncated = {k: encode_for(recipe, tokenizer, v, space).truncated
+    truncated = {k: kind.encode(recipe, tokenizer, v, space).truncated
                  for k, v in splits.items()}
     weak = {**weak_data.summary(), "line": _weak_line(recipe, weak_data)} if weak_data is not None else None
     return {"rows": {k: len(v) for k, v in splits.items()}, "data": origin, "labels": space.names, "weak": weak,

@@ -18,10 +18,10 @@ class Scorer:
     """A reward-model run ready to score responses."""
 
     def __init__(self, run_dir: str | Path, device: Optional[str] = None):
-        from .inference import open_run
+        from .runs import open_run
 
         self.run = open_run(run_dir, device)
-        if self.run.recipe.task.type != "reward-model":
+        if not self.run.recipe.task_kind.scores_responses:
             raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; scoring needs a reward-model run")
 
     @torch.no_grad()

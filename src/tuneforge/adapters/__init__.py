@@ -144,8 +144,9 @@ def takes_pixels(model: nn.Module) -> bool:
     return "pixel_values" in inspect.signature(model.forward).parameters
 
 
-def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn.Module:
-    """Freeze the model and add the adapter; the head stays trainable. Returns the model to train."""
+def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int, task_type: str | None = "SEQ_CLS") -> nn.Module:
+    """Freeze the model and add the adapter; the head stays trainable. Returns the model to train. `task_type`: PEFT's
+    task type, the task's to say (None: a plain PeftModel, whose forward passes every input on, e.g. pixel_values)."""
     torch.manual_seed(seed)  # adapter initialization (LoRA's A, prompt sampling), apart from head and data order
     if spec.name != "bottleneck":
         from peft import get_peft_model
@@ -155,9 +156,6 @@ def attach_adapter(model: nn.Module, spec, groups: LayerGroups, seed: int) -> nn
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*(gradient|activation)_checkpointing.*")
             if is_quantized(model):  # QLoRA: norms and other unquantized weights in fp32, inputs that carry grads
                 model = prepare_for_training(model)
-            # PEFT has no image-classification task type: image models take a plain PeftModel, whose forward
-            # passes pixel_values through.
-            task_type = None if takes_pixels(model) else "CAUSAL_LM" if generates(model) else "SEQ_CLS"
             return get_peft_model(model, peft_config(spec, model, groups, task_type))
     config = bottleneck_config(spec, model, groups)
     for p in model.parameters():

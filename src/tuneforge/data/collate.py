@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .dataset import LabelSpace, TextExample
+from .dataset import TextExample
 
 
 @dataclass
@@ -65,21 +65,6 @@ class ImageSplit:
         return batch
 
 
-def encode_labels(task: str, examples: Sequence[TextExample], space: LabelSpace) -> torch.Tensor | None:
-    if not examples or examples[0].label is None:
-        return None
-    if task == "regression":
-        return torch.tensor([ex.label for ex in examples], dtype=torch.float32)
-    ids = space.label2id
-    if task == "multi-label":
-        out = torch.zeros(len(examples), len(space.names), dtype=torch.float32)
-        for i, ex in enumerate(examples):
-            for name in ex.label:
-                out[i, ids[name]] = 1.0
-        return out
-    return torch.tensor([ids[ex.label] for ex in examples], dtype=torch.long)
-
-
 @dataclass
 class CausalLMSplit:
     """Token rows with their labels (-100: no loss); packed rows also carry restarting position ids."""
@@ -123,34 +108,23 @@ class CausalLMSplit:
         return batch
 
 
-def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: str, space: LabelSpace, *,
-           train_on: str = "assistant", chat_template: bool = True, packing: bool = False, mlm_probability: float = 0.15):
-    """Text examples tokenized (an EncodedSplit); image examples wrapped with their preprocessing (an ImageSplit,
-    `tokenizer` being the run's ImageProcessing); causal-LM examples tokenized with label masks (a CausalLMSplit);
-    preference pairs as two rows each, for a policy (PolicyPairSplit) or a reward model (RewardPairSplit)."""
-    if task == "image-classification":
-        return ImageSplit(list(examples), tokenizer, encode_labels("classification", examples, space))
-    if task == "grpo":
-        from .prompts import encode_prompts
-        return encode_prompts(tokenizer, examples, max_length, chat_template)
-    if task == "preference":
-        from .preference import encode_policy_pairs
-        return encode_policy_pairs(tokenizer, examples, max_length, chat_template)
-    if task == "reward-model":
-        from .preference import encode_reward_pairs
-        return encode_reward_pairs(tokenizer, examples, max_length, chat_template)
-    if task == "masked-lm":
-        from .masked import encode_masked
-        return encode_masked(tokenizer, examples, max_length, mlm_probability)
-    if task == "causal-lm":
-        from .causal import encode_causal, pack
-        split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)
-        if packing:
-            rows = pack(split.rows, max_length)
-            return CausalLMSplit([r["input_ids"] for r in rows], [r["labels"] for r in rows],
-                                 [r["position_ids"] for r in rows], split.truncated, split.dropped, len(split.rows))
-        return CausalLMSplit([r.input_ids for r in split.rows], [r.labels for r in split.rows], None, split.truncated,
-                             split.dropped, len(split.rows))
+def encode_causal_split(tokenizer, examples: Sequence, max_length: int, chat_template: bool = True,
+                        train_on: str = "assistant", packing: bool = False) -> CausalLMSplit:
+    """Causal-LM examples tokenized with their label masks; packed into rows of max_length tokens when asked."""
+    from .causal import encode_causal, pack
+
+    split = encode_causal(tokenizer, examples, max_length, chat_template, train_on)
+    if packing:
+        rows = pack(split.rows, max_length)
+        return CausalLMSplit([r["input_ids"] for r in rows], [r["labels"] for r in rows],
+                             [r["position_ids"] for r in rows], split.truncated, split.dropped, len(split.rows))
+    return CausalLMSplit([r.input_ids for r in split.rows], [r.labels for r in split.rows], None, split.truncated,
+                         split.dropped, len(split.rows))
+
+
+def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int,
+                 labels: torch.Tensor | None = None) -> EncodedSplit:
+    """Single texts or text pairs tokenized once (padded per batch later), with the rows' label tensor."""
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -160,12 +134,8 @@ def encode(tokenizer, examples: Sequence[TextExample], max_length: int, task: st
     if at_limit:
         full = tokenizer([texts[i] for i in at_limit], [pairs[i] for i in at_limit] if pairs else None)["input_ids"]
         truncated = sum(len(ids) > max_length for ids in full)
-    return EncodedSplit(
-        input_ids=enc["input_ids"],
-        token_type_ids=enc.get("token_type_ids"),
-        labels=encode_labels(task, examples, space),
-        truncated=truncated,
-    )
+    return EncodedSplit(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), labels=labels,
+                        truncated=truncated)
 
 
 def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
@@ -183,10 +153,3 @@ def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[st
     if split.teacher_logits is not None:
         batch["teacher_logits"] = split.teacher_logits[torch.as_tensor(list(indices), dtype=torch.long)]
     return batch
-
-
-def encode_for(recipe, tokenizer, examples: Sequence, space: LabelSpace):
-    """`encode` with the recipe's settings."""
-    d = recipe.data
-    return encode(tokenizer, examples, recipe.model.max_length, recipe.task.type, space, train_on=d.train_on,
-                  chat_template=d.chat_template, packing=d.packing, mlm_probability=recipe.task.mlm_probability)

@@ -1,10 +1,11 @@
-"""Rows to validated examples: every row is checked before training starts, errors name file/row/column/value."""
+"""Text rows to validated examples (every row checked before training starts; errors name file, row, column and
+value), label parsers and the label space."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from ..errors import DataError
 from .readers import read_table
 
 LabelValue = Any  # str (classification), list[str] (multi-label), float (regression)
-UNLABELLED_TASKS = ("causal-lm", "masked-lm", "preference", "reward-model", "grpo")  # rows without a label column
+LabelParser = Callable[[Any], "tuple[Any, Optional[str]]"]  # a label cell -> (label, problem or None)
 
 
 @dataclass
@@ -65,8 +66,9 @@ def label_text(value: Any) -> Optional[str]:
     return None
 
 
-def row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_col: Optional[str],
-                  label_col: Optional[str], separator: str, problems: list[str]) -> list[TextExample]:
+def row_examples(df: pd.DataFrame, where: str, parse_label: Optional[LabelParser], text_col: str,
+                 pair_col: Optional[str], label_col: Optional[str], problems: list[str]) -> list[TextExample]:
+    """The rows of a table as text examples; `parse_label(cell) -> (label, problem)` reads the label column."""
     missing = [c for c in (text_col, pair_col, label_col) if c and c not in df.columns]
     if missing:
         for c in missing:
@@ -91,7 +93,7 @@ def row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_co
                 ok = False
         parsed = None
         if label_col is not None:
-            parsed, err = _parse_label(label, task, separator)
+            parsed, err = parse_label(label)
             if err:
                 problems.append(f"{src}, column {label_col!r}: {err}")
                 ok = False
@@ -100,20 +102,24 @@ def row_examples(df: pd.DataFrame, where: str, task: str, text_col: str, pair_co
     return examples
 
 
-def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[str]]:
-    if task == "regression":
-        if is_missing(value):
-            return None, f"missing label (got {_shown(value)})"
-        if isinstance(value, bool):
-            return None, f"expected a number, got {value!r}"
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return None, f"expected a number, got {type(value).__name__} {value!r}"
-        if not math.isfinite(number):
-            return None, f"expected a finite number, got {value!r}"
-        return number, None
-    if task == "multi-label":
+def parse_number(value: Any) -> tuple[Any, Optional[str]]:
+    """A regression target: a finite number."""
+    if is_missing(value):
+        return None, f"missing label (got {_shown(value)})"
+    if isinstance(value, bool):
+        return None, f"expected a number, got {value!r}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"expected a number, got {type(value).__name__} {value!r}"
+    if not math.isfinite(number):
+        return None, f"expected a finite number, got {value!r}"
+    return number, None
+
+
+def label_set_parser(separator: str) -> LabelParser:
+    """Multi-label targets: a list, or one string split on `separator`; empty means no label."""
+    def parse(value: Any) -> tuple[Any, Optional[str]]:
         if isinstance(value, (list, tuple, np.ndarray)):
             items = list(value)
         elif isinstance(value, str):
@@ -126,6 +132,11 @@ def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[s
         if any(n is None or n == "" for n in names):
             return None, f"labels must be names or integers, got {value!r}"
         return sorted(set(names)), None
+    return parse
+
+
+def parse_class_label(value: Any) -> tuple[Any, Optional[str]]:
+    """One class label: a name or an integer."""
     if is_missing(value):
         return None, f"missing label (got {_shown(value)})"
     name = label_text(value)
@@ -134,151 +145,44 @@ def _parse_label(value: Any, task: str, separator: str) -> tuple[Any, Optional[s
     return name, None
 
 
-def read_examples_from_file(path: str | Path, task: str, text_col: str, pair_col: Optional[str],
-                            label_col: Optional[str], separator: str = ",", fmt: str = "auto") -> list[TextExample]:
-    """Read and validate one file; raises DataError listing every bad row."""
+def read_examples_from_file(path: str | Path, parse_label: Optional[LabelParser], text_col: str,
+                            pair_col: Optional[str], label_col: Optional[str], fmt: str = "auto") -> list[TextExample]:
+    """Read and validate one file of texts (and labels, when `label_col` is given); raises DataError listing every
+    bad row."""
     problems: list[str] = []
     df = read_table(path, fmt)
-    examples = row_examples(df, str(path), task, text_col, pair_col, label_col, separator, problems)
+    examples = row_examples(df, str(path), parse_label if label_col else None, text_col, pair_col, label_col,
+                            problems)
     if problems:
         raise DataError(problems)
     return examples
 
 
-def build_label_space(task: str, train: Sequence[TextExample], declared: Optional[list[str]]) -> LabelSpace:
-    if task == "regression":
-        return LabelSpace([])
+def build_label_space(train: Sequence, declared: Optional[list[str]], values: Callable[[Any], list[str]],
+                      at_least: int = 2) -> LabelSpace:
+    """Label names in id order: as declared (data.labels), else those of `train` (each example's label names by
+    `values`), integers numerically and names alphabetically. Fewer than `at_least` names is an error."""
     if declared:
         if len(set(declared)) != len(declared):
             raise DataError([f"data.labels has duplicates: {declared}"])
         return LabelSpace([str(x) for x in declared])
     seen: set[str] = set()
     for ex in train:
-        seen.update(ex.label if task == "multi-label" else [ex.label])
+        seen.update(values(ex))
     # Integer labels in numeric order (2 before 10); names alphabetically.
     names = sorted(seen, key=int) if all(n.isdecimal() for n in seen) else sorted(seen)
-    if task != "multi-label" and len(names) < 2:
+    if len(names) < at_least:
         raise DataError([f"{train[0].source.rsplit(' row', 1)[0] if train else 'train'}: only one label ({names}) "
                          "in the training data; classification needs at least two"])
     return LabelSpace(names)
 
 
-def check_labels(task: str, examples: Sequence[TextExample], space: LabelSpace, problems: list[str]) -> None:
-    if task == "regression":
-        return
+def check_labels(examples: Sequence, space: LabelSpace, values: Callable[[Any], list[str]], problems: list[str]) -> None:
+    """A problem for every label (by `values`) outside `space`."""
     known = space.label2id
     for ex in examples:
-        values = ex.label if task == "multi-label" else [ex.label]
-        for v in values:
+        for v in values(ex):
             if v not in known:
                 shown = ", ".join(space.names[:20]) + (" ..." if len(space.names) > 20 else "")
                 problems.append(f"{ex.source}: unknown label {v!r}; known labels: {shown}. "
                                 "Fix the row or list every label in data.labels")
-
-
-def stratified_split(examples: list[TextExample], fractions: dict[str, float], seed: int, stratify: bool,
-                     where: str) -> dict[str, list[TextExample]]:
-    """Carve named fractions out of `examples`; the rest is 'train'. Per-class when `stratify`."""
-    rng = np.random.default_rng(seed)
-    wanted = {k: f for k, f in fractions.items() if f > 0}
-    out: dict[str, list[int]] = {"train": [], **{k: [] for k in wanted}}
-    if stratify:
-        groups: dict[str, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
-    else:
-        groups = {"": list(range(len(examples)))}
-    problems = []
-    for label, idx in sorted(groups.items()):
-        idx = [idx[j] for j in rng.permutation(len(idx))]
-        counts = {k: max(1, int(round(len(idx) * f))) for k, f in wanted.items()}
-        if sum(counts.values()) >= len(idx):
-            what = f"class {label!r} has" if stratify else "there are"
-            problems.append(f"{where}: {what} only {len(idx)} row(s); a split into train + {', '.join(wanted)} needs "
-                            f"at least {sum(counts.values()) + 1}. Add rows, remove the class, or give "
-                            f"{'/'.join('data.' + k for k in wanted)} file(s)")
-            continue
-        start = 0
-        for k, n in counts.items():
-            out[k].extend(idx[start:start + n])
-            start += n
-        out["train"].extend(idx[start:])
-    if problems:
-        raise DataError(problems)
-    return {k: [examples[i] for i in sorted(v)] for k, v in out.items()}
-
-
-def _reader(spec, task: str, text_col: str, pair_col, label_col, notes: Optional[list] = None):
-    """The function reading one file of `task`'s rows (validated, problems raised as DataError)."""
-    if task == "grpo":
-        from .prompts import read_prompt_examples
-        return lambda path: read_prompt_examples(path, spec.format, spec.prompt_column)
-    if task in ("preference", "reward-model"):
-        from .preference import read_preference_examples
-        report = notes.append if notes is not None else None
-        return lambda path: read_preference_examples(path, spec.format, spec.prompt_column, spec.chosen_column,
-                                                     spec.rejected_column, spec.drop_invalid_pairs, report)
-    if task == "masked-lm":
-        from .masked import read_text_rows
-        return lambda path: read_text_rows(path, spec.format, text_col)
-    if task == "causal-lm":
-        from .causal import read_causal_examples
-        return lambda path: read_causal_examples(path, spec.format, spec.text_column, spec.prompt_column,
-                                                 spec.completion_column, spec.messages_column, spec.train_on)
-    if task == "image-classification":
-        from .images import read_image_examples
-        fmt = "auto" if spec.dataset else spec.format
-        return lambda path: read_image_examples(path, fmt, spec.image_column, label_col)
-    return lambda path: read_examples_from_file(path, task, text_col, pair_col, label_col, spec.label_separator,
-                                                spec.format)
-
-
-def load_examples(data_spec, task: str, notes: Optional[list] = None) -> tuple[dict[str, list], LabelSpace, dict[str, str]]:
-    """Every split validated, labels mapped; returns (splits, label space, where each split came from).
-    Causal-LM and preference rows have no labels: their label space is empty and their splits are carved at
-    random. Rows skipped on purpose (data.drop_invalid_pairs) are reported by appending to `notes`."""
-    from ..assets import DATASET_LABELS, DATASETS
-
-    spec = data_spec
-    if spec.dataset:
-        files = {k: str(v) for k, v in DATASETS[spec.dataset]().items()}
-        text_col, pair_col, label_col = "text", None, "label"
-    else:
-        files = {k: getattr(spec, k) for k in ("train", "validation", "test") if getattr(spec, k)}
-        text_col, pair_col, label_col = spec.text_column, spec.text_pair_column, spec.label_column
-    read = _reader(spec, task, text_col, pair_col, label_col, notes)
-    if task == "image-classification":
-        task = "classification"  # labels, splits and checks are those of single-label classification
-
-    problems: list[str] = []
-    splits: dict[str, list] = {}
-    for name, path in files.items():
-        try:
-            splits[name] = read(path)
-        except DataError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise DataError(problems)
-
-    origin = {k: str(v) for k, v in files.items()}
-    carve = {k: getattr(spec, f"{k}_fraction") for k in ("validation", "test") if k not in splits}
-    carve = {k: f for k, f in carve.items() if f > 0}
-    if carve:
-        parts = stratified_split(splits["train"], carve, spec.split_seed,
-                                 stratify=task in ("classification", "pair-classification"), where=files["train"])
-        splits.update(parts)
-        for k, f in carve.items():
-            origin[k] = f"{f:.0%} of {files['train']} (seed {spec.split_seed})"
-    if task in UNLABELLED_TASKS:
-        space = LabelSpace([])
-    else:
-        declared = spec.labels or (DATASET_LABELS.get(spec.dataset) if spec.dataset else None)
-        space = build_label_space(task, splits["train"], declared)  # from all rows, before limit_train
-    if spec.limit_train:
-        splits["train"] = splits["train"][: spec.limit_train]
-    if task not in UNLABELLED_TASKS:
-        for name, examples in splits.items():
-            check_labels(task, examples, space, problems)
-    if problems:
-        raise DataError(problems)
-    return splits, space, origin

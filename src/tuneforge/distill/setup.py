@@ -17,7 +17,7 @@ def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -
     from ..models.layers import find_blocks
 
     d = recipe.distill
-    if not d.uses_cache(recipe.task.type) and not teacher.same_tokenizer:
+    if not d.uses_cache(recipe.task_kind.generative) and not teacher.same_tokenizer:
         raise RecipeError([f"distill.teacher {d.teacher}: its tokenizer differs from the student's, so it cannot read "
                            "the student's batches; set distill.cache: true (its outputs are then computed from its "
                            "own tokens) and distill.hidden_weight: 0"])
@@ -36,14 +36,14 @@ def check_distillation(recipe, teacher: Teacher, student, kept, blocks_before) -
 
 def prepare_distillation(recipe, task, loaded, space, device: str = "cpu") -> tuple[DistillationTask, Teacher, dict]:
     """The teacher, checked against the student, and the objective wrapping the recipe's task."""
-    d, kind = recipe.distill, recipe.task.type
+    d, generative = recipe.distill, recipe.task_kind.generative
     teacher = load_teacher(recipe, space.names, loaded.tokenizer, device)
     layers, student_blocks = check_distillation(recipe, teacher, loaded.model, loaded.kept_layers, loaded.blocks_before)
     objective = DistillationTask(task, teacher, d.alpha, d.temperature, d.hidden_weight, layers,
-                                 causal=kind == "causal-lm")
+                                 causal=generative)
     info = {"teacher": teacher.source, "teacher_parameters": parameters(teacher.model),
             "alpha": d.alpha, "temperature": d.temperature, "hidden_weight": d.hidden_weight,
-            "matched_layers": layers, "cache": d.uses_cache(kind), "student_blocks": student_blocks,
+            "matched_layers": layers, "cache": d.uses_cache(generative), "student_blocks": student_blocks,
             "teacher_blocks": teacher.blocks, "kept_layers": loaded.kept_layers,
             "labels_reordered": teacher.order is not None}
     return objective, teacher, info
@@ -67,7 +67,7 @@ def add_transfer_rows(recipe, splits, encoded_train, tokenizer, space) -> tuple[
     import torch
 
     from ..assets import UNLABELED_DATASETS
-    from ..data.collate import encode
+    from ..data.collate import encode_texts
     from ..data.masked import read_text_rows
 
     rows = []
@@ -76,7 +76,7 @@ def add_transfer_rows(recipe, splits, encoded_train, tokenizer, space) -> tuple[
         rows.extend(read_text_rows(path, "auto", recipe.data.text_column))
     if not rows:
         return [], []
-    extra = encode(tokenizer, rows, recipe.model.max_length, "classification", space)
+    extra = encode_texts(tokenizer, rows, recipe.model.max_length)
     train = encoded_train
     train.input_ids = train.input_ids + extra.input_ids
     if train.token_type_ids is not None:
@@ -111,7 +111,6 @@ def _weights_bytes(source: Path) -> int:
 def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metrics, task, space, pad_id: int,
                         run_dir: Path, console, stored_bytes: int = 0, runtime=None) -> dict | None:
     """Student and teacher on the test split (else validation): metric, parameters, examples/s at inference."""
-    from ..data.collate import encode
     from ..engine.evaluate import run_evaluation
     from .report import measure_speed, print_report, write_report
 
@@ -121,11 +120,11 @@ def distillation_report(recipe, teacher: Teacher, model, splits, encoded, metric
     t = recipe.training
     metric = t.metric or task.default_metric
     base_task = task.base if isinstance(task, DistillationTask) else task
-    if recipe.task.type == "causal-lm":
+    if recipe.task_kind.generative:
         teacher_model, teacher_split, teacher_pad = teacher.model, encoded[name], pad_id
     else:
         teacher_model = ReorderedTeacher(teacher)
-        teacher_split = encode(teacher.tokenizer, splits[name], recipe.model.max_length, recipe.task.type, space)
+        teacher_split = recipe.task_kind.encode(recipe, teacher.tokenizer, splits[name], space)
         teacher_pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     teacher_metrics = run_evaluation(teacher_model, teacher_split, base_task, len(space.names), recipe.task.threshold,
                                      t.eval_batch_size, teacher_pad, runtime)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..tasks.metrics import align_to_labels
+from ..objectives.tokens import align_to_labels
 from .loss import hidden_cosine_sum, soft_target_kl_sum
 
 

@@ -55,16 +55,15 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str 
 
     quiet_transformers()
     name = recipe.distill.teacher
-    kind = recipe.task.type
+    generative = recipe.task_kind.generative
     folder = Path(name).expanduser()
     if folder.is_dir() and (folder / "recipe.yaml").exists():  # a tuneforge run: model or adapter, as it saved it
-        from ..inference import open_run
+        from ..runs import open_run
         run = open_run(folder, device)
-        run_kind = run.recipe.task.type
-        language_model = run_kind in ("causal-lm", "preference", "grpo")
-        if language_model != (kind == "causal-lm") or run_kind not in ("classification", "pair-classification",
-                                                                       "causal-lm", "preference", "grpo"):
-            raise RecipeError([f"distill.teacher: {name} is a {run_kind} run; this recipe's task is {kind}"])
+        run_kind = run.recipe.task_kind
+        if run_kind.generative != generative or not (run_kind.distillable or run_kind.generative):
+            raise RecipeError([f"distill.teacher: {name} is a {run_kind.name} run; this recipe's task is "
+                               f"{recipe.task.type}"])
         model, tokenizer, labels, where = run.model, run.tokenizer, run.space.names, folder
         method = run.recipe.method.name
     else:
@@ -72,16 +71,16 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str 
             where = resolve_model_path(name)
         except Exception as e:
             raise RecipeError([f"distill.teacher: {e}"]) from None
-        model, tokenizer, labels = _load_model(where, kind, name)
+        model, tokenizer, labels = _load_model(where, generative, name)
         method = "full"
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     order = None
-    if kind != "causal-lm":
+    if not generative:
         order = _label_order(labels, space_names, name)
     same = tokenizer.get_vocab() == student_tokenizer.get_vocab()
-    if kind == "causal-lm" and not same:
+    if generative and not same:
         raise RecipeError([f"distill.teacher: {name}'s tokenizer differs from the student's ({recipe.model.name}); "
                            "token-level distillation compares their next-token distributions, so both need the same "
                            "vocabulary"])
@@ -92,11 +91,11 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str 
                    method=method)
 
 
-def _load_model(path: Path, kind: str, name: str):
+def _load_model(path: Path, generative: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if kind == "causal-lm":
+    if generative:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
         return model, tokenizer, []
     model, info = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True,
@@ -127,7 +126,7 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
     from safetensors.torch import load_file, save_file
 
     from ..assets import cache_dir
-    from ..data.collate import encode
+    from ..data.collate import encode_texts
     from ..engine.evaluate import run_prediction
 
     # Keyed by everything the stored numbers depend on, the student's label order included (they are reordered).
@@ -137,10 +136,9 @@ def teacher_outputs(teacher: Teacher, examples, max_length: int, batch_size: int
     if path.exists():
         return load_file(str(path))["logits"], f"teacher outputs of {len(examples)} rows read from the cache ({path})"
     started = time.perf_counter()
-    task = "pair-classification" if examples and examples[0].text_pair is not None else "classification"
     from ..data.dataset import TextExample
     unlabelled = [TextExample(text=ex.text, text_pair=ex.text_pair) for ex in examples]  # transfer rows have none
-    split = encode(teacher.tokenizer, unlabelled, max_length, task, space)
+    split = encode_texts(teacher.tokenizer, unlabelled, max_length)
     pad = getattr(teacher.tokenizer, "pad_token_id", None) or 0
     logits = run_prediction(ReorderedTeacher(teacher), split, batch_size, pad)
     path.parent.mkdir(parents=True, exist_ok=True)

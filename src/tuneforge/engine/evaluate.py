@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ..data.split import Split
-from ..tasks.metrics import align_to_labels
+from ..objectives.tokens import align_to_labels
 from .parallel import padding, shard
 from .runtime import CPU, Runtime, device_of
 

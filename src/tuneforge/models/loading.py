@@ -46,12 +46,15 @@ def tokenizer_and_config(name: str, trust_remote_code: bool = False):
 
 def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
                             head_seed: int, trust_remote_code: bool = False, pretrained: bool = True,
-                            load_kwargs=None) -> LoadedModel:
-    """`load_kwargs(auto_class, config)`: from_pretrained keyword arguments (attention kernel, quantization)."""
+                            load_kwargs=None, auto=None, head: str = "sequence-classification") -> LoadedModel:
+    """The model with a new head of `num_outputs` (`auto`: its transformers auto class, by default
+    AutoModelForSequenceClassification; `head` names it in messages). `load_kwargs(auto_class, config)`:
+    from_pretrained keyword arguments (attention kernel, quantization)."""
     from transformers import AutoModelForSequenceClassification
 
+    auto = auto or AutoModelForSequenceClassification
     path, tokenizer, config = tokenizer_and_config(name, trust_remote_code)
-    extra = load_kwargs(AutoModelForSequenceClassification, config) if load_kwargs else {}
+    extra = load_kwargs(auto, config) if load_kwargs else {}
     config.num_labels = num_outputs
     config.problem_type = problem_type
     if tokenizer.pad_token is None:
@@ -70,11 +73,11 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
         config.label2id = {n: int(i) for i, n in id2label.items()}
     # The head's initialization draws from the global RNG: seed it here, apart from the data order.
     torch.manual_seed(head_seed)
-    load = lambda **kw: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
+    load = lambda **kw: auto.from_pretrained(  # noqa: E731
         path, config=config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True,
         **extra, **kw)
     if not pretrained:  # the same architecture, randomly initialized: what pre-training buys
-        model = _from_config(AutoModelForSequenceClassification, name, config, trust_remote_code, extra)
+        model = _from_config(auto, name, config, trust_remote_code, extra, f"has no {head} head in transformers")
         return LoadedModel(model=model, tokenizer=tokenizer, path=path,
                            new_parameters=sorted(n for n, _ in model.named_parameters()))
     try:
@@ -91,22 +94,24 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     except (ValueError, ImportError) as e:
         if _attention_failed(extra, e):
             raise _attention_error(name, extra, e) from None
-        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no sequence-classification head "
+        raise TuneforgeError(f"model.name {name!r}: {type(config).__name__} has no {head} head "
                              f"in transformers: {e}") from None
     mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys", [])]
     new = sorted(set(info.get("missing_keys", [])) | set(mismatched))
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, new_parameters=new)
 
 
-def load_run_model(model_dir: Path):
-    """A saved run's model and tokenizer (plain Hugging Face format)."""
+def load_run_model(model_dir: Path, auto=None):
+    """A saved run's model and tokenizer (plain Hugging Face format; `auto`: the transformers auto class, by default
+    AutoModelForSequenceClassification)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    auto = auto or AutoModelForSequenceClassification
     quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    model = auto.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     return model, tokenizer
 
@@ -168,44 +173,19 @@ def _attention_error(name: str, extra: dict, e: Exception) -> TuneforgeError:
 
 
 def load_for_recipe(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
-    """The recipe's model with a new head for `space`, cut to the blocks model.keep_layers / keep_every name.
-    `runtime`: where it will run, for the attention choice `auto`."""
-    from .truncate import truncate_for_recipe
-
-    loaded = _load_whole(recipe, task, space, head_seed, runtime)
-    loaded.kept_layers, loaded.blocks_before = truncate_for_recipe(loaded.model, recipe.model)
-    return loaded
-
-
-def _load_whole(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
-    """The recipe's model with a new head for `space`: a text encoder, an image model or a causal LM by the task."""
+    """The recipe's model with `task`'s head for `space` (the task decides which model and head), cut to the blocks
+    model.keep_layers / keep_every name. `runtime`: where it will run, for the attention choice `auto` and a
+    quantized base's placement."""
     from .attention import attention_kwargs
     from .quantization import quantization_kwargs
+    from .truncate import truncate_for_recipe
 
     def load_kwargs(auto, config) -> dict:
         return {**attention_kwargs(recipe.model, auto, config, runtime),
                 **quantization_kwargs(recipe.model, auto, config, runtime)}
-    if recipe.task.type == "masked-lm":
-        return load_for_masked_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, load_kwargs)
-    if recipe.task.type in ("causal-lm", "preference", "grpo"):
-        return load_for_causal_lm(recipe.model.name, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
-                                  load_kwargs)
-    id2label = space.id2label if space.names else None
-    if recipe.task.type == "image-classification":
-        from .vision import load_for_image_classification
-        loaded = load_for_image_classification(recipe.model.name, len(space.names), id2label, head_seed,
-                                               recipe.model.image_size, recipe.model.pretrained,
-                                               recipe.model.trust_remote_code)
-        from ..data.image_transforms import Augmentation
-        augment = recipe.data.augment
-        loaded.tokenizer.augment = Augmentation(augment.enabled, tuple(augment.crop_scale), tuple(augment.crop_ratio),
-                                                augment.hflip)
-        return loaded
-    if recipe.task.type == "reward-model":
-        id2label = {0: "reward"}
-    return load_for_classification(recipe.model.name, task.num_outputs(len(space.names)), task.problem_type,
-                                   id2label, head_seed, recipe.model.trust_remote_code, recipe.model.pretrained,
-                                   load_kwargs)
+    loaded = task.load_model(recipe, space, head_seed, load_kwargs)
+    loaded.kept_layers, loaded.blocks_before = truncate_for_recipe(loaded.model, recipe.model)
+    return loaded
 
 
 def load_causal_run_model(model_dir: Path):

@@ -35,9 +35,11 @@ def print_summary(console: Console, result) -> None:
     pct = 100 * result.trainable_parameters / max(result.total_parameters, 1)
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({pct:.2f}%)")
     console.print(f"steps: {result.steps}; training time: {result.train_seconds:.1f} s; best step: {result.best_step}")
-    from ..recipe import ADAPTER_METHODS, GENERATIVE_TASKS
+    from ..recipe import ADAPTER_METHODS
+    from ..tasks import TASKS
     # A language model's head is its own, pre-trained one: an adapter run then stores the adapter alone.
-    what = ("adapter" if result.task in GENERATIVE_TASKS else "adapter and head") if result.method in ADAPTER_METHODS else "model"
+    what = ("adapter" if TASKS[result.task].generative else "adapter and head") if result.method in ADAPTER_METHODS \
+        else "model"
     console.print(f"{what} saved to: {result.model_dir} ({format_bytes(result.stored_bytes)} of weights)")
 
 

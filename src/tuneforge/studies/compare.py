@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from ..errors import RecipeError, RunDirError, TuneforgeError
 from ..recipe import Recipe, load_recipe, parse_override
-from ..tasks import get_task, higher_is_better
+from ..tasks import higher_is_better
 from .placement import run_placed, trial_gpus
 
 # `name:N` shorthand: the one option a number after the method's name sets.
@@ -153,7 +153,7 @@ def _run_recipe(base: Recipe, choice: MethodChoice, seed_offset: int, run_dir: P
 
 
 def _outcome_metric(recipe: Recipe, metrics: dict) -> tuple[str, str]:
-    metric = recipe.training.metric or get_task(recipe.task.type).default_metric
+    metric = recipe.training.metric or recipe.task_kind.default_metric
     split = "test" if "test" in metrics else "validation"
     return metric, split
 

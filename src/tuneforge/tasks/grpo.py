@@ -8,56 +8,17 @@ ended by themselves, and the per-token KL from the reference when there is one.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from ..errors import RecipeError, TuneforgeError
+from ..errors import DataError, TuneforgeError
 from ..objectives.grpo import group_advantages, grpo_token_loss, k3_kl
-from .preference import eval_mode
+from .language_model import LanguageModelTask
+from .preference import check_reference_choice, eval_mode
 
 EVAL_SEED = 1234  # evaluation samples are drawn from this seed, apart from training's RNG
-
-
-def load_reward(spec: str) -> Callable[..., list]:
-    """`task.reward` as a callable(prompts, completions, **columns) -> rewards: 'file.py:name' or
-    'package.module:name' (the user's own code, named in their recipe), or a reward-model run directory."""
-    if ":" not in spec and Path(spec).is_dir():
-        from ..scoring import Scorer
-        from ..data.preference import PreferenceExample
-
-        scorer = Scorer(spec)
-
-        def score(prompts, completions, **_):
-            examples = [PreferenceExample(p, c, c, f"completion {i + 1}") for i, (p, c) in enumerate(zip(prompts, completions))]
-            return scorer.scores(examples, list(completions))
-        return score
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name:
-        raise RecipeError([f"task.reward: {spec!r} is neither 'file.py:function', 'module:function' nor a "
-                           "reward-model run directory"])
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise RecipeError([f"task.reward: no file {where!r}"])
-            module_spec = importlib.util.spec_from_file_location(f"tuneforge_reward_{path.stem}", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-    except RecipeError:
-        raise
-    except Exception as e:  # the user's module failed to import: say where
-        raise RecipeError([f"task.reward: importing {where!r} failed: {type(e).__name__}: {e}"]) from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise RecipeError([f"task.reward: {where!r} has no function {name!r}"])
-    return fn
 
 
 def call_reward(fn, prompts: list[str], completions: list[str], columns: dict) -> torch.Tensor:
@@ -111,7 +72,7 @@ class GRPOMetrics:
 
 
 @dataclass
-class GRPOTask:
+class GRPOTask(LanguageModelTask):
     num_generations: int = 4
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -123,6 +84,71 @@ class GRPOTask:
     name: str = "grpo"
     problem_type: str = "causal_lm"
     default_metric: str = "reward"
+
+    has_reference = True
+    uses_reward = True
+    samples = True
+    keys = ("task.sample_prompts", "data.chat_template", "task.beta", "task.reference", "task.reward",
+            "task.num_generations", "task.temperature", "task.disable_dropout")
+
+    def check_recipe(self, recipe) -> None:
+        t, d = recipe.task, recipe.data
+        if d.dataset:
+            raise ValueError(f"data.dataset {d.dataset!r} has no preference pairs or prompts; give data.train "
+                             f"(a file with {d.prompt_column!r} and the reward's columns)")
+        check_reference_choice(recipe)
+        if not t.reward:
+            raise ValueError("task.reward: grpo needs a reward: a Python function 'file.py:name' or 'module:name', "
+                             "or a reward-model run directory")
+        if t.reference == "precomputed":
+            raise ValueError("task.reference: precomputed does not apply to grpo (its completions are sampled "
+                             "during training); use auto or copy")
+        if t.reference == "none" and t.preference_beta:
+            raise ValueError("task.reference: none leaves grpo's KL penalty without a reference; set task.beta: 0 "
+                             "or use auto / copy")
+
+    def configured(self, recipe) -> "GRPOTask":
+        t = recipe.task
+        return GRPOTask(num_generations=t.num_generations, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                        beta=t.preference_beta)
+
+    def reference_needed(self, recipe) -> bool:
+        return recipe.task.preference_beta > 0
+
+    def bind(self, model, tokenizer, reward=None) -> None:
+        from ..data.causal import stop_ids
+        self.reward, self.tokenizer, self.stop_ids = reward, tokenizer, stop_ids(tokenizer, model)
+
+    def describe_objective(self, recipe) -> str:
+        t = recipe.task
+        return (f"grpo ({t.num_generations} completions per prompt at temperature {t.temperature:g}, KL weight "
+                f"{t.preference_beta:g}); reward: {t.reward}")
+
+    def read_file(self, spec, path, notes=None, with_labels: bool = True, fmt=None):
+        from ..data.prompts import read_prompt_examples
+        return read_prompt_examples(path, spec.format, spec.prompt_column)
+
+    def inputs(self, recipe, run_dir, data=None, texts=None, text_pairs=None, images=None, with_labels=True) -> list:
+        if data is None:
+            raise DataError([f"{run_dir} is a grpo policy: evaluate it on a file of prompts (mean reward "
+                             "of sampled completions), or generate with `tuneforge generate`"])
+        return self.read_file(recipe.data, data)
+
+    def encode(self, recipe, tokenizer, examples, space):
+        from ..data.prompts import encode_prompts
+        return encode_prompts(tokenizer, examples, recipe.model.max_length, recipe.data.chat_template)
+
+    def prompt_format(self, recipe, tokenizer, first) -> str:
+        chat = isinstance(first.prompt, list)
+        templated = bool(getattr(tokenizer, "chat_template", None)) and (chat or recipe.data.chat_template)
+        return "chat-template" if templated else "plain"
+
+    def logits(self, model, split, batch_size: int, pad_id: int, runtime) -> torch.Tensor:
+        """Prompts alone: the logits predicting each prompt token after the first."""
+        from ..data.collate import CausalLMSplit
+        from ..engine.evaluate import run_target_logits
+        prompts = CausalLMSplit(split.prompt_ids, [list(ids) for ids in split.prompt_ids])
+        return run_target_logits(model, prompts, batch_size, pad_id)
 
     def num_outputs(self, num_labels: int) -> int:
         return 0

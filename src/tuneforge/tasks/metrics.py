@@ -11,6 +11,8 @@ import math
 import numpy as np
 import torch
 
+from ..objectives.tokens import align_to_labels  # noqa: F401  (metrics read logits aligned to labels)
+
 
 def _safe_div(a, b):
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b != 0)
@@ -132,12 +134,6 @@ class RegressionMetrics:
         spearman = float(spearmanr(xy[:, 0], xy[:, 1]).statistic) if n > 1 and vx > 0 and vy > 0 else 0.0
         return {"mse": self.sq_err / n, "mae": float(sabs / n), "pearson": float(pearson),
                 "spearman": 0.0 if math.isnan(spearman) else spearman}
-
-
-def align_to_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Prompt tuning puts its virtual tokens before the input, so the output has that many positions more than
-    the labels: the last positions are the input's."""
-    return logits[:, -labels.shape[1]:] if logits.shape[1] > labels.shape[1] else logits
 
 
 class CausalLMMetrics:

@@ -15,14 +15,18 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..objectives.preference import (bradley_terry_loss, dpo_loss, ipo_loss, orpo_loss, sequence_logprobs,
+from ..objectives.preference import (dpo_loss, ipo_loss, orpo_loss, sequence_logprobs,
                                      simpo_loss)
-from .metrics import align_to_labels
+from ..objectives.tokens import align_to_labels
+from .language_model import LanguageModelTask
+from .pairs import PairsTask
 
 _BATCH_ONLY = ("labels", "reference_logps")  # batch keys that are not model inputs
+REFERENCE_FREE = ("simpo", "orpo")  # losses that compare no reference policy
 
 
-def _inputs(batch: dict) -> dict:
+def pair_inputs(batch: dict) -> dict:
+    """A batch of pairs without what is not a model input."""
     return {k: v for k, v in batch.items() if k not in _BATCH_ONLY}
 
 
@@ -49,51 +53,6 @@ def disable_dropout(model: nn.Module) -> int:
         elif isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout:
             m.attention_dropout, changed = 0.0, changed + 1
     return changed
-
-
-# ---------------------------------------------------------------- reward model
-
-class RewardMetrics:
-    """Pairwise accuracy (the chosen response scores higher) and the mean reward margin."""
-
-    def __init__(self):
-        self.chosen: list[torch.Tensor] = []
-        self.rejected: list[torch.Tensor] = []
-
-    def update(self, outputs, labels=None) -> None:
-        chosen, rejected = outputs
-        self.chosen.append(chosen.detach().float().cpu())
-        self.rejected.append(rejected.detach().float().cpu())
-
-    def merge(self, other: "RewardMetrics") -> None:
-        self.chosen.extend(other.chosen)
-        self.rejected.extend(other.rejected)
-
-    def compute(self) -> dict[str, float]:
-        if not self.chosen:
-            return {"accuracy": float("nan"), "margin": float("nan"), "chosen_reward": float("nan"),
-                    "rejected_reward": float("nan")}
-        c, r = torch.cat(self.chosen), torch.cat(self.rejected)
-        return {"accuracy": float((c > r).float().mean()), "margin": float((c - r).mean()),
-                "chosen_reward": float(c.mean()), "rejected_reward": float(r.mean())}
-
-
-@dataclass(frozen=True)
-class RewardModelTask:
-    name: str = "reward-model"
-    problem_type: str = "regression"  # one unbounded score: pipelines return it as is
-    default_metric: str = "loss"  # continuous: pairwise accuracy ties early and would keep an early model
-
-    def num_outputs(self, num_labels: int) -> int:
-        return 1
-
-    def make_metrics(self, num_labels: int = 1, threshold: float = 0.5) -> RewardMetrics:
-        return RewardMetrics()
-
-    def batch_loss(self, model, batch: dict, evaluating: bool = False):
-        rewards = model(**_inputs(batch)).logits.float().squeeze(-1)
-        chosen, rejected = rewards.chunk(2)
-        return bradley_terry_loss(chosen, rejected).sum(), (chosen, rejected)
 
 
 # ---------------------------------------------------------------- policy: DPO and relatives
@@ -177,7 +136,7 @@ class PolicyMetrics:
 
 
 @dataclass
-class PreferenceTask:
+class PreferenceTask(PairsTask, LanguageModelTask):
     loss: str = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -187,9 +146,50 @@ class PreferenceTask:
     problem_type: str = "causal_lm"
     default_metric: str = "loss"
 
+    has_reference = True
+    keys = ("task.sample_prompts", "data.chat_template", "data.chosen_column", "data.rejected_column",
+            "data.drop_invalid_pairs", "task.loss", "task.label_smoothing", "task.gamma", "task.beta", "task.reference",
+            "task.disable_dropout")
+
     @property
     def reference_free(self) -> bool:
-        return self.loss in ("simpo", "orpo")
+        return self.loss in REFERENCE_FREE
+
+    def check_recipe(self, recipe) -> None:
+        super().check_recipe(recipe)
+        t = recipe.task
+        check_reference_choice(recipe)
+        if t.label_smoothing and t.loss != "dpo":
+            raise ValueError(f"task.label_smoothing is read by loss dpo only; task.loss is {t.loss!r}")
+        if t.gamma != type(t).model_fields["gamma"].get_default() and t.loss != "simpo":
+            raise ValueError(f"task.gamma is read by loss simpo only; task.loss is {t.loss!r}")
+        if t.reference == "precomputed" and t.loss in REFERENCE_FREE:
+            raise ValueError(f"task.reference: precomputed log-probs are unused by loss {t.loss!r} (reference-free); "
+                             "use auto (or copy, to measure the KL divergence)")
+        if t.reference == "none" and t.loss not in REFERENCE_FREE:
+            raise ValueError(f"task.reference: none leaves loss {t.loss!r} without the reference it compares to; "
+                             "use auto, copy or precomputed (or a reference-free loss: simpo, orpo)")
+
+    def configured(self, recipe) -> "PreferenceTask":
+        t = recipe.task
+        return PreferenceTask(loss=t.loss, beta=t.preference_beta, label_smoothing=t.label_smoothing, gamma=t.gamma)
+
+    def reference_needed(self, recipe) -> bool:
+        return recipe.task.loss not in REFERENCE_FREE
+
+    def describe_objective(self, recipe) -> str:
+        return f"{recipe.task.loss} (beta {recipe.task.preference_beta:g})"
+
+    def encode(self, recipe, tokenizer, examples, space):
+        from ..data.preference import encode_policy_pairs
+        return encode_policy_pairs(tokenizer, examples, recipe.model.max_length, recipe.data.chat_template)
+
+    def prompt_format(self, recipe, tokenizer, first) -> str:
+        return super().prompt_format(recipe, tokenizer, first.causal(first.chosen))
+
+    def logits(self, model, split, batch_size: int, pad_id: int, runtime) -> torch.Tensor:
+        from ..engine.evaluate import run_target_logits
+        return run_target_logits(model, split, batch_size, pad_id)
 
     def num_outputs(self, num_labels: int) -> int:
         return 0
@@ -208,7 +208,7 @@ class PreferenceTask:
         return orpo_loss(pc, pr, tc, tr, self.beta)[0]
 
     def batch_loss(self, model, batch: dict, evaluating: bool = False):
-        inputs, labels = _inputs(batch), batch["labels"]
+        inputs, labels = pair_inputs(batch), batch["labels"]
         logits = model(**inputs).logits
         logps, tokens = sequence_logprobs(align_to_labels(logits, labels), labels)
         pc, pr = logps.chunk(2)
@@ -248,7 +248,7 @@ def reference_logps(split, logits_of, batch_size: int, pad_id: int, runtime=None
         batch.pop("reference_logps", None)
         if runtime is not None:
             batch = runtime.to_device(batch)
-        logits = logits_of(_inputs(batch))
+        logits = logits_of(pair_inputs(batch))
         logps = sequence_logprobs(align_to_labels(logits, batch["labels"]), batch["labels"])[0]
         out[indices] = torch.stack(logps.double().chunk(2), 1).cpu()
     return out
@@ -266,3 +266,10 @@ def make_reference(mode: str, needed: bool, model: nn.Module, adapter: bool):
     if mode == "copy":
         return CopyReference(model), mode
     return None, mode  # precomputed, whole-network methods: no copy is kept
+
+
+def check_reference_choice(recipe) -> None:
+    """task.reference against the method: what preference and GRPO runs share."""
+    if recipe.method.is_adapter and recipe.task.reference == "copy":
+        raise ValueError(f"task.reference: copy is for whole-network methods; with an adapter ({recipe.method.name}) "
+                         "the reference is the base network, the adapter switched off (no copy needed); use auto")

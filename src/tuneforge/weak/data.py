@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..data.dataset import LabelSpace, TextExample, label_text, row_examples, read_examples_from_file
+from ..data.dataset import LabelSpace, TextExample, label_text, parse_class_label, read_examples_from_file, row_examples
 from ..data.readers import read_table
 from ..errors import DataError, RecipeError
 from .analysis import Analysis, analyze, label_accuracy
@@ -155,7 +155,7 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
     df = read_table(d.train, d.format)
     if d.limit_train:
         df = df.head(d.limit_train)
-    train_rows = row_examples(df, str(d.train), "classification", d.text_column, None, None, ",", problems)
+    train_rows = row_examples(df, str(d.train), None, d.text_column, None, None, problems)
     for col, key in ((w.column, "weak.column"), (w.gold_column, "weak.gold_column")):
         if col and col not in df.columns:
             problems.append(f"{d.train}: no column {col!r} (columns are: {', '.join(map(str, df.columns))}); set {key}")
@@ -164,14 +164,14 @@ def load_weak_data(recipe, progress=None) -> tuple[WeakData, dict[str, list[Text
         path = getattr(d, name)
         if path:
             try:
-                evaluation[name] = read_examples_from_file(path, "classification", d.text_column, None, d.label_column,
-                                                           ",", d.format)
+                evaluation[name] = read_examples_from_file(path, parse_class_label, d.text_column, None, d.label_column,
+                                                           d.format)
             except DataError as e:
                 problems.extend(e.problems)
     unlabeled: list[TextExample] = []
     if w.unlabeled:
         extra = read_table(w.unlabeled, d.format)
-        unlabeled = row_examples(extra, str(w.unlabeled), "classification", d.text_column, None, None, ",", problems)
+        unlabeled = row_examples(extra, str(w.unlabeled), None, d.text_column, None, None, problems)
     if problems:
         raise DataError(problems)
     texts, sources = [ex.text for ex in train_rows], [ex.source for ex in train_rows]
