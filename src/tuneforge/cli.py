@@ -50,10 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="file with the run's text column(s)")
-    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--text", action="append", help="a text to classify or tag (repeatable)")
+    src.add_argument("--question", action="append", help="question-answering: a question, answered from its --context "
+                     "(repeatable)")
     src.add_argument("--image", action="append", metavar="PATH_OR_FOLDER",
                      help="an image, or a folder of images, to classify (repeatable; image models)")
     pr.add_argument("--text-pair", action="append", help="second text of a pair, one per --text")
+    pr.add_argument("--context", action="append", help="question-answering: the text the answer of each --question is "
+                    "a span of, one per --question")
     pr.add_argument("--adapter", action="append", metavar="NAME_OR_DIR",
                     help="predict with this adapter run on RUN_DIR's base model (a run directory, its adapter folder, "
                     "or the name of a run beside RUN_DIR); repeat to predict with several, switching without "
@@ -166,7 +170,7 @@ def _leave_process_group() -> None:
 def _dispatch(args) -> int:
     import tuneforge
     from .errors import TuneforgeError
-    from .run import group_summary
+    from .preparation import group_summary
     from .report import console, metrics_table
 
     out = console()
@@ -222,7 +226,10 @@ def _dispatch(args) -> int:
         for name in names:
             if name is not None:
                 predictor.use(name)
-            batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair, images=args.image)
+            if args.question:  # (a question and its context are the model's two texts)
+                batch = predictor.predict(texts=args.question, text_pairs=args.context or [])
+            else:
+                batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair, images=args.image)
             records.extend({**r, "adapter": name} if len(names) > 1 else r for r in batch)
         if args.output:
             from .inference import write_predictions

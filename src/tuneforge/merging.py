@@ -33,7 +33,7 @@ MERGED_MARKER = "merged_from.json"  # written into every merged model folder; on
 def _check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
     """The merged model gets a folder of its own: never the run's own files, a folder holding runs, or a folder
     tuneforge did not write."""
-    from .run import RUN_MARKER
+    from .rundir import RUN_MARKER
 
     out, run = out_dir.resolve(), run_dir.resolve()
     if out.exists() and not out.is_dir():
@@ -104,7 +104,7 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     more than atol + rtol * max|logit| on `examples` held-out inputs.
     """
     from .report import console as default_console
-    from .run import save_model
+    from .rundir import save_model
 
     console = console or default_console()
     run_dir = Path(run_dir)

@@ -97,6 +97,15 @@ class TaskSpec(_Section):
                                   "reward-model run directory")
     num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
     temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of those completions")
+    # Token classification and question answering
+    label_all_tokens: bool = Field(False, description="token-classification: every sub-token of a word carries its "
+                                   "tag in the loss (B- turned into I- after the first); default: the first only")
+    stride: Optional[int] = Field(None, ge=0, description="token-classification, question-answering: tokens shared by "
+                                  "consecutive windows of an input longer than model.max_length (default: 32 for "
+                                  "tagging, 128 for question answering)")
+    n_best: int = Field(20, gt=0, description="question-answering: start and end candidates searched per window")
+    max_answer_length: int = Field(30, gt=0, description="question-answering: longest answer, in tokens")
+    max_question_length: int = Field(64, gt=0, description="question-answering: questions are cut to this many tokens")
     # Continued pre-training (task.type: masked-lm)
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens chosen for prediction "
                                    "(80% of them become the mask token, 10% a random token, 10% stay as they are)")
@@ -130,7 +139,9 @@ class AugmentSpec(_Section):
 
 
 class DataSpec(_Section):
-    dataset: Optional[Literal["rotten-tomatoes", "fashion-mnist"]] = Field(None, description="a packaged dataset instead of files")
+    dataset: Optional[Literal["rotten-tomatoes", "fashion-mnist", "wnut-16", "squad"]] = Field(
+        None, description="a packaged dataset instead of files: rotten-tomatoes (sentiment), fashion-mnist (images), "
+        "wnut-16 (tweets tagged for 10 entity types), squad (SQuAD v1.1 questions)")
     train: Optional[str] = None
     validation: Optional[str] = None
     test: Optional[str] = None
@@ -155,6 +166,18 @@ class DataSpec(_Section):
                           "attention kept within each example")
     image_column: str = Field("image", description="images in a table: the column of image paths (relative to the table's folder)")
     text_pair_column: Optional[str] = None
+    tokens_column: str = Field("tokens", description="token-classification, rows of a table: the list of words")
+    tags_column: str = Field("tags", description="token-classification, rows of a table: the list of tags, one per "
+                             "word")
+    question_column: str = Field("question", description="question-answering: the question")
+    context_column: str = Field("context", description="question-answering: the text the answer is a span of")
+    answer_column: str = Field("answer", description="question-answering: the answer's text (or Hugging Face's "
+                               "`answers` dict of texts and starts)")
+    answer_start_column: str = Field("answer_start", description="question-answering: the answer's first character "
+                                     "in the context")
+    id_column: str = Field("id", description="question-answering: the question's id (default: its row number)")
+    allow_unanswerable: bool = Field(False, description="question-answering: questions without an answer in their "
+                                     "context (SQuAD 2.0) are data, not errors; the model may then answer nothing")
     label_column: str = "label"
     label_separator: str = Field(",", description="multi-label labels given as one string are split on this")
     labels: Optional[list[Union[str, int]]] = Field(None, description="label names in id order; default: sorted labels of train")
@@ -163,9 +186,11 @@ class DataSpec(_Section):
     @classmethod
     def _names(cls, v):
         return None if v is None else [str(x) for x in v]
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "npz", "idx"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "npz", "idx", "conll"] = "auto"
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="images: train-only augmentation")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training rows (after splitting)")
+    limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N validation and test rows (after "
+                                      "splitting): quicker evaluations on a large data set")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -448,8 +473,10 @@ class Recipe(_Section):
     def _task_and_data(self):
         task = self.task_kind
         task.check_recipe(self)  # the task's own checks (its data columns, its losses, the methods it allows)
-        if not task.images and self.data.dataset == "fashion-mnist":
-            raise ValueError(f"data.dataset 'fashion-mnist' is images; set task.type: image-classification "
+        from .assets import DATASET_TASK
+        made_for, holds = DATASET_TASK.get(self.data.dataset, (None, None))
+        if made_for is not None and made_for != self.task.type:
+            raise ValueError(f"data.dataset {self.data.dataset!r} is {holds}; set task.type: {made_for} "
                              f"(it is {self.task.type!r})")
         if not task.images and self.model.image_size is not None:
             raise ValueError(f"model.image_size is for image tasks; task.type is {self.task.type!r}")

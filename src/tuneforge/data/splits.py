@@ -79,6 +79,8 @@ def load_examples(data_spec, task, notes: Optional[list] = None) -> tuple[dict[s
         space = task.label_space(splits["train"], declared)  # from all rows, before limit_train
     if spec.limit_train:
         splits["train"] = splits["train"][: spec.limit_train]
+    if spec.limit_eval:
+        splits.update({k: v[: spec.limit_eval] for k, v in splits.items() if k != "train"})
     if task.named_labels:
         for name, examples in splits.items():
             task.check_labels(examples, space, problems)

@@ -30,7 +30,7 @@ def run_evaluation(model, split: Split, task, num_labels: int, threshold: float,
                    pad_id: int, runtime: Runtime = CPU) -> dict[str, float]:
     was_training = model.training
     model.eval()
-    metrics = task.make_metrics(num_labels, threshold)
+    metrics = task.metrics_for(split, num_labels, threshold)
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     n = 0
     batches = length_batches(split, batch_size)

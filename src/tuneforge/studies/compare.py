@@ -235,7 +235,7 @@ def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str
 def _reuse(run_dir: Path, run_recipe: Recipe, result_path: Path) -> Optional[dict]:
     if not (run_dir / "summary.json").exists():
         return None
-    from ..run import saved_recipe
+    from ..rundir import saved_recipe
 
     if saved_recipe(run_dir) != run_recipe:
         raise RunDirError(f"{run_dir} holds a finished run of another recipe; remove it or give another --out")

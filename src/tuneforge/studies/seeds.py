@@ -108,7 +108,7 @@ def seed_recipes(base: Recipe, seeds: int, vary: str) -> list[tuple[SeedRun, Rec
 
 
 def _finished(run_dir: Path, recipe: Recipe) -> Optional[dict]:
-    from ..run import saved_recipe
+    from ..rundir import saved_recipe
 
     summary = run_dir / "summary.json"
     if summary.exists() and saved_recipe(run_dir) == recipe:

@@ -15,6 +15,8 @@ from .pair_classification import PairClassificationTask
 from .preference import PreferenceTask
 from .regression import RegressionTask
 from .reward_model import RewardModelTask
+from .question_answering import QuestionAnsweringTask
+from .token_classification import TokenClassificationTask
 
 # In this order recipe messages list the tasks that read a key.
 TASKS: dict[str, Task] = {
@@ -28,6 +30,8 @@ TASKS: dict[str, Task] = {
     "preference": PreferenceTask(),  # configured from the recipe by `task_for`
     "grpo": GRPOTask(),              # likewise
     "reward-model": RewardModelTask(),
+    "token-classification": TokenClassificationTask(),
+    "question-answering": QuestionAnsweringTask(),
 }
 
 _LOWER_IS_BETTER = {"loss", "mse", "mae", "perplexity", "kl"}

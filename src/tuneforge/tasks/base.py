@@ -131,6 +131,10 @@ class Task:
         """The metrics of an evaluation of `split`: those that decode per example need the split itself."""
         return self.make_metrics(num_labels, threshold)
 
+    def metric_names(self, space: LabelSpace, threshold: float = 0.5) -> list[str]:
+        """The names of the metrics an evaluation reports (besides the loss)."""
+        return list(self.make_metrics(max(len(space.names), 1), threshold).compute())
+
     # ------------------------------------------------------------ use
 
     def use_error(self, run_dir, action: str) -> Optional[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 
 from ..data.tokens import entity_spans
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import LabelSpace, label_set_parser
+from ..data.tokens import looks_like_tag_lists
+from ..errors import DataError
 from .metrics import MultiLabelMetrics
 from .sequence import SequenceTask
 
@@ -20,6 +22,16 @@ class MultiLabelTask(SequenceTask):
 
     def label_parser(self, spec):
         return label_set_parser(spec.label_separator)
+
+    def read_file(self, spec, path, notes=None, with_labels: bool = True, fmt=None):
+        examples = super().read_file(spec, path, notes, with_labels, fmt)
+        labels = [ex.label for ex in examples if ex.label]
+        if with_labels and looks_like_tag_lists(labels) and any("O" in v for v in labels):
+            raise DataError([f"{path}, column {self.columns(spec)[2]!r}: the labels are per-word entity tags (e.g. "
+                             f"{labels[0][:4]}); multi-label reads one set of labels per row, which would lose each "
+                             "tag's word. Tag words with task.type: token-classification (rows with data.tokens_column "
+                             "and data.tags_column lists)"])
+        return examples
 
     def label_values(self, example) -> list[str]:
         return example.label

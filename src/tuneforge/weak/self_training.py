@@ -66,6 +66,9 @@ class CosineTask:
     def make_metrics(self, k: int, threshold: float):
         return ClassificationMetrics(k)
 
+    def metrics_for(self, split, k: int, threshold: float):
+        return ClassificationMetrics(k)
+
     def num_outputs(self, num_labels: int) -> int:
         return num_labels
 
@@ -150,17 +153,16 @@ def self_training_schedule(rows: int, steps: int, cfg):
                                   "early_stopping": None})
 
 
-def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, make_scheduler,
-                      set_train_mode, saved_names, run_dir, num_labels: int, pad_id: int, data_seed: int,
-                      callbacks: list, gold: Optional[np.ndarray] = None, best_so_far: Optional[float] = None,
-                      runtime=None):
-    """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not). `best_so_far`: the
-    first stage's best validation metric, which a step must beat to be kept. Returns (loop state, the pseudo-label
-    refresh history, the path of the best weights, or None when no step beat `best_so_far`)."""
-    from ..engine.callbacks import JsonlLogger, KeepBest
-    from ..engine.loop import Loop, LoopState
+def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, set_train_mode,
+                      saved_names, run_dir, num_labels: int, pad_id: int, data_seed: int, console, callbacks: list,
+                      gold: Optional[np.ndarray] = None, best_so_far: Optional[float] = None, runtime=None):
+    """Stage two of a weak-supervision run, on `rows` (every training row, labelled or not), through the loop every
+    training uses (training.prepare_loop). `best_so_far`: the first stage's best validation metric, which a step
+    must beat to be kept. Returns (loop state, the pseudo-label refresh history, the path of the best weights, or
+    None when no step beat `best_so_far`)."""
+    from ..engine.loop import LoopState
     from ..engine.runtime import CPU
-    from ..tasks import higher_is_better
+    from ..training import best_weights, prepare_loop
 
     st, t = recipe.weak.self_training, recipe.training
     runtime = runtime or CPU
@@ -169,21 +171,17 @@ def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling:
     task = CosineTask(st.threshold, st.contrastive_weight, st.margin, st.confidence_weight, pooling)
     refresh = RefreshPseudoLabels(split, st.update_every, st.power, st.threshold, t.eval_batch_size, pad_id,
                                   runtime, gold)
-    metric = t.metric or task.default_metric
-    best_path = run_dir / "checkpoints" / "best" / "model.safetensors"
+    best_path = best_weights(run_dir)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)  # from an interrupted earlier attempt: this stage starts over
     runtime.barrier()
-    cbs = [refresh, KeepBest(metric, higher_is_better(metric), 0.0, best_path, saved_names, write=runtime.is_main),
-           *([JsonlLogger(run_dir / "metrics.jsonl", t.log_every)] if runtime.is_main else []), *callbacks]
-    loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=split, validation=validation,
-                cfg=cfg, num_labels=num_labels, threshold=0.5, pad_id=pad_id, data_seed=data_seed, run_dir=run_dir,
-                callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names, checkpoints=False,
-                runtime=runtime)
+    loop = prepare_loop(model=model, optimizer=optimizer, task=task, train=split, validation=validation, cfg=cfg,
+                        run_dir=run_dir, runtime=runtime, console=console, num_labels=num_labels, threshold=0.5,
+                        pad_id=pad_id, data_seed=data_seed, saved_names=saved_names, set_train_mode=set_train_mode,
+                        first=[refresh], callbacks=callbacks, checkpoints=False)
     loop.state = LoopState(best_metric=best_so_far)
-    loop.scheduler = make_scheduler(loop.total_steps)
     # Self-training writes no checkpoints: a resumed run finishes the first stage from its checkpoint, then runs
     # this stage again from its start. Seeding dropout here makes that rerun the same as an uninterrupted one.
     torch.manual_seed(t.seed + 1 + runtime.rank)

@@ -1,0 +1,138 @@
+"""The run directory: made, marked, checked and replaced only by tuneforge; the files a run writes into it."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from .engine.checkpoint import atomic_folder, list_checkpoints
+from .errors import RecipeError, RunDirError
+from .recipe import Recipe, load_recipe
+
+RUN_MARKER = ".tuneforge-run"  # written by tuneforge into every run directory; only such folders are ever deleted
+RANKS_FILE = ".tuneforge-ranks"  # a token of rank 0's: the other ranks find it where output.dir is shared
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,
+                     keep: tuple[str, ...] = ()) -> Optional[Path]:
+    """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`,
+    and never delete a folder tuneforge did not create. `keep`: folders of an earlier stage of this same run
+    (the adaptation stage), left in place when the run starts over."""
+    check_run_dir(run_dir, overwrite, keep)
+    if holds_a_run(run_dir, keep):
+        checkpoints = list_checkpoints(run_dir / "checkpoints")
+        if overwrite:
+            remove_run(run_dir, keep)
+        elif resume and checkpoints:
+            saved = saved_recipe(run_dir)
+            if saved != recipe:
+                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
+                                  "resume with the same recipe, or start over with --overwrite")
+            return checkpoints[-1]
+        elif checkpoints:
+            raise RunDirError(f"{run_dir} holds an unfinished run (latest checkpoint {checkpoints[-1].name}); "
+                              "pass --resume to continue it or --overwrite to start over")
+        else:
+            # A run stopped before its first checkpoint: nothing to continue from.
+            console.print(f"{run_dir}: an earlier run stopped before its first checkpoint; starting over")
+            remove_run(run_dir, keep)
+    mark_run_dir(run_dir)
+    return None
+
+
+def holds_a_run(run_dir: Path, keep: tuple[str, ...] = ()) -> bool:
+    return run_dir.exists() and any(p.name not in (*keep, RUN_MARKER, RANKS_FILE) for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is written or removed, a file, a non-empty folder tuneforge did not make, and a
+    finished run without `overwrite`."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
+    if not holds_a_run(run_dir, keep):
+        return
+    if not (run_dir / RUN_MARKER).exists():
+        raise RunDirError(f"output.dir {str(run_dir)!r} is not empty and was not made by tuneforge "
+                          f"(no {RUN_MARKER} file); nothing in it is touched, even with --overwrite. "
+                          "Choose another output.dir")
+    if (run_dir / "summary.json").exists() and not overwrite:
+        raise RunDirError(f"{run_dir} holds a finished run; pass --overwrite (overwrite=True) to replace it, "
+                          "or set output.dir to a new folder")
+
+
+def mark_run_dir(run_dir: Path) -> None:
+    """Create the folder with the marker that lets tuneforge (and only it) remove what is inside later."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a tuneforge run directory\n")
+
+
+def remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
+    if not keep:
+        shutil.rmtree(run_dir)
+        return
+    for p in run_dir.iterdir():
+        if p.name not in keep and p.name != RUN_MARKER:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def saved_recipe(run_dir: Path) -> Optional[Recipe]:
+    """The recipe a run was started with (compared as values, so a newer version's extra defaults do not count)."""
+    try:
+        return load_recipe(run_dir / "recipe.yaml")
+    except (RecipeError, OSError):
+        return None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_shared_storage(run_dir: Path, runtime, resume_from, recipe) -> None:
+    """Whether every rank sees rank 0's run folder (one machine, or storage the machines share). Needed to resume
+    (every rank reads the checkpoint), for sharded checkpoints (every rank writes its part) and for an adaptation
+    stage (the task starts from its folder); without it those are refused on every rank alike."""
+    import secrets
+
+    token = runtime.on_main(lambda: _write_token(run_dir, secrets.token_hex(8)))
+    file = run_dir / RANKS_FILE
+    sees = file.exists() and file.read_text() == token
+    if all(runtime.gather(sees)):
+        return
+    needs = [why for why, on in (("--resume", resume_from is not None), ("training.distributed: fsdp", runtime.fsdp),
+                                 ("adapt", recipe.adapt is not None)) if on]
+    if needs:
+        raise RunDirError(f"output.dir {str(run_dir)!r} is not on storage every machine of the run sees (a rank on "
+                          f"another machine cannot find rank 0's files), and {', '.join(needs)} needs it; put "
+                          "output.dir on a shared file system")
+
+
+def _write_token(run_dir: Path, token: str) -> str:
+    (run_dir / RANKS_FILE).write_text(token)
+    return token
+
+
+def save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None) -> int:
+    """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
+    `carried`: tensors the model has no place for but a later fine-tune should find (an adapted encoder's pooler).
+    `state`: the weights gathered from a sharded model. Returns the weights' size in bytes."""
+    for p in model.parameters():  # saved models should load as ordinary trainable models
+        p.requires_grad_(True)
+    with atomic_folder(model_dir) as tmp:
+        if state is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            from .engine.sharding import save_gathered
+            save_gathered(model, state, tmp)
+        tokenizer.save_pretrained(tmp)
+        if carried:
+            from safetensors.torch import load_file, save_file
+            file = Path(tmp) / "model.safetensors"
+            save_file({**load_file(str(file)), **{k: v.contiguous() for k, v in carried.items()}}, str(file),
+                      metadata={"format": "pt"})
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))

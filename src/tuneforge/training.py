@@ -1,0 +1,44 @@
+"""The one way tuneforge builds a training loop, for the task's training and for a stage's own (self-training):
+the loop with the standard callbacks and its learning-rate schedule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .engine.callbacks import EarlyStopping, JsonlLogger, KeepBest, ProgressBar, TensorBoardLogger, tensorboard_available
+from .engine.loop import Loop
+from .engine.optim import make_scheduler, warmup_steps
+from .tasks import higher_is_better
+
+
+def best_weights(run_dir: Path) -> Path:
+    """Where a loop keeps its best step's weights."""
+    return run_dir / "checkpoints" / "best" / "model.safetensors"
+
+
+def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Path, runtime, console, num_labels: int,
+                 threshold: float, pad_id: int, data_seed: int, saved_names, set_train_mode, first=(), after_best=(), callbacks=(),
+                 checkpoints: bool = True) -> Loop:
+    """A loop over `train` by the training settings `cfg`, with, in this order: `first`; the best step kept by
+    cfg.metric (or the task's), with early stopping when cfg asks; `after_best`; on rank 0 only, `run_dir/metrics.jsonl`,
+    TensorBoard and the progress bar; then `callbacks` (on every rank, like the loop: one that writes asks
+    loop.runtime). Decisions (best step, early stopping) are taken on every rank from the same reduced metrics."""
+    metric = cfg.metric or task.default_metric
+    cbs: list = [*first, KeepBest(metric, higher_is_better(metric), cfg.early_stopping.min_delta if cfg.early_stopping
+                                  else 0.0, best_weights(run_dir), saved_names, write=runtime.is_main)]
+    if cfg.early_stopping:
+        cbs.append(EarlyStopping(cfg.early_stopping.patience))
+    cbs.extend(after_best)
+    if runtime.is_main:
+        cbs.append(JsonlLogger(run_dir / "metrics.jsonl", cfg.log_every))
+        if tensorboard_available():
+            cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+        if cfg.progress:
+            cbs.append(ProgressBar(console))
+    cbs.extend(callbacks)
+    loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=train, validation=validation,
+                cfg=cfg, num_labels=num_labels, threshold=threshold, pad_id=pad_id, data_seed=data_seed,
+                run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names,
+                checkpoints=checkpoints, runtime=runtime)
+    loop.scheduler = make_scheduler(optimizer, cfg.schedule, warmup_steps(loop.total_steps, cfg.warmup_ratio,
+                                                                          cfg.warmup_steps), loop.total_steps)
+    return loop
