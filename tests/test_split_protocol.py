@@ -10,11 +10,13 @@ from tuneforge.data.collate import CausalLMSplit, EncodedSplit, ImageSplit
 from tuneforge.data.masked import MaskedLMSplit
 from tuneforge.data.preference import PolicyPairSplit, RewardPairSplit
 from tuneforge.data.prompts import PromptSplit
+from tuneforge.data.qa_windows import QASplit
 from tuneforge.data.split import Split
+from tuneforge.data.tokens import TokenSplit
 from tuneforge.weak.self_training import PseudoLabelSplit
 
 SPLITS = [EncodedSplit, ImageSplit, CausalLMSplit, MaskedLMSplit, PolicyPairSplit, RewardPairSplit, PromptSplit,
-          PseudoLabelSplit]
+          PseudoLabelSplit, TokenSplit, QASplit]
 
 
 @pytest.mark.parametrize("cls", SPLITS, ids=lambda c: c.__name__)

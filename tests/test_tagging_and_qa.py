@@ -24,7 +24,7 @@ def tagger(tiny_bert_no_dropout, tmp_path_factory):
     recipe = tiny_recipe(tiny_bert_no_dropout, files, root / "run", task={"type": "token-classification"},
                          training={"epochs": 12, "lr": 5e-3, "seed": 0})
     result = tuneforge.fine_tune(recipe)
-    assert result.metrics["validation"]["f1"] > 0.8  # the tags are a function of the word: learnable
+    assert result.metrics["validation"]["f1_pos"] > 0.9  # B-POS is a function of the word: learnable
     return root / "run"
 
 
