@@ -350,7 +350,8 @@ def seqeval_scores(gold, predicted, scheme):
                "precision": metrics.precision_score(gold, predicted, zero_division=0, **kw),
                "recall": metrics.recall_score(gold, predicted, zero_division=0, **kw),
                "accuracy": metrics.accuracy_score(gold, predicted)}
-    out.update({f"f1_{k.lower().replace('-', '_')}": v["f1-score"] for k, v in report.items() if "avg" not in k})
+    for name, key in (("f1", "f1-score"), ("precision", "precision"), ("recall", "recall")):
+        out.update({f"{name}_{k.lower().replace('-', '_')}": v[key] for k, v in report.items() if "avg" not in k})
     return out
 
 
@@ -419,7 +420,9 @@ def test_nothing_to_score_gives_zeros_without_warnings():
     m = EntityMetrics(["O", "B-PER", "I-PER"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert m.compute() == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "f1_per": 0.0}
+        assert m.compute() == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "f1_per": 0.0,
+                               "precision_per": 0.0, "recall_per": 0.0}
         m.update({"logits": torch.zeros(1, 3, 3), "word_ids": torch.tensor([[-1, 0, -1]]),
                   "example_ids": torch.tensor([0])}, torch.tensor([[-100, 0, -100]]))
-        assert m.compute() == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 1.0, "f1_per": 0.0}
+        assert m.compute() == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 1.0, "f1_per": 0.0,
+                               "precision_per": 0.0, "recall_per": 0.0}

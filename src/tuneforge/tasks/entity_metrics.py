@@ -84,7 +84,8 @@ class EntityMetrics:
         # One key per entity type of the label set, present or not, so every evaluation reports the same keys.
         for entity_type in sorted(self.types | {e[1] for e in true_set | pred_set}):
             scores = _prf({e for e in true_set if e[1] == entity_type}, {e for e in pred_set if e[1] == entity_type})
-            out[f"f1_{_type_key(entity_type)}"] = scores["f1"]
+            for name in ("f1", "precision", "recall"):
+                out[f"{name}_{_type_key(entity_type)}"] = scores[name]
         return out
 
 
