@@ -94,8 +94,8 @@ class CausalLMSplit:
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
         rows = [self.input_ids[i] for i in indices]
         width = max(len(r) for r in rows)
-        batch = {"input_ids": _pad(rows, width, pad_id),
-                 "labels": _pad([self.token_labels[i] for i in indices], width, -100),
+        batch = {"input_ids": pad_rows(rows, width, pad_id),
+                 "labels": pad_rows([self.token_labels[i] for i in indices], width, -100),
                  # With a key/value cache transformers would not isolate packed examples; training needs none.
                  "use_cache": False}
         if self.position_ids is not None:
@@ -104,7 +104,7 @@ class CausalLMSplit:
             batch["position_ids"] = torch.tensor([self.position_ids[i] + list(range(width - len(self.position_ids[i])))
                                                   for i in indices], dtype=torch.long)
         else:
-            batch["attention_mask"] = _pad([[1] * len(r) for r in rows], width, 0)
+            batch["attention_mask"] = pad_rows([[1] * len(r) for r in rows], width, 0)
         return batch
 
 
@@ -138,16 +138,17 @@ def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int,
                         truncated=truncated)
 
 
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    """Token rows right-padded with `value` to `width`, as one long tensor."""
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     rows = [split.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
-    batch = {"input_ids": _pad(rows, width, pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], width, 0)}
+    batch = {"input_ids": pad_rows(rows, width, pad_id), "attention_mask": pad_rows([[1] * len(r) for r in rows], width, 0)}
     if split.token_type_ids is not None:
-        batch["token_type_ids"] = _pad([split.token_type_ids[i] for i in indices], width, 0)
+        batch["token_type_ids"] = pad_rows([split.token_type_ids[i] for i in indices], width, 0)
     if split.labels is not None:
         batch["labels"] = split.labels[torch.as_tensor(list(indices), dtype=torch.long)]
     if split.teacher_logits is not None:

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import DataError
 from .causal import CausalExample, CausalTokens, render_messages, checked_messages, end_of_turn_id, tokenize
+from .collate import pad_rows
 
 Text = Union[str, list]  # a string, or chat messages
 
@@ -214,17 +215,13 @@ class PolicyPairSplit:
     def batch(self, indices: Sequence[int], pad_id: int, augment=None) -> dict:
         rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
         width = max(len(r.input_ids) for r in rows)
-        batch = {"input_ids": _pad([r.input_ids for r in rows], width, pad_id),
-                 "attention_mask": _pad([[1] * len(r.input_ids) for r in rows], width, 0),
-                 "labels": _pad([r.labels for r in rows], width, -100),
+        batch = {"input_ids": pad_rows([r.input_ids for r in rows], width, pad_id),
+                 "attention_mask": pad_rows([[1] * len(r.input_ids) for r in rows], width, 0),
+                 "labels": pad_rows([r.labels for r in rows], width, -100),
                  "use_cache": False}
         if self.reference is not None:
             batch["reference_logps"] = self.reference[torch.as_tensor(list(indices), dtype=torch.long)]
         return batch
-
-
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def encode_policy_pairs(tokenizer, examples: Sequence[PreferenceExample], max_length: int,
@@ -290,10 +287,10 @@ class RewardPairSplit:
 
 def encoder_batch(rows: list[dict], pad_id: int) -> dict:
     width = max(len(r["input_ids"]) for r in rows)
-    batch = {"input_ids": _pad([r["input_ids"] for r in rows], width, pad_id),
-             "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], width, 0)}
+    batch = {"input_ids": pad_rows([r["input_ids"] for r in rows], width, pad_id),
+             "attention_mask": pad_rows([[1] * len(r["input_ids"]) for r in rows], width, 0)}
     if "token_type_ids" in rows[0]:
-        batch["token_type_ids"] = _pad([r["token_type_ids"] for r in rows], width, 0)
+        batch["token_type_ids"] = pad_rows([r["token_type_ids"] for r in rows], width, 0)
     return batch
 
 

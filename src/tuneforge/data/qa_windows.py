@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 
 from ..errors import TuneforgeError
+from .collate import pad_rows
 from .squad import QAExample
 
 CLS = 0          # the CLS position: target and null score of "no answer in this window"
@@ -63,19 +64,15 @@ class QASplit:
         indices = list(indices)
         rows = [self.input_ids[i] for i in indices]
         width = max(len(r) for r in rows)
-        out = {"input_ids": _pad(rows, width, pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], width, 0)}
+        out = {"input_ids": pad_rows(rows, width, pad_id), "attention_mask": pad_rows([[1] * len(r) for r in rows], width, 0)}
         if self.token_type_ids is not None:
-            out["token_type_ids"] = _pad([self.token_type_ids[i] for i in indices], width, 0)
+            out["token_type_ids"] = pad_rows([self.token_type_ids[i] for i in indices], width, 0)
         if self.start_positions is not None and self.end_positions is not None:
             out["start_positions"] = torch.tensor([self.start_positions[i] for i in indices], dtype=torch.long)
             out["end_positions"] = torch.tensor([self.end_positions[i] for i in indices], dtype=torch.long)
         out["example_ids"] = torch.tensor([self.example_ids[i] for i in indices], dtype=torch.long)
         out["window_ids"] = torch.tensor(indices, dtype=torch.long)
         return out
-
-
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 # ---------------------------------------------------------------- encoding
