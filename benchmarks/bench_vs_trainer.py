@@ -4,10 +4,12 @@
 
 Full fine-tuning (or, with --method lora, LoRA through PEFT on both sides: rank 8, alpha 16, dropout 0.1, every
 attention and feed-forward linear of every block, pooler and classifier trained fully, lr 1e-3) of the packaged
-all-MiniLM-L6-v2 on the Rotten Tomatoes training snippets (real,
-variable-length text), dynamic padding on both sides, fp32, each library's default AdamW. Every run is
-its own process (so peak RSS is its own), runs are interleaved (tuneforge, Trainer, tuneforge, ...), and
-samples/s is timed over the optimizer steps after the first `--warmup` ones. Prints medians and ratios.
+all-MiniLM-L6-v2 on the Rotten Tomatoes training snippets (real, variable-length text), dynamic padding on both
+sides, each library's default AdamW. Variants: tuneforge with its defaults (length-grouped batches, precision
+auto) and with the defaults of 0.8 (fp32, random order); the Trainer with its defaults (fp32, random order) and at
+its best (grouped by length, fp32 or bf16 autocast, whichever is faster here). Every run is its own process (so
+peak RSS is its own), runs are interleaved (one of each variant per round), and samples/s is timed over the
+optimizer steps after the first `--warmup` ones. Prints medians and ratios.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class _StepTimer:
         return (len(t) - 1) * batch / (t[-1] - t[0])
 
 
-def run_tuneforge(args, grouped: bool = False) -> dict:
+def run_tuneforge(args, **training) -> dict:
+    """tuneforge with its defaults, or with `training` keys set (e.g. the fp32, ungrouped settings of 0.8)."""
     import tuneforge
     from tuneforge.assets import rotten_tomatoes
 
@@ -56,16 +59,17 @@ def run_tuneforge(args, grouped: bool = False) -> dict:
             timer.tick()
 
     with tempfile.TemporaryDirectory() as out:
-        tuneforge.fine_tune({
+        result = tuneforge.fine_tune({
             "model": {"name": "minilm-l6", "max_length": args.max_length},
             "data": {"train": str(rotten_tomatoes()["train"]), "validation_fraction": 0.0},
             "method": {"name": args.method},
             "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": LR[args.method], "progress": False,
-                         "seed": 0, "warmup_ratio": 0.0, "log_every": 1000, "group_by_length": grouped},
+                         "seed": 0, "warmup_ratio": 0.0, "log_every": 1000, **training},
             "output": {"dir": out + "/run"},
         }, console=_null_console(), callbacks=[Tick()])
+        runtime = json.loads((result.run_dir / "summary.json").read_text())["runtime"]
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
-            "optimizer": "torch.optim.AdamW(fused=True)"}
+            "optimizer": "torch.optim.AdamW(fused=True)", "precision": runtime["precision"]}
 
 
 def _null_console():
@@ -73,7 +77,7 @@ def _null_console():
     return Console(file=open(os.devnull, "w"))
 
 
-def run_trainer(args, grouped: bool = False) -> dict:
+def run_trainer(args, grouped: bool = False, bf16: bool = False) -> dict:
     import pandas as pd
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainerCallback, TrainingArguments)
@@ -108,24 +112,27 @@ def run_trainer(args, grouped: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
                                   learning_rate=LR[args.method], save_strategy="no", report_to="none", use_cpu=True,
-                                  logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                                  logging_steps=1000, disable_tqdm=True, seed=0, dataloader_num_workers=0, bf16=bf16,
                                   train_sampling_strategy="group_by_length" if grouped else "random")
         trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=DataCollatorWithPadding(tok),
                           callbacks=[Tick()])
         trainer.train()
         optimizer = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
-            "optimizer": f"{optimizer} ({targs.optim})"}
+            "optimizer": f"{optimizer} ({targs.optim})", "precision": "bf16" if bf16 else "fp32"}
 
 
 LR = {"full": 5e-5, "lora": 1e-3}
 
 IMPLS = {
-    "tuneforge": run_tuneforge,
-    "trainer": run_trainer,
-    # Both libraries can batch rows of similar length together; off by default in both.
-    "tuneforge-grouped": lambda args: run_tuneforge(args, grouped=True),
+    "tuneforge": run_tuneforge,  # its defaults: length-grouped batches, precision auto
+    "trainer": run_trainer,      # its defaults: random batches, fp32
+    # The Trainer at its best: grouping by length (off by default), with or without bf16 autocast (whichever is
+    # faster on the machine is its best).
     "trainer-grouped": lambda args: run_trainer(args, grouped=True),
+    "trainer-grouped-bf16": lambda args: run_trainer(args, grouped=True, bf16=True),
+    # tuneforge with the defaults of 0.8 (fp32, random batches): what the new defaults buy.
+    "tuneforge-0.8-defaults": lambda args: run_tuneforge(args, group_by_length=False, precision="fp32"),
 }
 
 
@@ -138,7 +145,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--method", choices=sorted(LR), default="full")
     ap.add_argument("--child", choices=sorted(IMPLS))
-    ap.add_argument("--only", nargs="*", choices=sorted(IMPLS), help="run only these (ratios need all four)")
+    ap.add_argument("--only", nargs="*", choices=sorted(IMPLS), help="run only these (ratios need the tuneforge and "
+                    "trainer variants)")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     if args.child:
@@ -155,8 +163,8 @@ def main() -> None:
                 sys.exit(f"{impl} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
             res = json.loads(line[7:])
             results[impl].append(res)
-            print(f"run {r + 1} {impl:17s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
-                  f"({res['optimizer']})", flush=True)
+            print(f"run {r + 1} {impl:22s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
+                  f"({res['optimizer']}, {res['precision']})", flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("samples_per_s", "peak_rss_mb")}
            for k, v in results.items() if v}
     print(f"\n{args.method}: median of {args.repeats} interleaved runs, {args.steps} steps of batch {args.batch_size}, max_length {args.max_length}:")
@@ -164,11 +172,14 @@ def main() -> None:
     for k in med:
         print(f"| {k} | {med[k]['samples_per_s']:.1f} | {med[k]['peak_rss_mb']:.0f} |")
     ratios = {}
-    for ours, theirs, label in (("tuneforge", "trainer", "defaults"), ("tuneforge-grouped", "trainer-grouped", "both grouping by length")):
-        if ours in med and theirs in med:
-            ratios[label] = {"speed": med[ours]["samples_per_s"] / med[theirs]["samples_per_s"],
-                             "peak_rss": med[ours]["peak_rss_mb"] / med[theirs]["peak_rss_mb"]}
-            print(f"ratio tuneforge / Trainer ({label}): speed {ratios[label]['speed']:.2f}x, "
+    best = max((k for k in ("trainer-grouped", "trainer-grouped-bf16") if k in med),
+               key=lambda k: med[k]["samples_per_s"], default=None)
+    for theirs, label in (("trainer", "against the Trainer's defaults"),
+                          (best, f"against the Trainer at its best ({best})")):
+        if "tuneforge" in med and theirs in med:
+            ratios[label] = {"speed": med["tuneforge"]["samples_per_s"] / med[theirs]["samples_per_s"],
+                             "peak_rss": med["tuneforge"]["peak_rss_mb"] / med[theirs]["peak_rss_mb"]}
+            print(f"ratio tuneforge defaults / Trainer ({label}): speed {ratios[label]['speed']:.2f}x, "
                   f"peak RSS {ratios[label]['peak_rss']:.2f}x")
     if args.out:
         with open(args.out, "w") as f:

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# precision: auto measures this CPU and may take bf16; the tests pin its choice so their figures are the same on
+# every machine (tests of the measurement itself unset it).
+os.environ.setdefault("TUNEFORGE_AUTO_PRECISION", "fp32")
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "fun"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak"]

@@ -239,3 +239,56 @@ def test_validate_checks_the_device_too(tiny_bert, sentiment_files, tmp_path):
     with pytest.raises(RecipeError, match="training.device"):
         tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"device": "cuda"}))
     assert tuneforge.validate(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run"))["rows"]["train"] == 48
+
+
+def _measured(monkeypatch, fp32_ms, bf16_ms):
+    import tuneforge.engine.runtime as rt
+
+    monkeypatch.delenv(rt.AUTO_ENV, raising=False)
+    monkeypatch.setattr(rt, "bf16_speedup", lambda threads: (fp32_ms, bf16_ms))
+    return rt
+
+
+def test_auto_precision_takes_bf16_only_where_it_measures_faster(monkeypatch):
+    rt = _measured(monkeypatch, 10.0, 4.0)
+    precision, note = rt.resolve_precision("auto", torch.device("cpu"))
+    assert precision == "bf16" and "2.5x faster" in note
+    rt = _measured(monkeypatch, 10.0, 9.0)  # 1.1x: not worth autocast's casts
+    assert rt.resolve_precision("auto", torch.device("cpu"))[0] == "fp32"
+    rt = _measured(monkeypatch, 2.0, 19.0)  # a CPU without bf16 instructions
+    precision, note = rt.resolve_precision("auto", torch.device("cpu"))
+    assert precision == "fp32" and "0.11x" in note
+
+
+def test_bf16_asked_for_where_it_is_slower_is_kept_with_a_warning(monkeypatch):
+    rt = _measured(monkeypatch, 2.0, 19.0)
+    precision, note = rt.resolve_precision("bf16", torch.device("cpu"))
+    assert precision == "bf16" and "warning" in note and "0.11x" in note and "use auto or fp32" in note
+    rt = _measured(monkeypatch, 10.0, 4.0)
+    assert rt.resolve_precision("bf16", torch.device("cpu")) == ("bf16", "")
+    assert rt.resolve_precision("fp32", torch.device("cpu")) == ("fp32", "")
+
+
+def test_the_environment_fixes_autos_choice_without_measuring(monkeypatch):
+    import tuneforge.engine.runtime as rt
+
+    monkeypatch.setattr(rt, "bf16_speedup", lambda threads: pytest.fail("measured"))
+    monkeypatch.setenv(rt.AUTO_ENV, "bf16")
+    assert rt.resolve_precision("auto", torch.device("cpu"))[0] == "bf16"
+    monkeypatch.setenv(rt.AUTO_ENV, "fp8")
+    with pytest.raises(RecipeError, match="use fp32 or bf16"):
+        rt.resolve_precision("auto", torch.device("cpu"))
+
+
+def test_the_bf16_measurement_is_real():
+    from tuneforge.engine.runtime import bf16_speedup
+
+    fp32_ms, bf16_ms = bf16_speedup.__wrapped__(1)
+    assert fp32_ms > 0 and bf16_ms > 0
+
+
+def test_a_runs_summary_keeps_the_precision_auto_chose(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    _measured(monkeypatch, 10.0, 4.0)
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1, "precision": "auto"})
+    result = tuneforge.fine_tune(recipe)
+    assert json.loads((result.run_dir / "summary.json").read_text())["runtime"]["precision"] == "bf16"

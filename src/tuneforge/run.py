@@ -83,7 +83,8 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
     loop = _loop(ctx, resume_from, groups_now)
     report_start(ctx.console, recipe, ctx.loaded, ctx.groups, ctx.model, ctx.splits, ctx.origin, ctx.encoded,
                  ctx.run_dir, ctx.plan, reference_mode)
-    for line in [*(getattr(ctx, "reference_note", None) or []), *_cut_line(ctx),
+    speed = [f"  {ctx.runtime.precision_note}"] if ctx.runtime.precision_note else []
+    for line in [*speed, *(getattr(ctx, "reference_note", None) or []), *_cut_line(ctx),
                  *[line for stage in stages for line in stage.report(ctx)]]:
         ctx.console.print(line)
     started = time.perf_counter()
@@ -249,6 +250,9 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
         summary.update(stage.summary(ctx))
     if ctx.loaded.kept_layers is not None:
         summary["kept_layers"] = {"kept": ctx.loaded.kept_layers, "of": ctx.loaded.blocks_before}
+    cache = getattr(ctx.loop, "prefix_cache", None)
+    if cache is not None and cache.fills:
+        summary["frozen_prefix_cache"] = cache.fills
     summary["runtime"] = {"device": str(runtime.device), "precision": runtime.precision,
                           "world_size": runtime.world_size}
     write_text_atomic(ctx.run_dir / "summary.json", json.dumps(summary, indent=1))

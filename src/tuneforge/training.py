@@ -7,6 +7,7 @@ from pathlib import Path
 from .engine.callbacks import EarlyStopping, JsonlLogger, KeepBest, ProgressBar, TensorBoardLogger, tensorboard_available
 from .engine.loop import Loop
 from .engine.optim import make_scheduler, warmup_steps
+from .engine.prefix_cache import FrozenPrefixCache
 from .tasks import higher_is_better
 
 
@@ -35,10 +36,31 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
         if cfg.progress:
             cbs.append(ProgressBar(console))
     cbs.extend(callbacks)
+    cache = _prefix_cache(model, cfg, runtime, pad_id, run_dir, console)
+    if cache is not None:
+        cbs.insert(0, cache)
+        modes = set_train_mode
+
+        def set_train_mode():
+            modes()
+            cache.refresh()  # after the modes: what is frozen and in eval mode is what can be cached
     loop = Loop(model=model, optimizer=optimizer, scheduler=None, task=task, train=train, validation=validation,
                 cfg=cfg, num_labels=num_labels, threshold=threshold, pad_id=pad_id, data_seed=data_seed,
                 run_dir=run_dir, callbacks=cbs, set_train_mode=set_train_mode, saved_names=saved_names,
                 checkpoints=checkpoints, runtime=runtime)
     loop.scheduler = make_scheduler(optimizer, cfg.schedule, warmup_steps(loop.total_steps, cfg.warmup_ratio,
                                                                           cfg.warmup_steps), loop.total_steps)
+    loop.prefix_cache = cache
     return loop
+
+
+def _prefix_cache(model, cfg, runtime, pad_id: int, run_dir: Path, console):
+    """The frozen-prefix cache of a loop (engine/prefix_cache.py), or None where it cannot apply: turned off, an
+    adapter (PEFT changes what the frozen blocks compute: prompts, prefixes), weights sharded, no block stack."""
+    if not getattr(cfg, "cache_frozen_prefix", False) or runtime.fsdp or hasattr(model, "peft_config"):
+        return None
+    try:
+        return FrozenPrefixCache(model, runtime, cfg.eval_batch_size, pad_id, int(cfg.cache_memory_gb * 2**30),
+                                 run_dir / "cache", console)
+    except ValueError:  # no stack of repeated blocks (a CNN)
+        return None

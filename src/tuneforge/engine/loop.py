@@ -81,6 +81,7 @@ class Loop:
         self.saved_names = saved_names  # what checkpoints hold: None = every weight; adapters: adapter and head
         self.checkpoints = checkpoints  # False: a stage that restarts from its beginning on resume writes none
         self.runtime = runtime
+        self.prefix_cache = None  # set by training.prepare_loop when the frozen prefix is cached
         self.state = state or LoopState(world_size=runtime.world_size)
         self.steps_per_epoch, self.total_steps = count_steps(len(train), cfg, runtime.world_size)
         self.scaler = runtime.grad_scaler()  # fp16 only

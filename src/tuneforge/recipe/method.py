@@ -106,7 +106,10 @@ class TrainingSpec(Section):
     data_seed: Optional[int] = Field(None, description="seed of the data order (default: seed)")
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; under torchrun "
                         "each process takes the GPU of its local rank")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 adds a gradient scaler")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype (weights, optimizer state and losses stay fp32); fp16 adds a gradient "
+        "scaler. auto: bf16 on GPUs with bf16 tensor cores and on CPUs where a bf16 layer step measures at least "
+        "1.2x faster than fp32 (bf16 instructions), else fp32; the choice is printed and kept in summary.json")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp (a full copy of the "
                                                 "model per process) or fsdp (FSDP2: weights, gradients and optimizer "
                                                 "state sharded across processes, for models that do not fit one device)")
@@ -116,6 +119,11 @@ class TrainingSpec(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                          "about a third more time")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    cache_frozen_prefix: bool = Field(True, description="when the embeddings and the lowest blocks are frozen (head, "
+                                      "freeze:N, gradual's first stages), compute their output once per row and train "
+                                      "only the blocks above (text models; same result as recomputing)")
+    cache_memory_gb: float = Field(4.0, ge=0, description="frozen-prefix cache: above this size it is kept in a file "
+                                   "in RUN_DIR/cache instead of memory")
     progress: bool = True
 
     _every = field_validator("eval_every")(classmethod(lambda cls, v: epoch_or_steps(v)))
