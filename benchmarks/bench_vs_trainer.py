@@ -124,6 +124,48 @@ def run_trainer(args, grouped: bool = False, bf16: bool = False) -> dict:
 
 LR = {"full": 5e-5, "lora": 1e-3}
 
+
+def real_tokens_per_row(max_length: int) -> float:
+    """Mean tokens of a training row (padding excluded), as both sides tokenize them."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from tuneforge.assets import resolve_model_path, rotten_tomatoes
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+    ids = tok(pd.read_csv(rotten_tomatoes()["train"])["text"].tolist(), truncation=True, max_length=max_length)["input_ids"]
+    return sum(map(len, ids)) / len(ids)
+
+
+def train_flops_per_token(tokens_per_row: float) -> float:
+    """Matmul FLOPs of one real token's forward and backward through MiniLM (6 blocks, width 384, feed-forward 1536):
+    3 x (2 x the block weights + attention's 2 x 2 x L x width per block); embeddings and head are negligible."""
+    blocks, width, ffn = 6, 384, 1536
+    forward = blocks * (2 * (4 * width * width + 2 * width * ffn) + 4 * tokens_per_row * width)
+    return 3 * forward
+
+
+def matmul_peak_gflops(tokens: int = 1024) -> dict:
+    """The best matmul rate torch reaches here at MiniLM's shapes (tokens x 384 by 384 x 1536 and back), fp32 and
+    bf16: the ceiling useful work is measured against."""
+    import time
+
+    import torch
+
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        rates = []
+        for m, k, n in ((tokens, 384, 1536), (tokens, 1536, 384), (tokens, 384, 384)):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            for _ in range(3):
+                a @ b
+            started = time.perf_counter()
+            for _ in range(20):
+                a @ b
+            rates.append(2 * m * k * n * 20 / (time.perf_counter() - started) / 1e9)
+        out[str(dtype).split(".")[1]] = max(rates)
+    return out
+
 IMPLS = {
     "tuneforge": run_tuneforge,  # its defaults: length-grouped batches, precision auto
     "trainer": run_trainer,      # its defaults: random batches, fp32
@@ -153,6 +195,8 @@ def main() -> None:
         print("RESULT " + json.dumps(IMPLS[args.child](args)), flush=True)
         return
     results = {k: [] for k in IMPLS}
+    peak = matmul_peak_gflops()  # measured first, on the quiet machine
+    print(f"matmul peak at MiniLM's shapes: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s")
     for r in range(args.repeats):
         for impl in (args.only or IMPLS):  # interleaved, so drift in machine load hits both alike
             cmd = [sys.executable, __file__, "--child", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -171,6 +215,16 @@ def main() -> None:
     print("| implementation | samples/s | peak RSS (MB) |\n|---|---|---|")
     for k in med:
         print(f"| {k} | {med[k]['samples_per_s']:.1f} | {med[k]['peak_rss_mb']:.0f} |")
+    per_row = real_tokens_per_row(args.max_length)
+    flops = train_flops_per_token(per_row)
+    useful = {}
+    print(f"\nuseful work ({per_row:.1f} real tokens per row, {flops / 1e6:.1f} MFLOP per token for forward and backward):")
+    for k in med:
+        precision = results[k][0]["precision"]
+        rate = med[k]["samples_per_s"] * per_row * flops / 1e9
+        ceiling = peak["bfloat16" if precision == "bf16" else "float32"]
+        useful[k] = {"gflops": rate, "precision": precision, "of_peak": rate / ceiling}
+        print(f"| {k} | {rate:.0f} GFLOP/s on real tokens | {100 * rate / ceiling:.0f}% of the {precision} matmul peak |")
     ratios = {}
     best = max((k for k in ("trainer-grouped", "trainer-grouped-bf16") if k in med),
                key=lambda k: med[k]["samples_per_s"], default=None)
@@ -183,7 +237,8 @@ def main() -> None:
                   f"peak RSS {ratios[label]['peak_rss']:.2f}x")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "runs": results, "median": med, "ratios": ratios}, f, indent=1)
+            json.dump({"args": vars(args), "runs": results, "median": med, "ratios": ratios, "matmul_peak_gflops": peak,
+                       "useful_work": useful}, f, indent=1)
 
 
 if __name__ == "__main__":

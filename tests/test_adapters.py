@@ -151,7 +151,7 @@ def test_merge_refuses_and_writes_nothing_when_outputs_differ(trained, monkeypat
     def corrupted(model):
         merged = real(model)
         with torch.no_grad():
-            merged.bert.encoder.layer[1].output.dense.weight.mul_(1.5)  # a merge gone wrong
+            merged.bert.encoder.layer[1].output.dense.weight.mul_(4.0)  # a merge gone wrong
         return merged
 
     monkeypatch.setattr(merge_module, "_merge_and_unload", corrupted)

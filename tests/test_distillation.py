@@ -226,7 +226,9 @@ def test_cached_and_live_teacher_train_the_same_student(bert4, teacher_run, sent
                              "training": {**tiny_recipe(bert4, {}, tmp_path)["training"], **one_epoch}})
     from safetensors.torch import load_file
     wa, wb = load_file(str(a.model_dir / "model.safetensors")), load_file(str(b.model_dir / "model.safetensors"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # Live teacher logits come from the training batches, cached ones from length-sorted batches: other padding,
+    # so float rounding differs (2e-5 in the weights measured after a step size of 1e-2).
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
     start = load_file(str(next(Path(bert4).glob("*.safetensors"))))
     assert not torch.allclose(wa["bert.embeddings.word_embeddings.weight"], start["embeddings.word_embeddings.weight"])
     # alpha 0 is plain fine-tuning: the teacher changes nothing.
@@ -324,7 +326,9 @@ def test_teacher_labels_in_another_order_are_reordered_cached_or_live(bert4, tea
     live = tuneforge.fine_tune(recipe("live", cache=False))
     from safetensors.torch import load_file
     wa, wb = load_file(str(cached.model_dir / "model.safetensors")), load_file(str(live.model_dir / "model.safetensors"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # Live teacher logits come from the training batches, cached ones from length-sorted batches: other padding,
+    # so float rounding differs (2e-5 in the weights measured after a step size of 1e-2).
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
 def test_causal_lm_distillation_into_a_cut_decoder(tmp_path):

@@ -84,7 +84,9 @@ def assert_same_metrics(a: Path, b: Path, tol: float = 1e-5) -> None:
     for split in ma:
         for k, v in ma[split].items():
             if k != "eval_seconds":
-                assert mb[split][k] == pytest.approx(v, rel=1e-4, abs=tol), (split, k)  # correlations amplify
+                # Correlations of a barely trained regressor's near-constant predictions amplify float rounding.
+                slack = 1e-4 if k in ("pearson", "spearman") else tol
+                assert mb[split][k] == pytest.approx(v, rel=1e-4, abs=slack), (split, k)
 
 
 def records(run_dir: Path) -> list[dict]:

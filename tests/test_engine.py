@@ -151,14 +151,25 @@ def test_group_by_length_cuts_padding_and_keeps_every_row():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 60, (1000,), generator=g).tolist()
     order = epoch_order(1000, 7, 0)
-    grouped = group_by_length(order, lengths, batch_size=16)
+    grouped = group_by_length(order, lengths, step_rows=16)
     assert sorted(grouped) == list(range(1000))
-    assert grouped == group_by_length(epoch_order(1000, 7, 0), lengths, batch_size=16)  # a function of the seed
+    assert grouped == group_by_length(epoch_order(1000, 7, 0), lengths, step_rows=16)  # a function of the seed
 
     def padded(o):
         return sum(max(lengths[i] for i in o[k:k + 16]) * len(o[k:k + 16]) for k in range(0, len(o), 16))
 
     assert padded(grouped) < 0.7 * padded(order)
+
+
+def test_grouped_batches_still_change_from_epoch_to_epoch():
+    from tuneforge.engine.loop import epoch_order, group_by_length
+
+    lengths = [3 + i % 40 for i in range(20)]  # a small set: 5 batches of 4, fewer than one window of 50
+    epochs = [group_by_length(epoch_order(20, 0, e), lengths, step_rows=4, seed=e) for e in range(4)]
+    batches = [[frozenset(o[k:k + 4]) for k in range(0, 20, 4)] for o in epochs]
+    assert len({tuple(b) for b in batches}) == 4  # the order of batches differs in every epoch
+    assert len({frozenset(b) for b in batches}) > 1  # and so does which rows meet in one
+    assert all(sorted(o) == list(range(20)) for o in epochs)
 
 
 def test_group_by_length_trains_and_resumes_exactly(tiny_bert, sentiment_files, tmp_path):

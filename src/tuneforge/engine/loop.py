@@ -56,16 +56,34 @@ def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def group_by_length(order: list[int], lengths: list[int], batch_size: int, window: int = 50) -> list[int]:
-    """Sort each window of `window` batches of the random order by length, longest first.
+def group_by_length(order: list[int], lengths: list[int], step_rows: int, window: int = 50,
+                    seed: int = 0) -> list[int]:
+    """The random order regrouped so that each optimizer step holds rows of similar length, steps still in a
+    random order.
 
-    Batches then hold rows of similar length, so dynamic padding pads little; the order stays a function
-    of the random permutation alone, so resume and accumulation are unaffected.
+    `step_rows` is what one optimizer step takes (batch_size x grad_accum x processes). The random order is cut into
+    windows of `window` steps (at most a quarter of the epoch's steps, so a small data set still has several
+    windows); each window is sorted by length and cut into steps, and the steps of a window are shuffled. A step's
+    micro-batches are consecutive rows of it, so they are of similar length too and dynamic padding pads little,
+    while which rows meet, and the order of the steps, change from epoch to epoch. Grouping by steps, not
+    micro-batches, keeps a step's rows the same whatever its split into micro-batches and processes, so
+    accumulation and N processes still compute the one-process, one-batch gradient. The order is a function of the
+    permutation and `seed` alone (the loop derives it from the data seed and epoch), so a resumed run is exact.
     """
-    size = batch_size * window
+    steps = -(-len(order) // step_rows)
+    window = max(1, min(window, steps // 4))
+    size = step_rows * window
+    g = torch.Generator().manual_seed(seed)
     out: list[int] = []
     for start in range(0, len(order), size):
-        out.extend(sorted(order[start:start + size], key=lambda i: -lengths[i]))
+        rows = sorted(order[start:start + size], key=lambda i: -lengths[i])
+        cut = [rows[k:k + step_rows] for k in range(0, len(rows), step_rows)]
+        # A short last step stays last: the epoch's steps keep the sizes the random order gave them.
+        full = [c for c in cut if len(c) == step_rows]
+        for j in torch.randperm(len(full), generator=g).tolist():
+            out.extend(full[j])
+        for c in cut[len(full):]:
+            out.extend(c)
     return out
 
 
@@ -107,10 +125,11 @@ class Loop:
             self.fire("on_epoch_start")
             self.set_train_mode()
             order = epoch_order(len(self.train_split), self.data_seed, s.epoch)
-            if cfg.group_by_length:
-                order = group_by_length(order, self.lengths, cfg.batch_size)
-            micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             per_step = cfg.grad_accum * self.runtime.world_size
+            if cfg.group_by_length:
+                order = group_by_length(order, self.lengths, cfg.batch_size * per_step,
+                                        seed=self.data_seed * 1_000_003 + s.epoch + 1)
+            micro = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             steps = [micro[i:i + per_step] for i in range(0, len(micro), per_step)]
             for step_batches in steps[s.step_in_epoch:]:
                 self._optimizer_step(step_batches)

@@ -109,6 +109,9 @@ class FrozenPrefixCache:
         self.depth = depth
         started = time.perf_counter()
         self._fill()
+        if self.store is None:  # no row it can address (images, inputs without token ids): nothing to replay
+            self._clear()
+            return
         self.signature = self._signature(depth)
         self._patch()
         if not self._agrees():
