@@ -92,7 +92,7 @@ def run_trainer(args) -> dict:
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(output_dir=out, per_device_train_batch_size=32, num_train_epochs=args.epochs,
-                                  learning_rate=LR[args.method], warmup_ratio=0.1, weight_decay=0.01,
+                                  learning_rate=LR[args.method], warmup_steps=0.1, weight_decay=0.01,
                                   eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True,
                                   disable_tqdm=True, seed=args.seed, dataloader_num_workers=0, logging_steps=1000)
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
