@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import tuneforge
 from conftest import make_tiny_bert, tiny_recipe
-from tuneforge.engine.prefix_cache import FrozenPrefixCache, _embedding_owners
+from tuneforge.engine.prefix_cache import FrozenPrefixCache, embedding_owners
 from tuneforge.engine.runtime import CPU
 from tuneforge.models.layers import find_blocks
 
@@ -137,7 +137,7 @@ def test_embedding_dropout_outside_the_embedding_modules_prevents_caching():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     with_dropout = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
-    assert _embedding_owners(with_dropout, find_blocks(with_dropout)[0]) == []  # transformer.drop runs first
+    assert embedding_owners(with_dropout, find_blocks(with_dropout)[0]) == []  # transformer.drop runs first
     without = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32, embd_pdrop=0.0))
-    owners = _embedding_owners(without, find_blocks(without)[0])
+    owners = embedding_owners(without, find_blocks(without)[0])
     assert {type(m).__name__ for m in owners} == {"Embedding"}

@@ -54,7 +54,7 @@ class FrozenPrefixCache:
         self.model, self.runtime, self.batch_size, self.pad_id = model, runtime, batch_size, pad_id
         self.memory_bytes, self.spill_dir, self.console = memory_bytes, Path(spill_dir), console
         prefix, self.blocks = find_blocks(model)
-        self.owners = _embedding_owners(model, prefix)
+        self.owners = embedding_owners(model, prefix)
         self.splits: list = []
         self.depth = 0                      # K: blocks replayed
         self.signature = None               # what the stored states were computed from
@@ -294,7 +294,7 @@ def _still(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters()) and not any(m.training for m in module.modules())
 
 
-def _embedding_owners(model: nn.Module, blocks_prefix: str) -> list[nn.Module]:
+def embedding_owners(model: nn.Module, blocks_prefix: str) -> list[nn.Module]:
     """The modules that hold the input-side parameters (the highest ancestors of each that do not contain the block
     stack); none when dropout outside them (GPT-2's embedding dropout) would still run before the blocks."""
     try:
