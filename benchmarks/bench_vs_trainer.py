@@ -18,10 +18,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from child import quiet_console, report_result, run_child
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,15 +67,10 @@ def run_tuneforge(args, **training) -> dict:
             "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": LR[args.method], "progress": False,
                          "seed": 0, "warmup_ratio": 0.0, "log_every": 1000, **training},
             "output": {"dir": out + "/run"},
-        }, console=_null_console(), callbacks=[Tick()])
+        }, console=quiet_console(), callbacks=[Tick()])
         runtime = json.loads((result.run_dir / "summary.json").read_text())["runtime"]
     return {"samples_per_s": timer.samples_per_s(args.batch_size), "peak_rss_mb": _peak_rss_mb(),
             "optimizer": "torch.optim.AdamW(fused=True)", "precision": runtime["precision"]}
-
-
-def _null_console():
-    from rich.console import Console
-    return Console(file=open(os.devnull, "w"))
 
 
 def run_trainer(args, grouped: bool = False, bf16: bool = False) -> dict:
@@ -192,7 +188,7 @@ def main() -> None:
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(IMPLS[args.child](args)), flush=True)
+        report_result(IMPLS[args.child](args))
         return
     results = {k: [] for k in IMPLS}
     peak = matmul_peak_gflops()  # measured first, on the quiet machine
@@ -201,11 +197,7 @@ def main() -> None:
         for impl in (args.only or IMPLS):  # interleaved, so drift in machine load hits both alike
             cmd = [sys.executable, __file__, "--child", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--method", args.method]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{impl} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            res = json.loads(line[7:])
+            res = run_child(cmd, impl)
             results[impl].append(res)
             print(f"run {r + 1} {impl:22s}: {res['samples_per_s']:.1f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB "
                   f"({res['optimizer']}, {res['precision']})", flush=True)

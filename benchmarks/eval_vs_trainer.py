@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child import quiet_console, report_result, run_child
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,13 +28,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def make_run(folder: Path) -> Path:
-    from rich.console import Console
-
     import tuneforge
 
     result = tuneforge.fine_tune({"model": {"name": "minilm-l6", "max_length": 64}, "data": {"dataset": "rotten-tomatoes"},
                                   "training": {"max_steps": 20, "progress": False, "lr": 1e-4},
-                                  "output": {"dir": str(folder / "run")}}, console=Console(file=open(os.devnull, "w")))
+                                  "output": {"dir": str(folder / "run")}}, console=quiet_console())
     return result.run_dir
 
 
@@ -99,7 +98,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(SIDES[args.child](args.run, args.job)), flush=True)
+        report_result(SIDES[args.child](args.run, args.job))
         return
     with tempfile.TemporaryDirectory() as folder:
         run_dir = make_run(Path(folder))
@@ -108,11 +107,7 @@ def main() -> None:
             for job in results:
                 for side in SIDES:
                     cmd = [sys.executable, __file__, "--child", side, "--job", job, "--run", str(run_dir)]
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                    if line is None:
-                        sys.exit(f"{side} {job} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-                    res = json.loads(line[7:])
+                    res = run_child(cmd, f"{side} {job}")
                     results[job][side].append(res)
                     print(f"run {r + 1} {job:8s} {side:9s}: {res['seconds']:.2f} s ({res['value']})", flush=True)
     print(f"\n2,000 test snippets, end to end, median of {args.repeats}:")

@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from child import quiet_console, report_result, run_child
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,8 +37,6 @@ def _method(name: str) -> dict:
 
 
 def run_tuneforge(args) -> dict:
-    from rich.console import Console
-
     import tuneforge
 
     with tempfile.TemporaryDirectory() as out:
@@ -49,7 +48,7 @@ def run_tuneforge(args) -> dict:
             "training": {"epochs": args.epochs, "batch_size": 32, "lr": LR[args.method], "warmup_ratio": 0.1,
                          "seed": args.seed, "progress": False},
             "output": {"dir": out + "/run"},
-        }, console=Console(file=open(os.devnull, "w")))
+        }, console=quiet_console())
         seconds = time.perf_counter() - started
         summary = json.loads((result.run_dir / "summary.json").read_text())
     return {"train_seconds": result.train_seconds, "total_seconds": seconds,
@@ -119,7 +118,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(IMPLS[args.child](args)), flush=True)
+        report_result(IMPLS[args.child](args))
         return
     results: dict = {m: {k: [] for k in IMPLS} for m in args.methods}
     for r in range(args.repeats):
@@ -127,11 +126,7 @@ def main() -> None:
             for impl in IMPLS:  # interleaved
                 cmd = [sys.executable, __file__, "--child", impl, "--method", method, "--epochs", str(args.epochs),
                        "--seed", str(args.seed + r)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{impl} {method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-                res = json.loads(line[7:])
+                res = run_child(cmd, f"{impl} {method}")
                 results[method][impl].append(res)
                 print(f"run {r + 1} {method:9s} {impl:10s}: training {res['train_seconds']:.1f} s, test accuracy "
                       f"{res['test_accuracy']:.4f} ({res['precision']})", flush=True)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child import report_result, run_child
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -237,7 +239,7 @@ def main() -> None:
         prepare(args.prepare)
         return
     if args.child:
-        print("RESULT " + json.dumps(SIDES[args.child[1]](args.child[0], args)), flush=True)
+        report_result(SIDES[args.child[1]](args.child[0], args))
         return
     import torch
     if not torch.cuda.is_available():
@@ -260,12 +262,7 @@ def main() -> None:
             for side in SIDES:  # interleaved
                 cmd = [sys.executable, __file__, "--child", w, side, "--steps", str(args.steps),
                        "--warmup", str(args.warmup)] + (["--assets", str(args.assets)] if args.assets else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{w} {side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-                res = json.loads(line[7:])
+                res = run_child(cmd, f"{w} {side}", cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
                 runs[w][side].append(res)
                 print(f"run {r + 1} {w:13s} {side:9s}: {res['samples_per_s']:8.1f} samples/s, peak "
                       f"{res['peak_gpu_mb']:7.0f} MB allocated", flush=True)

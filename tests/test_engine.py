@@ -172,6 +172,17 @@ def test_grouped_batches_still_change_from_epoch_to_epoch():
     assert all(sorted(o) == list(range(20)) for o in epochs)
 
 
+def test_grouped_steps_of_a_window_are_shuffled_not_sorted():
+    from tuneforge.engine.loop import epoch_order, group_by_length
+
+    lengths = [3 + (i * 7) % 50 for i in range(400)]
+    grouped = group_by_length(epoch_order(400, 0, 0), lengths, step_rows=4, seed=1)  # 100 steps: windows of 25
+    longest = [max(lengths[i] for i in grouped[k:k + 4]) for k in range(0, 100, 4)]  # the first window's steps
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    assert all(max(lengths[i] for i in grouped[k:k + 4]) - min(lengths[i] for i in grouped[k:k + 4]) <= 10
+               for k in range(0, 400, 4))  # yet each step holds rows of similar length
+
+
 def test_group_by_length_trains_and_resumes_exactly(tiny_bert, sentiment_files, tmp_path):
     training = {"group_by_length": True, "checkpoint_every": 2}
     full = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "full", training=training))

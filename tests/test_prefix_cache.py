@@ -37,6 +37,7 @@ def test_cached_prefix_gives_the_weights_recomputing_gives(bert3, sentiment_file
     recomputed, plain, plain_result = _train(bert3, sentiment_files, tmp_path / "plain", method,
                                              cache_frozen_prefix=False)
     assert [f["blocks"] for f in summary["frozen_prefix_cache"]] == blocks
+    assert all(f["replayed_batches"] > 0 for f in summary["frozen_prefix_cache"])  # served, not just built
     assert summary["frozen_prefix_cache"][0]["rows"] == 64  # 48 training + 16 validation rows, all distinct
     assert "frozen_prefix_cache" not in plain
     for name in recomputed:

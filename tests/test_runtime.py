@@ -280,11 +280,16 @@ def test_the_environment_fixes_autos_choice_without_measuring(monkeypatch):
         rt.resolve_precision("auto", torch.device("cpu"))
 
 
-def test_the_bf16_measurement_is_real():
-    from tuneforge.engine.runtime import bf16_speedup
+def test_auto_measures_this_cpu_and_says_what_it_found(monkeypatch):
+    import tuneforge.engine.runtime as rt
 
-    fp32_ms, bf16_ms = bf16_speedup.__wrapped__(1)
-    assert fp32_ms > 0 and bf16_ms > 0
+    monkeypatch.delenv(rt.AUTO_ENV, raising=False)
+    fp32_ms, bf16_ms = rt.bf16_speedup.__wrapped__(1)
+    assert 0 < fp32_ms < 10_000 and 0 < bf16_ms < 10_000
+    precision, note = rt.resolve_precision("auto", torch.device("cpu"))
+    fp32_ms, bf16_ms = rt.bf16_speedup(torch.get_num_threads())  # the measurement auto used (cached)
+    assert precision == ("bf16" if fp32_ms / bf16_ms >= rt.BF16_MIN_SPEEDUP else "fp32")
+    assert "measured" in note
 
 
 def test_a_runs_summary_keeps_the_precision_auto_chose(tiny_bert, sentiment_files, tmp_path, monkeypatch):

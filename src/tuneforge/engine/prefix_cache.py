@@ -65,7 +65,8 @@ class FrozenPrefixCache:
         self.active: Optional[torch.Tensor] = None
         self.enabled = True                 # off for good after a failed self-check
         self.hits = self.misses = 0
-        self.fills: list[dict] = []         # every build: blocks, rows, tokens, MB, on disk, seconds (run summary)
+        self.fills: list[dict] = []         # every build: blocks, rows, tokens, MB, on disk, seconds, batches replayed
+        self.current: Optional[dict] = None  # the build being replayed (its count of batches served)
         self._handles = [model.register_forward_pre_hook(self._before, with_kwargs=True),
                          model.register_forward_hook(self._after, always_call=True)]
         self._patched: list[nn.Module] = []
@@ -122,8 +123,10 @@ class FrozenPrefixCache:
             return
         fill = {"blocks": depth, "rows": len(self.rows), "tokens": sum(n for _, n in self.rows.values()),
                 "mb": round(self.store.numel() * self.store.element_size() / 2**20, 1),
-                "on_disk": self.store_file is not None, "seconds": round(time.perf_counter() - started, 2)}
+                "on_disk": self.store_file is not None, "seconds": round(time.perf_counter() - started, 2),
+                "replayed_batches": 0}
         self.fills.append(fill)
+        self.current = fill
         where = f"on disk ({self.store_file})" if self.store_file else "in memory"
         self._say(f"  frozen prefix cached (embeddings + {depth} of {len(self.blocks)} blocks): {fill['rows']:,} rows, "
                   f"{fill['tokens']:,} tokens, {fill['mb']:.0f} MB {where}, in {fill['seconds']:.1f} s")
@@ -162,13 +165,14 @@ class FrozenPrefixCache:
                 try:
                     with self.runtime.autocast():
                         self.model(**self.runtime.to_device(batch))
+                    raise RuntimeError(f"the last frozen block ({type(last).__name__}) never ran")
                 except _Stop as s:
                     self.tuple_output = isinstance(s.output, tuple)
-                    hidden = _as_hidden(s.output).detach()
+                    hidden = _as_hidden(s.output).detach().cpu()  # one copy per batch, not per row
                 if self.store is None:
                     self._allocate(tokens, hidden.shape[-1], hidden.dtype)
                 for j, key, n in new:
-                    self.store[offset:offset + n] = hidden[j, :n].to("cpu")
+                    self.store[offset:offset + n] = hidden[j, :n]
                     self.rows[key] = (offset, n)
                     offset += n
         finally:
@@ -228,11 +232,12 @@ class FrozenPrefixCache:
             self.misses += 1
             return None
         self.hits += 1
+        if self.current is not None:
+            self.current["replayed_batches"] += 1
         ids = kwargs["input_ids"]
-        mask = kwargs["attention_mask"].bool().cpu() if kwargs.get("attention_mask") is not None \
-            else torch.ones(ids.shape, dtype=torch.bool)
         hidden = self.store.new_zeros(*ids.shape, self.store.shape[1])
-        hidden[mask] = torch.cat([self.store[o:o + n] for o, n in found])
+        for j, (offset, n) in enumerate(found):  # right-padded rows (_row_keys checked): the first n positions
+            hidden[j, :n] = self.store[offset:offset + n]
         self.active = hidden.to(ids.device, non_blocking=True)
         return None
 
@@ -258,7 +263,7 @@ class FrozenPrefixCache:
 
     def _clear(self) -> None:
         self._unpatch()
-        self.rows, self.store, self.signature, self.depth, self.active = {}, None, None, 0, None
+        self.rows, self.store, self.signature, self.depth, self.active, self.current = {}, None, None, 0, None, None
         if self.store_file is not None:
             self.store_file.unlink(missing_ok=True)
             self.store_file = None
