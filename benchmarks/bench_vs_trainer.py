@@ -170,7 +170,12 @@ IMPLS = {
     "trainer-grouped": lambda args: run_trainer(args, grouped=True),
     "trainer-grouped-bf16": lambda args: run_trainer(args, grouped=True, bf16=True),
     # tuneforge with the defaults of 0.8 (fp32, random batches): what the new defaults buy.
-    "tuneforge-0.8-defaults": lambda args: run_tuneforge(args, group_by_length=False, precision="fp32"),
+    "tuneforge-0.8-defaults": lambda args: run_tuneforge(args, group_by_length=False, precision="fp32",
+                                                         fast_dropout=False, fused_lora=False),
+    # tuneforge's defaults with torch's own dropout masks: what the faster masks buy.
+    "tuneforge-torch-dropout": lambda args: run_tuneforge(args, fast_dropout=False),
+    # LoRA: tuneforge's defaults with PEFT's own forward of the adapted linears: what the fused step buys.
+    "tuneforge-peft-forward": lambda args: run_tuneforge(args, fused_lora=False),
 }
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .engine.callbacks import EarlyStopping, JsonlLogger, KeepBest, ProgressBar, TensorBoardLogger, tensorboard_available
+from .adapters.fused_lora import fuse_lora, unfuse_lora
+from .engine.callbacks import (DuringTraining, EarlyStopping, JsonlLogger, KeepBest, ProgressBar, TensorBoardLogger,
+                               tensorboard_available)
+from .engine.dropout import fast_dropout, restore_dropout
 from .engine.loop import Loop
 from .engine.optim import make_scheduler, warmup_steps
 from .engine.prefix_cache import FrozenPrefixCache
@@ -36,6 +39,11 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
         if cfg.progress:
             cbs.append(ProgressBar(console))
     cbs.extend(callbacks)
+    if runtime.device.type == "cpu":  # measured on CPU only (docs/performance.md)
+        if getattr(cfg, "fast_dropout", False):
+            cbs.insert(0, DuringTraining(model, fast_dropout, restore_dropout))
+        if getattr(cfg, "fused_lora", False):
+            cbs.insert(0, DuringTraining(model, fuse_lora, unfuse_lora))
     cache = _prefix_cache(model, cfg, runtime, pad_id, run_dir, console)
     if cache is not None:
         cbs.insert(0, cache)

@@ -79,6 +79,21 @@ class GradualUnfreezing:
             loop.set_train_mode()
 
 
+class DuringTraining:
+    """A model change for the length of training only: `switch_on(model)` at the start, `switch_off(model)` at the
+    end, so the model a run hands back (and any stage after it) is as it was built (e.g. faster dropout masks, fused
+    adapter layers)."""
+
+    def __init__(self, model, switch_on, switch_off):
+        self.model, self.switch_on, self.switch_off = model, switch_on, switch_off
+
+    def on_train_start(self, loop) -> None:
+        self.switch_on(self.model)
+
+    def on_train_end(self, loop) -> None:
+        self.switch_off(self.model)
+
+
 class JsonlLogger:
     """Appends one JSON object per logged step and per evaluation to metrics.jsonl."""
 

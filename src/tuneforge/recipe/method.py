@@ -126,6 +126,12 @@ class TrainingSpec(Section):
                                       "only the blocks above (text models; same result as recomputing)")
     cache_memory_gb: float = Field(4.0, ge=0, description="frozen-prefix cache: above this size it is kept in a file "
                                    "in RUN_DIR/cache instead of memory")
+    fast_dropout: bool = Field(True, description="on CPU, draw dropout masks from a faster random source (numpy's "
+                               "SFC64, seeded from torch's generator, so seeds and resume still decide every mask) "
+                               "instead of torch's bernoulli_, which costs more than the matmuls around it")
+    fused_lora: bool = Field(True, description="on CPU, compute each LoRA linear (plain LoRA, frozen base) as one "
+                             "fused step instead of PEFT's separate dropout, adapter, scaling and sum; same weights "
+                             "and function")
     progress: bool = True
 
     _every = field_validator("eval_every")(classmethod(lambda cls, v: epoch_or_steps(v)))
