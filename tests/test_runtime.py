@@ -246,6 +246,7 @@ def _measured(monkeypatch, fp32_ms, bf16_ms):
 
     monkeypatch.delenv(rt.AUTO_ENV, raising=False)
     monkeypatch.setattr(rt, "bf16_speedup", lambda threads: (fp32_ms, bf16_ms))
+    monkeypatch.setattr(rt, "cpu_bf16_instructions", lambda: True)  # a CPU whose flags list bf16: auto measures
     return rt
 
 
@@ -280,10 +281,37 @@ def test_the_environment_fixes_autos_choice_without_measuring(monkeypatch):
         rt.resolve_precision("auto", torch.device("cpu"))
 
 
+def test_auto_never_takes_bf16_on_a_cpu_without_bf16_instructions(monkeypatch):
+    import tuneforge.engine.runtime as rt
+
+    monkeypatch.delenv(rt.AUTO_ENV, raising=False)
+    monkeypatch.setattr(rt, "cpu_bf16_instructions", lambda: False)
+    monkeypatch.setattr(rt, "bf16_speedup", lambda threads: (40.0, 30.0))  # a timing disturbed by a busy machine
+    assert rt.resolve_precision("auto", torch.device("cpu")) == (
+        "fp32", "precision fp32 (auto: this CPU has no bf16 instructions)")
+
+
+def test_cpu_bf16_instructions_are_read_from_the_flags(monkeypatch, tmp_path):
+    import tuneforge.engine.runtime as rt
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_path = rt.Path
+    monkeypatch.setattr(rt, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    for text, expected in (("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n", True),
+                           ("processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni\n", False),
+                           ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),
+                           ("processor\t: 0\n", None)):
+        cpuinfo.write_text(text)
+        rt.cpu_bf16_instructions.cache_clear()
+        assert rt.cpu_bf16_instructions() is expected, text
+    rt.cpu_bf16_instructions.cache_clear()
+
+
 def test_auto_measures_this_cpu_and_says_what_it_found(monkeypatch):
     import tuneforge.engine.runtime as rt
 
     monkeypatch.delenv(rt.AUTO_ENV, raising=False)
+    monkeypatch.setattr(rt, "cpu_bf16_instructions", lambda: None)  # flags unknown: auto measures
     fp32_ms, bf16_ms = rt.bf16_speedup.__wrapped__(1)
     assert 0 < fp32_ms < 10_000 and 0 < bf16_ms < 10_000
     precision, note = rt.resolve_precision("auto", torch.device("cpu"))

@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from datetime import timedelta
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -189,6 +190,21 @@ AUTO_ENV = "TUNEFORGE_AUTO_PRECISION"  # fp32 or bf16: what `auto` takes, withou
 BF16_MIN_SPEEDUP = 1.2  # auto takes bf16 on a CPU only when it is clearly faster: autocast's casts cost time too
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_instructions() -> bool | None:
+    """Whether this CPU has bf16 instructions (x86 AVX512-BF16 or AMX, Arm BF16), from the flags Linux lists in
+    /proc/cpuinfo; None where they cannot be read. Without them bf16 is emulated, 3-10x slower than fp32 on the
+    machines measured, and a timing taken on a busy machine once chose it anyway: auto never measures there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86, Arm: the first processor's list
+            return bool(set(line.partition(":")[2].split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def bf16_speedup(threads: int) -> tuple[float, float]:
     """(fp32 ms, bf16 ms) of one transformer feed-forward layer's forward and backward (512 tokens, 384 -> 1536), fp32
@@ -229,6 +245,8 @@ def resolve_precision(precision: str, device: torch.device, key: str = "training
             return "fp32", f"precision fp32 (auto: {torch.cuda.get_device_name(device)} has no native bf16)"
         if device.type != "cpu":
             return "fp32", "precision fp32 (auto)"
+        if cpu_bf16_instructions() is False:
+            return "fp32", "precision fp32 (auto: this CPU has no bf16 instructions)"
         fp32_ms, bf16_ms = bf16_speedup(torch.get_num_threads())
         factor = fp32_ms / bf16_ms
         if factor >= BF16_MIN_SPEEDUP:
