@@ -22,6 +22,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from ..engine.dropout import keep_mask
+from ..engine.retype import retype_modules
 
 
 class _FusedLora(torch.autograd.Function):
@@ -102,16 +103,9 @@ class FusedLoraLinear(LoraLinear):
 
 def fuse_lora(model: nn.Module) -> int:
     """Switch a PEFT model's `lora.Linear` modules to FusedLoraLinear, in place; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if type(module) is LoraLinear:
-            module.__class__ = FusedLoraLinear
-            switched += 1
-    return switched
+    return retype_modules(model, LoraLinear, FusedLoraLinear)
 
 
 def unfuse_lora(model: nn.Module) -> None:
     """Undo `fuse_lora`."""
-    for module in model.modules():
-        if type(module) is FusedLoraLinear:
-            module.__class__ = LoraLinear
+    retype_modules(model, FusedLoraLinear, LoraLinear)

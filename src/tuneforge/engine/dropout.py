@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .retype import retype_modules
+
 _BITS = 16
 _CHUNK = 1 << 18  # elements drawn from one seeded stream; fixed, so a mask never depends on the thread count
 _SMALL = 1 << 14  # below this many elements torch's own dropout is faster (a stream's set-up costs ~0.1 ms)
@@ -69,9 +71,7 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Training-mode dropout of `x` with probability `p`, the mask drawn by `keep_mask` on CPU."""
     if p <= 0.0:
         return x
-    if p >= 1.0:
-        return torch.zeros_like(x)
-    if x.device.type != "cpu" or x.numel() < _SMALL:
+    if p >= 1.0 or x.device.type != "cpu" or x.numel() < _SMALL:
         return nn.functional.dropout(x, p, training=True)
     return _ApplyMask.apply(x, keep_mask(x.shape, p), 1.0 / (1.0 - p))
 
@@ -85,17 +85,9 @@ class FastDropout(nn.Dropout):
 
 def fast_dropout(model: nn.Module) -> int:
     """Switch every plain `nn.Dropout` of `model` to FastDropout, in place; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if type(module) is nn.Dropout:
-            module.__class__ = FastDropout
-            switched += 1
-    return switched
+    return retype_modules(model, nn.Dropout, FastDropout)
 
 
 def restore_dropout(model: nn.Module) -> None:
     """Undo `fast_dropout`: the modules are plain `nn.Dropout` again."""
-    for module in model.modules():
-        if type(module) is FastDropout:
-            module.__class__ = nn.Dropout
-
+    retype_modules(model, FastDropout, nn.Dropout)
