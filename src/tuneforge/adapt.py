@@ -85,6 +85,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
     stage's report. Called once the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
     from .rundir import check_run_dir, check_shared_storage, mark_run_dir, remove_run, saved_recipe
+    from . import runlock
 
     run_dir = Path(recipe.output.dir)
     runtime = runtime_for(recipe.training)
@@ -95,6 +96,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
     stage_dir = Path(child.output.dir)
 
     def prepare() -> bool:  # the run folder is rank 0's; its answer (or error) reaches every rank
+        runlock.acquire(run_dir)  # held until the whole run (this stage and the task's) ends
         check_run_dir(run_dir, overwrite)
         if overwrite and run_dir.exists():
             remove_run(run_dir, ())  # both stages are redone

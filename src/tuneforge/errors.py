@@ -31,3 +31,11 @@ class DataError(TuneforgeError):
 
 class RunDirError(TuneforgeError):
     """The output directory holds a run that would be lost or is not a run."""
+
+
+class TrainingDiverged(TuneforgeError):
+    """A step's loss or gradient, or the weights, stopped being finite; nothing non-finite was saved."""
+
+
+class RunLocked(TuneforgeError):
+    """Another process holds the lock of the folder this command would write."""

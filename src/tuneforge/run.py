@@ -12,10 +12,12 @@ from typing import Optional, Union
 
 import torch
 
+from . import runlock
 from .adapters import save_adapter, trainable_names
 from .engine.callbacks import GradualUnfreezing, truncate_jsonl
 from .engine.checkpoint import check_world_size, load_checkpoint, restore_weights
 from .engine.evaluate import run_evaluation
+from .engine.guard import refuse_nonfinite_weights
 from .engine.loop import LoopState
 from .engine.optim import make_optimizer
 from .engine.runtime import runtime_for
@@ -60,9 +62,17 @@ class RunResult:
 
 def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resume: bool = False,
               overwrite: bool = False, callbacks: Optional[list] = None, console=None) -> RunResult:
-    """Fine-tune as the recipe says; returns metrics and the paths written."""
+    """Fine-tune as the recipe says; returns metrics and the paths written. The run folder is locked against other
+    processes from the moment it is prepared until this returns (runlock)."""
     recipe = load_recipe(recipe, overrides)
+    with runlock.scope():
+        return _fine_tune(recipe, resume, overwrite, callbacks, console)
+
+
+def _fine_tune(recipe: Recipe, resume: bool, overwrite: bool, callbacks, console) -> RunResult:
     runtime = runtime_for(recipe.training)  # device, precision and, under torchrun, the process group
+    # A run another process is training: said now, before data and model load (rank 0 looks; all ranks hear).
+    runtime.on_main(lambda: runlock.refuse_if_locked(Path(recipe.output.dir)))
     if runtime.fsdp:
         check_fsdp(recipe)  # before anything loads
     if recipe.training.threads:
@@ -221,6 +231,7 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
     recipe, runtime, model = ctx.recipe, ctx.runtime, ctx.model
     adapter = recipe.method.is_adapter
     trainable, total = count_parameters(model)
+    refuse_nonfinite_weights(model, "the final model", ctx.steps, ctx.loop.latest_checkpoint(), runtime)
     kept = None
     if runtime.fsdp:  # the whole model (or adapter and head) gathered onto rank 0, which saves it
         from .engine.sharding import gather_state
@@ -250,6 +261,11 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
         summary.update(stage.summary(ctx))
     if ctx.loaded.kept_layers is not None:
         summary["kept_layers"] = {"kept": ctx.loaded.kept_layers, "of": ctx.loaded.blocks_before}
+    state = ctx.loop.state
+    if state.skipped_steps:
+        summary["skipped_steps"] = {"count": state.skipped_steps, "first": state.skipped_at}
+        ctx.console.print(f"[yellow]warning:[/] {state.skipped_steps} of {ctx.steps} step(s) skipped for a non-finite "
+                          f"loss or gradient (training.nonfinite: skip), first at steps {state.skipped_at[:5]}")
     cache = getattr(ctx.loop, "prefix_cache", None)
     if cache is not None and cache.fills:
         summary["frozen_prefix_cache"] = cache.fills

@@ -6,29 +6,38 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from . import runlock
 from .engine.checkpoint import atomic_folder, list_checkpoints
 from .errors import RecipeError, RunDirError
 from .recipe import Recipe, load_recipe
 
 RUN_MARKER = ".tuneforge-run"  # written by tuneforge into every run directory; only such folders are ever deleted
 RANKS_FILE = ".tuneforge-ranks"  # a token of rank 0's: the other ranks find it where output.dir is shared
+TRASH = ".tuneforge-replaced"  # an old run being removed (--overwrite): moved here first, then deleted
+OWN_FILES = (RUN_MARKER, RANKS_FILE, TRASH)
+# Keys that may differ on --resume: where the run folder is (it may have been moved) and how progress is shown.
+RESUME_MAY_DIFFER = ("output.dir", "training.progress")
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,
                      keep: tuple[str, ...] = ()) -> Optional[Path]:
     """Return the checkpoint to resume from (or None); never destroy a finished run without `overwrite`,
     and never delete a folder tuneforge did not create. `keep`: folders of an earlier stage of this same run
-    (the adaptation stage), left in place when the run starts over."""
+    (the adaptation stage), left in place when the run starts over. Takes the folder's lock (runlock), held until
+    the run ends."""
+    runlock.acquire(run_dir)
     check_run_dir(run_dir, overwrite, keep)
+    _finish_removal(run_dir)
     if holds_a_run(run_dir, keep):
         checkpoints = list_checkpoints(run_dir / "checkpoints")
         if overwrite:
             remove_run(run_dir, keep)
         elif resume and checkpoints:
-            saved = saved_recipe(run_dir)
-            if saved != recipe:
-                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml; "
-                                  "resume with the same recipe, or start over with --overwrite")
+            differ = recipe_differences(saved_recipe(run_dir), recipe)
+            if differ:
+                raise RunDirError(f"{run_dir}: --resume with a recipe that differs from the run's recipe.yaml in "
+                                  f"{'; '.join(differ[:8])}{' ...' if len(differ) > 8 else ''}. Resume with the "
+                                  "recipe it was started with, or start over with --overwrite")
             return checkpoints[-1]
         elif checkpoints:
             raise RunDirError(f"{run_dir} holds an unfinished run (latest checkpoint {checkpoints[-1].name}); "
@@ -42,7 +51,13 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
 
 
 def holds_a_run(run_dir: Path, keep: tuple[str, ...] = ()) -> bool:
-    return run_dir.exists() and any(p.name not in (*keep, RUN_MARKER, RANKS_FILE) for p in run_dir.iterdir())
+    return run_dir.exists() and any(_of_the_run(p, keep) for p in run_dir.iterdir())
+
+
+def _of_the_run(p: Path, keep: tuple[str, ...]) -> bool:
+    """Whether `p` (in a run folder) is part of the run, not tuneforge's own bookkeeping: the marker, the ranks'
+    token, the trash, and the lock files of stages' folders inside it."""
+    return p.name not in (*keep, *OWN_FILES) and not p.name.endswith(runlock.LOCK_SUFFIX)
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) -> None:
@@ -50,6 +65,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) ->
     finished run without `overwrite`."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
+    runlock.refuse_if_locked(run_dir)  # a run that is still training is neither resumed nor replaced
     if not holds_a_run(run_dir, keep):
         return
     if not (run_dir / RUN_MARKER).exists():
@@ -68,15 +84,44 @@ def mark_run_dir(run_dir: Path) -> None:
 
 
 def remove_run(run_dir: Path, keep: tuple[str, ...]) -> None:
-    if not keep:
-        shutil.rmtree(run_dir)
-        return
-    for p in run_dir.iterdir():
-        if p.name not in keep and p.name != RUN_MARKER:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+    """Empty a run folder (but `keep`) so that a kill at any instant leaves a folder tuneforge still owns: the marker
+    is never removed, and each entry is first moved (one rename, atomic) into TRASH, then the trash is deleted. Until
+    then, what is still in place is whole (a checkpoint is never half deleted), and the next start finishes the
+    removal."""
+    trash = run_dir / TRASH
+    trash.mkdir(exist_ok=True)
+    # Checkpoints first: a run cut short here is a finished run still (--overwrite again), never a half-removed one
+    # that --resume would take.
+    entries = sorted((p for p in run_dir.iterdir() if _of_the_run(p, keep)),
+                     key=lambda p: p.name != "checkpoints")
+    for i, p in enumerate(entries):
+        os.replace(p, trash / f"{i}-{p.name}")
+    _finish_removal(run_dir)
+
+
+def _finish_removal(run_dir: Path) -> None:
+    trash = run_dir / TRASH
+    if trash.exists():
+        shutil.rmtree(trash)
+
+
+def recipe_differences(saved: Optional[Recipe], recipe: Recipe) -> list[str]:
+    """`key: saved value -> new value` for each recipe key that differs (not those of RESUME_MAY_DIFFER)."""
+    if saved is None:
+        return ["recipe.yaml (missing or unreadable in the run folder)"]
+    old, new = _flatten(saved.model_dump(mode="json")), _flatten(recipe.model_dump(mode="json"))
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in RESUME_MAY_DIFFER]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def saved_recipe(run_dir: Path) -> Optional[Recipe]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 from .checkpoint import save_weights
+from .guard import refuse_nonfinite_weights
 
 
 class KeepBest:
@@ -18,6 +20,8 @@ class KeepBest:
         self.write = write  # False on ranks other than 0: they decide alike and rank 0 keeps the file
 
     def improved(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):  # a NaN metric is never the best (NaN compares False, but -inf loss would win)
+            return False
         if best is None:
             return True
         return value > best + self.min_delta if self.higher else value < best - self.min_delta
@@ -28,6 +32,8 @@ class KeepBest:
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
             runtime = getattr(loop, "runtime", None)
+            latest = getattr(loop, "latest_checkpoint", lambda: None)()
+            refuse_nonfinite_weights(loop.model, "the best weights", s.global_step, latest, runtime)
             state = None
             if runtime is not None and runtime.fsdp:  # gathered whole onto rank 0: every rank takes part
                 from .sharding import gather_state
@@ -92,6 +98,8 @@ class DuringTraining:
 
     def on_train_end(self, loop) -> None:
         self.switch_off(self.model)
+
+    on_train_abort = on_train_end  # (training stopped by an error: the same clean-up)
 
 
 class JsonlLogger:
@@ -159,6 +167,8 @@ class TensorBoardLogger:
     def on_train_end(self, loop):
         self.writer.close()
 
+    on_train_abort = on_train_end  # (training stopped by an error: the same clean-up)
+
 
 def tensorboard_available() -> bool:
     try:
@@ -200,3 +210,5 @@ class ProgressBar:
     def on_train_end(self, loop):
         if self.progress:
             self.progress.stop()
+
+    on_train_abort = on_train_end  # (training stopped by an error: the same clean-up)

@@ -92,9 +92,16 @@ def _fresh(final: Path) -> Path:
 
 
 def _publish(tmp: Path, final: Path) -> None:
+    # The old folder is moved aside (one rename) before the new one takes its name, so a kill never leaves a
+    # half-deleted folder under the final name.
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def checkpoint_path(root: Path, step: int) -> Path:
@@ -136,7 +143,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.exists():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and not p.name.endswith(".tmp") and (p / "loop_state.json").exists()]
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "loop_state.json").exists()]  # (not .tmp, .old)
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
@@ -159,6 +166,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, names: Optional[set
                     scaler=None) -> dict:
     """Restore a checkpoint into model, optimizer, scheduler, this rank's RNG states and the fp16 scaler; returns
     the loop state. The caller has checked that the run's world size is this one's."""
+    try:
+        return _load_checkpoint(path, model, optimizer, scheduler, names, runtime, scaler)
+    except RunDirError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: named, with the way out
+        raise RunDirError(f"{path}: cannot be resumed from, a file in it is damaged or not this run's "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}). Delete "
+                          f"this checkpoint folder to resume from the one before it, or start over with --overwrite") \
+            from None
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, names, runtime, scaler) -> dict:
     device = runtime.device if runtime is not None else torch.device("cpu")
     if (path / SHARDS).is_dir():
         if runtime is None or not runtime.fsdp:

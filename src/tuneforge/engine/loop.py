@@ -1,5 +1,5 @@
 """The one training loop. Plain PyTorch; hooks: on_train_start, on_epoch_start, on_step_end, on_evaluate,
-on_epoch_end, on_save, on_train_end.
+on_epoch_end, on_save, on_train_end (on_train_abort when an error stops it).
 
 Exactness matters more than brevity here:
 - the loss of each micro-batch is a *sum* divided by the examples (causal LM: target tokens) of the whole
@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from ..data.split import Split
-from .checkpoint import save_checkpoint
+from ..errors import TrainingDiverged
+from .checkpoint import list_checkpoints, save_checkpoint
 from .evaluate import run_evaluation
+from .guard import diverged_message, gradient_norm, refuse_nonfinite_weights, step_is_finite
 from .parallel import padding, share_of, sync_gradients, trains_now, wrap_for_training
 from .runtime import CPU, Runtime
 
@@ -40,6 +42,8 @@ class LoopState:
     log_loss_sum: float = 0.0  # training-loss window of the log since its last line (up to the last checkpoint)
     log_steps: int = 0
     world_size: int = 1       # processes the run trains in: a step's rows depend on it
+    skipped_steps: int = 0    # steps skipped for a non-finite loss or gradient (training.nonfinite: skip)
+    skipped_at: list = field(default_factory=list)  # the first of them (step numbers)
     history: list = field(default_factory=list)  # validation metrics per evaluation
 
 
@@ -119,6 +123,13 @@ class Loop:
                 fn(self, *args)
 
     def run(self) -> LoopState:
+        try:
+            return self._run()
+        except BaseException:  # (a non-finite step, Ctrl-C): progress bars, logs and caches are closed all the same
+            self.fire("on_train_abort")
+            raise
+
+    def _run(self) -> LoopState:
         s, cfg = self.state, self.cfg
         self.fire("on_train_start")
         while s.epoch < cfg.epochs and s.global_step < self.total_steps and not s.should_stop:
@@ -196,7 +207,16 @@ class Loop:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        else:
+            norm = gradient_norm(self.params)
+        # fp16's scaler skips steps whose scaled gradients overflowed by design; the loss must be finite anyway.
+        if not step_is_finite(total, None if self.scaler else norm, rt):
+            self._nonfinite_step(total, norm)  # raises, or (training.nonfinite: skip) leaves the weights as they are
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.examples_seen += sum(len(b) for b in step_batches)
+            return
         if self.scaler:
             self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()
@@ -207,13 +227,31 @@ class Loop:
         self._window += total / rt.world_size
         self.state.examples_seen += sum(len(b) for b in step_batches)
 
+    def _nonfinite_step(self, total: torch.Tensor, norm) -> None:
+        s, rt = self.state, self.runtime
+        if getattr(self.cfg, "nonfinite", "stop") == "skip":
+            s.skipped_steps += 1
+            s.log_steps -= 1  # not a step of the loss window (_read_loss counts it back)
+            if len(s.skipped_at) < 20:
+                s.skipped_at.append(s.global_step + 1)
+            return
+        loss = float(rt.sum(total)) / rt.world_size
+        grad = None if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        raise TrainingDiverged(diverged_message(s.global_step + 1, self.total_steps, loss, grad,
+                                                max(self.scheduler.get_last_lr()), self.latest_checkpoint()))
+
+    def latest_checkpoint(self) -> str | None:
+        found = list_checkpoints(self.run_dir / "checkpoints") if self.checkpoints else []
+        return str(found[-1]) if found else None
+
     def _read_loss(self) -> None:
         """On logging steps (the same on every rank), the window's mean step loss, summed over ranks."""
         s, cfg = self.state, self.cfg
         s.log_steps += 1
         self.logged = s.global_step % cfg.log_every == 0 or s.global_step == self.total_steps
         if self.logged:
-            self.last_loss = (s.log_loss_sum + float(self.runtime.sum(self._window))) / s.log_steps
+            window = s.log_loss_sum + float(self.runtime.sum(self._window))
+            self.last_loss = window / s.log_steps if s.log_steps else float("nan")  # (every step of it skipped)
             s.log_loss_sum, s.log_steps = 0.0, 0
             self._window.zero_()
 
@@ -239,6 +277,7 @@ class Loop:
         every rank returns once it is complete."""
         self._flush_loss()
         rt = self.runtime
+        refuse_nonfinite_weights(self.model, "its checkpoint", self.state.global_step, self.latest_checkpoint(), rt)
         rng = rt.gather(rt.rng_state())
         path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
                                self.scheduler,

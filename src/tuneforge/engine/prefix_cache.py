@@ -293,6 +293,8 @@ class FrozenPrefixCache:
     def on_train_end(self, loop) -> None:
         self.close()
 
+    on_train_abort = on_train_end
+
 
 def _still(module: nn.Module) -> bool:
     """No trainable parameter and nothing in train mode: the module computes a fixed function."""

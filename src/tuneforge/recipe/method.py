@@ -6,6 +6,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from .sections import Section, epoch_or_steps
+from .values import LearningRate
 
 MethodName = Literal["full", "head", "freeze", "gradual", "lora", "dora", "ia3", "prefix", "prompt", "bottleneck"]
 ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "bottleneck")
@@ -36,7 +37,7 @@ class MethodSpec(Section):
     freeze_patterns: list[str] = Field(default_factory=list, description="glob patterns of parameter names to freeze")
     unfreeze_every: Union[Literal["epoch"], int] = Field("epoch", description="gradual: unfreeze one more group every epoch or every N optimizer steps")
     layer_lr_decay: Optional[float] = Field(None, gt=0, le=1, description="layer-wise LR decay: group k below the head gets lr * decay**k")
-    group_lr: dict[str, float] = Field(default_factory=dict, description="explicit learning rate per layer group (embeddings, layer.0, ..., head)")
+    group_lr: dict[str, LearningRate] = Field(default_factory=dict, description="explicit learning rate per layer group (embeddings, layer.0, ..., head)")
     # Adapter options
     r: int = Field(8, gt=0, description="lora/dora: rank of the update")
     alpha: float = Field(16.0, gt=0, description="lora/dora: scaling numerator (the update is scaled by alpha / r)")
@@ -87,10 +88,10 @@ class TrainingSpec(Section):
     group_by_length: bool = Field(True, description="batch rows of similar length together: each window of 50 batches "
                                   "of the random order sorted by length (far less padding: 2x faster on the demo, "
                                   "test accuracy within 0.7 points over 3 seeds); false: plain random batches")
-    lr: Optional[float] = Field(None, gt=0, description="learning rate of what trains in the network (default: 5e-5 for "
+    lr: Optional[LearningRate] = Field(None, description="learning rate of what trains in the network (default: 5e-5 for "
                                 "full/head/freeze/gradual; per adapter method: lora/dora 1e-3, ia3 3e-3, prefix 1e-2, "
                                 "prompt 3e-2, bottleneck 1e-3)")
-    head_lr: Optional[float] = Field(None, gt=0, description="learning rate of the new head (default: lr)")
+    head_lr: Optional[LearningRate] = Field(None, description="learning rate of the new head (default: lr)")
     weight_decay: float = Field(0.01, ge=0, description="not applied to biases and norm weights")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -132,6 +133,10 @@ class TrainingSpec(Section):
     fused_lora: bool = Field(True, description="on CPU, compute each LoRA linear (plain LoRA, frozen base) as one "
                              "fused step instead of PEFT's separate dropout, adapter, scaling and sum; same weights "
                              "and function")
+    nonfinite: Literal["stop", "skip"] = Field("stop", description="a step whose loss or gradient is not finite "
+                                               "(NaN or inf) changes no weight; stop: the run stops there with an "
+                                               "error naming the step, keeping the last good checkpoint; skip: the "
+                                               "step is skipped and counted (summary.json: skipped_steps)")
     progress: bool = True
 
     _every = field_validator("eval_every")(classmethod(lambda cls, v: epoch_or_steps(v)))

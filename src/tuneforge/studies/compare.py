@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import runlock
 from ..errors import RecipeError, RunDirError, TuneforgeError
 from ..recipe import Recipe, load_recipe, parse_override
 from ..tasks import higher_is_better
@@ -158,6 +159,7 @@ def _outcome_metric(recipe: Recipe, metrics: dict) -> tuple[str, str]:
     return metric, split
 
 
+@runlock.in_scope  # the study folder is locked until the study ends
 def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str]], *, seeds: int = 1,
             overrides: Optional[list[str]] = None, study_dir: Optional[Union[str, Path]] = None,
             console=None) -> CompareResult:
@@ -191,6 +193,7 @@ def compare(recipe: Union[str, Path, dict, Recipe], methods: Union[str, list[str
             jobs.append((choice, k, run_dir, run_recipe))
     if problems:
         raise RecipeError(sorted(set(problems), key=problems.index))
+    runlock.acquire(study, "a compare study")
     study.mkdir(parents=True, exist_ok=True)
     (study / "logs").mkdir(exist_ok=True)
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import runlock
 from ..errors import RecipeError, TuneforgeError
 from ..recipe import Recipe, load_recipe
 from ..tasks import higher_is_better, task_for
@@ -116,6 +117,7 @@ def _finished(run_dir: Path, recipe: Recipe) -> Optional[dict]:
     return None
 
 
+@runlock.in_scope  # OUTPUT_DIR is locked until the study ends
 def seed_study(recipe: Union[str, Path, dict, Recipe], seeds: int, *, vary: str = "both", keep: Optional[int] = None,
                discard_after: Optional[float] = None, overrides: Optional[list[str]] = None, console=None) -> SeedStudy:
     """Train the recipe with `seeds` seeds (with early discard: evaluate all at `discard_after` of training and
@@ -142,6 +144,7 @@ def seed_study(recipe: Union[str, Path, dict, Recipe], seeds: int, *, vary: str 
     metric = base.training.metric or task_for(base).default_metric
     higher = higher_is_better(metric)
     plan = seed_recipes(base, seeds, vary)
+    runlock.acquire(Path(base.output.dir), "a seed study")
     Path(base.output.dir).mkdir(parents=True, exist_ok=True)
 
     def record(run: SeedRun, metrics: dict) -> None:
