@@ -28,7 +28,7 @@ from .preparation import (apply_method, enable_gradient_checkpointing, load_data
                           prepare_objective, report_start)
 from .recipe import Recipe, load_recipe
 from .report import console as default_console, print_summary, quiet_console
-from .rundir import check_shared_storage, prepare_run_dir, save_model, write_text_atomic
+from .rundir import check_shared_storage, check_writable, prepare_run_dir, save_model, write_text_atomic
 from .stages import RunContext, stages_for
 from .tasks import task_for
 from .training import best_weights, prepare_loop
@@ -72,7 +72,7 @@ def fine_tune(recipe: RecipeLike, overrides: Optional[list[str]] = None, *, resu
 def _fine_tune(recipe: Recipe, resume: bool, overwrite: bool, callbacks, console) -> RunResult:
     runtime = runtime_for(recipe.training)  # device, precision and, under torchrun, the process group
     # A run another process is training: said now, before data and model load (rank 0 looks; all ranks hear).
-    runtime.on_main(lambda: runlock.refuse_if_locked(Path(recipe.output.dir)))
+    runtime.on_main(lambda: _refuse_output_dir(Path(recipe.output.dir)))
     if runtime.fsdp:
         check_fsdp(recipe)  # before anything loads
     if recipe.training.threads:
@@ -115,6 +115,11 @@ def _fine_tune(recipe: Recipe, resume: bool, overwrite: bool, callbacks, console
     return _finish(ctx, stages, reference_mode)
 
 
+def _refuse_output_dir(run_dir: Path) -> None:
+    runlock.refuse_if_locked(run_dir)
+    check_writable(run_dir)
+
+
 def _load_model(ctx: RunContext, stages) -> None:
     """The task's model and head, then what the stages add (distillation's teacher), then the method."""
     recipe, t = ctx.recipe, ctx.recipe.training
@@ -147,8 +152,12 @@ def _prepare(ctx: RunContext):
                          runtime.world_size)
 
     def prepare():  # with recipe, data and model checked, an old run may be replaced (by rank 0 alone)
-        found = prepare_run_dir(ctx.run_dir, recipe, ctx.resume, ctx.overwrite, ctx.console, ctx.keep)
-        write_text_atomic(ctx.run_dir / "recipe.yaml", recipe.to_yaml())
+        try:
+            found = prepare_run_dir(ctx.run_dir, recipe, ctx.resume, ctx.overwrite, ctx.console, ctx.keep)
+            write_text_atomic(ctx.run_dir / "recipe.yaml", recipe.to_yaml())
+        except OSError as e:  # (a place this user may not write, a read-only or full disk)
+            raise RunDirError(f"output.dir {str(ctx.run_dir)!r}: cannot write there ({e.strerror or e}: "
+                              f"{e.filename or ctx.run_dir}); choose another output.dir") from None
         return found
     resume_from = runtime.on_main(prepare)  # its decision, and any error it raises, reach every rank
     if runtime.distributed:

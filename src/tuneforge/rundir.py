@@ -77,6 +77,23 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) ->
                           "or set output.dir to a new folder")
 
 
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before anything loads or is written, an output.dir that cannot be made or written: the folder and
+    its parent (which holds its lock file) where it exists, else its nearest existing parent, where it will be made."""
+    run_dir = Path(run_dir).absolute()
+    place = run_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place != run_dir and not place.is_dir():
+        raise RunDirError(f"output.dir {str(run_dir)!r}: {place} is a file, so the folder cannot be made in it; "
+                          "choose another output.dir")
+    needed = [run_dir, run_dir.parent] if place == run_dir else [place]
+    for folder in needed:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RunDirError(f"output.dir {str(run_dir)!r}: {folder} is not writable by this user; choose a folder "
+                              "you can write (e.g. output.dir=runs/NAME on the command line)")
+
+
 def mark_run_dir(run_dir: Path) -> None:
     """Create the folder with the marker that lets tuneforge (and only it) remove what is inside later."""
     run_dir.mkdir(parents=True, exist_ok=True)
