@@ -184,6 +184,7 @@ class ProgressBar:
     def __init__(self, console=None):
         self.console = console
         self.progress = None
+        self.seen_loss = False
 
     def on_train_start(self, loop):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -199,7 +200,9 @@ class ProgressBar:
         s = loop.state
         rate = (s.examples_seen - self._ex0) / max(time.perf_counter() - self._t0, 1e-9)
         # The loss shown is the last logging window's: read from the device only on logging steps.
-        info = f"loss {loop.last_loss:.4f}  lr {loop.scheduler.get_last_lr()[-1]:.2e}  {rate:.0f} samples/s  epoch {s.epoch + 1}"
+        self.seen_loss = self.seen_loss or loop.logged  # before the first logging window closes there is no loss yet
+        loss = f"{loop.last_loss:.4f}" if self.seen_loss else "-"
+        info = f"loss {loss}  lr {loop.scheduler.get_last_lr()[-1]:.2e}  {rate:.0f} samples/s  epoch {s.epoch + 1}"
         self.progress.update(self.task, completed=s.global_step, info=info)
 
     def on_evaluate(self, loop, metrics):
