@@ -52,7 +52,7 @@ def _format_error(err: dict) -> str:
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
-        raise RecipeError([f"the recipe must be a mapping of sections (model, task, data, method, training, output), got {type(data).__name__}"], source)
+        raise RecipeError([f"the recipe must be a mapping of sections ({SECTIONS}), got {type(data).__name__}"], source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
@@ -109,17 +109,97 @@ def load_recipe(source: Union[str, Path, dict, Recipe], overrides: Optional[list
         data, name = source, "recipe"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise RecipeError([f"no recipe file at {str(path)!r}; check the path"], str(path))
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError([f"not valid YAML: {e}"], str(path)) from None
-        name = str(path)
-        # Relative data paths in a recipe file are relative to the recipe's folder.
-        data = _resolve_data_paths(data, path.parent)
+        data, name = read_recipe_file(path), str(path)
     data = apply_overrides(_floatify(data), overrides)
     return parse_recipe(data, name)
+
+
+SECTIONS = "model, task, data, method, training, output"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_document(self, node):
+        problems: list[str] = []
+        _find_repeats(node, [], problems)
+        if problems:
+            raise _RepeatedKeys(problems)
+        return super().construct_document(node)
+
+
+class _RepeatedKeys(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
+def _find_repeats(node, path: list[str], problems: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                name = ".".join([*path, key.value])
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:
+                    first = seen[key.tag, key.value]
+                    where = f"on line {first} and on line {line}" if first != line else f"on line {line}"
+                    problems.append(f"{name}: given twice, {where} (the last would silently win); keep one of them")
+                else:
+                    seen[key.tag, key.value] = line
+                _find_repeats(value, [*path, key.value], problems)
+            else:
+                _find_repeats(value, path, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _find_repeats(item, [*path[:-1], f"{path[-1]}[{i}]"] if path else [f"[{i}]"], problems)
+
+
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """A YAML file's content, every problem a RecipeError naming the file: missing, a folder, unreadable, not UTF-8,
+    not YAML, a key given twice."""
+    source = str(path)
+    if path.is_dir():
+        inside = f" (a run folder's own is {path / 'recipe.yaml'})" if (path / "recipe.yaml").is_file() else ""
+        raise RecipeError([f"{source!r} is a folder; give the {what} YAML file{inside}"], source)
+    if not path.is_file():
+        raise RecipeError([f"no {what} file at {source!r}; check the path"], source)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecipeError([f"cannot read {source!r}: {e.strerror}; check the file's permissions"], source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise RecipeError([f"not UTF-8 text: byte 0x{raw[e.start]:02x} on line {line}, column {column} (byte offset "
+                           f"{e.start}); save the file as UTF-8"], source) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _RepeatedKeys as e:
+        raise RecipeError(e.problems, source) from None
+    except yaml.YAMLError as e:
+        raise RecipeError([f"not valid YAML: {e}"], source) from None
+
+
+def read_recipe_file(path: Path) -> dict:
+    """A recipe file's sections, with relative data paths resolved against the recipe's folder."""
+    data = read_yaml(path)
+    source = str(path)
+    if data is None:
+        raise RecipeError([f"the file is empty (or only comments); a recipe is a mapping of sections ({SECTIONS}) "
+                           "and needs at least data:, e.g. `data: {train: train.csv}`"], source)
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a single text"}.get(type(data), f"a single {type(data).__name__} value")
+        raise RecipeError([f"the recipe is {kind} ({_excerpt(data)}); it must be a mapping of sections ({SECTIONS}), "
+                           "e.g. `data: {train: train.csv}` on the first line"], source)
+    # Relative data paths in a recipe file are relative to the recipe's folder.
+    return _resolve_data_paths(data, path.parent)
+
+
+def _excerpt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _relative_to(base: Path, value: str) -> str:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..tasks import TASKS
+from .values import check_value
 
 def epoch_or_steps(v):
     if isinstance(v, int) and v <= 0:
@@ -15,6 +16,12 @@ def epoch_or_steps(v):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_value(cls, v, info: ValidationInfo):
+        """Every key of every section: no yes/no value for a number, no infinite or NaN number (values.py)."""
+        return check_value(info.field_name, cls.model_fields[info.field_name], v)
 
 
 class ModelSpec(Section):
@@ -190,4 +197,6 @@ class DataSpec(Section):
 
 
 class OutputSpec(Section):
-    dir: str = "runs/run"
+    dir: str = Field("runs/run", description="the run's folder. A relative output.dir is resolved against the "
+                     "current directory when the command runs (unlike data paths, which are resolved against the "
+                     "recipe file's folder); `tuneforge validate` prints the absolute folder it stands for")

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from .sections import Section
+from .values import LearningRate
 
 class RuleSpec(Section):
     name: str = Field(description="the rule's name, shown in the analysis")
@@ -41,7 +42,7 @@ class SelfTrainingSpec(Section):
                           "at least this far apart (scaled squared Euclidean distance)")
     confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer KL(uniform || "
                                      "prediction) (lambda_2)")
-    lr: Optional[float] = Field(None, gt=0, description="learning rate of self-training (default: the run's)")
+    lr: Optional[LearningRate] = Field(None, description="learning rate of self-training (default: the run's)")
 
 
 class WeakSpec(Section):
@@ -125,7 +126,7 @@ class AdaptSpec(Section):
                                        "adaptation's loss")
     epochs: int = Field(1, ge=1)
     max_steps: Optional[int] = Field(None, gt=0)
-    lr: float = Field(5e-5, gt=0)
+    lr: LearningRate = Field(5e-5)
     batch_size: Optional[int] = Field(None, gt=0, description="default: training.batch_size")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens chosen for prediction "
                                    "(of which 80% become [MASK], 10% a random token, 10% stay)")
