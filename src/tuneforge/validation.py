@@ -10,7 +10,7 @@ import torch
 from .engine.callbacks import GradualUnfreezing
 from .engine.loop import LoopState, count_steps
 from .engine.runtime import runtime_for
-from .errors import RecipeError
+from .errors import DataError, RecipeError
 from .methods import count_parameters
 from .models import find_layer_groups, load_for_recipe
 from .preparation import apply_method, load_data
@@ -49,6 +49,11 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan, worl
                         f"({min(limits)} positions); lower one of them")
     if problems:
         raise RecipeError(problems)
+    if recipe.task_kind.images:  # every image file decodes, not just its header: before a run folder is made
+        from .data.image_check import undecodable_images
+        broken = undecodable_images(splits)
+        if broken:
+            raise DataError(broken)
     if plan is not None and plan.gradual:
         # The stage the last optimizer step trains at, by the schedule the loop itself uses.
         per_epoch, total = count_steps(len(splits["train"]), t, world_size)
@@ -65,6 +70,7 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     """Check recipe, data and model without training; raise on the first class of problems, return a report."""
     from .models.loading import tokenizer_and_config
     from .models.truncate import truncate_for_recipe
+    from .models.weights_check import check_model_weights
 
     recipe = load_recipe(recipe, overrides)
     runtime = runtime_for(recipe.training, distributed=False)  # the device and precision must exist here
@@ -78,8 +84,11 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     kind = recipe.task_kind
     model = None
     if not kind.images:
-        path, tokenizer, config = tokenizer_and_config(recipe.model.name, recipe.model.trust_remote_code)
+        path, tokenizer, config = tokenizer_and_config(recipe.model.name, recipe.model.trust_remote_code,
+                                                       recipe.task.type)
         model = kind.model_skeleton(recipe, space, tokenizer, config)  # structure only: no memory, no weights read
+        if model is not None and recipe.model.pretrained:  # the weights' headers, against that structure
+            check_model_weights(model, path, recipe.model.name)
     if model is None:  # a model with no meta-device path (image models): loaded with weights
         with torch.random.fork_rng(devices=[]):
             loaded = load_for_recipe(recipe, task, space, 0)

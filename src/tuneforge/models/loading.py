@@ -10,6 +10,8 @@ import torch
 
 from ..assets import resolve_model_path
 from ..errors import TuneforgeError
+from .weights_check import (check_custom_code, check_text_model, check_vocabulary, check_weights_fit, has_tokenizer_files,
+                            header_shapes, missing_tokenizer_error, weights_files)
 
 
 @dataclass
@@ -30,18 +32,41 @@ def quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def tokenizer_and_config(name: str, trust_remote_code: bool = False):
-    """(folder, tokenizer, config) of a model alias or folder; an unreadable one is named with the reason."""
+def tokenizer_and_config(name: str, trust_remote_code: bool = False, task_type: str = ""):
+    """(folder, tokenizer, config) of a text model's alias or folder; an unreadable one is named with the reason, and
+    so are a folder that needs custom code the recipe does not allow, an image model, and one without a tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
     quiet_transformers()
     path = resolve_model_path(name)
+    check_custom_code(path, name, trust_remote_code)
+    check_text_model(path, name, task_type)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if not has_tokenizer_files(path):
+            raise missing_tokenizer_error(path, name, e) from None
+        raise TuneforgeError(f"model.name {name!r}: could not load the tokenizer from {path}: {e}") from None
+    check_vocabulary(tokenizer, path, name)
+    try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise TuneforgeError(f"model.name {name!r}: could not load tokenizer/config from {path}: {e}") from None
+        raise TuneforgeError(f"model.name {name!r}: could not load the config from {path}: {e}") from None
     return path, tokenizer, config
+
+
+def check_weights(auto, name: str, path: Path, config, trust_remote_code: bool = False):
+    """Before from_pretrained: the folder's safetensors headers, and their fit to the `auto` model its config builds
+    (on the meta device: no memory, no weights read). A model that cannot be built here is left to from_pretrained
+    to report."""
+    files = weights_files(path, name)
+    shapes = header_shapes(files, name)
+    try:
+        with torch.device("meta"):
+            skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - reported, with the reason, by the loading that follows
+        return
+    check_weights_fit(skeleton, shapes, name, files, getattr(config, "model_type", "") or "")
 
 
 def load_for_classification(name: str, num_outputs: int, problem_type: str, id2label: dict[int, str] | None,
@@ -71,6 +96,8 @@ def load_for_classification(name: str, num_outputs: int, problem_type: str, id2l
     if id2label:
         config.id2label = {int(i): n for i, n in id2label.items()}
         config.label2id = {n: int(i) for i, n in id2label.items()}
+    if pretrained:
+        check_weights(auto, name, path, config, trust_remote_code)
     # The head's initialization draws from the global RNG: seed it here, apart from the data order.
     torch.manual_seed(head_seed)
     load = lambda **kw: auto.from_pretrained(  # noqa: E731
@@ -125,6 +152,8 @@ def load_for_causal_lm(name: str, seed: int, trust_remote_code: bool = False, pr
     if tokenizer.pad_token is None:  # batches need a pad id; padded positions never have loss
         tokenizer.pad_token = tokenizer.eos_token
     extra = load_kwargs(AutoModelForCausalLM, config) if load_kwargs else {}
+    if pretrained:
+        check_weights(AutoModelForCausalLM, name, path, config, trust_remote_code)
     torch.manual_seed(seed)
     if not pretrained:
         model = _from_config(AutoModelForCausalLM, name, config, trust_remote_code, extra,
@@ -213,6 +242,7 @@ def load_for_masked_lm(name: str, seed: int, trust_remote_code: bool = False, lo
     if tokenizer.mask_token is None:
         raise TuneforgeError(f"model.name {name!r}: its tokenizer has no mask token, so it cannot be trained as a "
                              "masked LM; decoders continue pre-training with task.type causal-lm")
+    check_weights(AutoModelForMaskedLM, name, path, config, trust_remote_code)
     torch.manual_seed(seed)
     model, info = _from_pretrained(AutoModelForMaskedLM, name, path, config, trust_remote_code,
                                    "has no masked-LM head in transformers (decoders continue pre-training with "

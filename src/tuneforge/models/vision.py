@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..data.image_transforms import PREPROCESSOR_FILE, ImageProcessing
 from ..errors import TuneforgeError
-from .loading import LoadedModel, quiet_transformers
+from .loading import LoadedModel, check_weights, quiet_transformers
+from .weights_check import check_custom_code
 
 EFFICIENTNET_LITE = {"efficientnet-lite0": 224}   # variant -> native input side
 LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # on 0-255 pixels: (x - 127) / 128
@@ -155,6 +156,7 @@ def _load_hf_image_model(name, num_labels, id2label, head_seed, image_size, pret
         raise TuneforgeError(f"model.name {name!r} is a text model; image tasks take "
                              f"{', '.join(EFFICIENTNET_LITE)} or a local Hugging Face image-model folder")
     path = resolve_model_path(name)
+    check_custom_code(path, name, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -168,6 +170,9 @@ def _load_hf_image_model(name, num_labels, id2label, head_seed, image_size, pret
     config.id2label = {int(i): n for i, n in id2label.items()}
     config.label2id = {n: int(i) for i, n in id2label.items()}
     config.problem_type = "single_label_classification"
+    if pretrained:  # headers read and fitted to the model before anything loads (its head alone may be new)
+        check_weights(AutoModelForImageClassification, name, path, config, trust_remote_code)
+        torch.manual_seed(head_seed)
     try:
         if pretrained:
             model, info = AutoModelForImageClassification.from_pretrained(
