@@ -14,6 +14,34 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default: the run's training.device)"
 
 
+def _count(minimum: int = 1, why: str = ""):
+    """An argparse type: a whole number of at least `minimum` (argparse names the option in its one-line error)."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"got {value}; give {minimum} or more{why}")
+        return value
+    return count
+
+
+def _number(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite number in [low, high] (an end excluded where open)."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if value != value or abs(value) == float("inf") or not inside:
+            left, right = "(" if low_open else "[", ")" if high_open or high == float("inf") else "]"
+            raise argparse.ArgumentTypeError(f"got {text}; give a finite number in {left}{low:g}, {high:g}{right}")
+        return value
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained models with new task heads.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -24,14 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
-    t.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (data-parallel): "
+    t.add_argument("--nproc", type=_count(1), metavar="N", help="train in N processes on this machine (data-parallel): "
                    "starts `torchrun --nproc_per_node N -m tuneforge train ...`; one per GPU, or CPU processes")
-    t.add_argument("--seeds", type=int, help="train with N seeds (in OUTPUT_DIR/seed-<i>): per-seed table, mean, std "
+    t.add_argument("--seeds", type=_count(2, " (a spread needs two seeds at least; for one run, leave --seeds out)"),
+                   help="train with N seeds (in OUTPUT_DIR/seed-<i>): per-seed table, mean, std "
                    "and 95%% interval")
     t.add_argument("--vary", choices=["both", "init", "data"], default="both", help="with --seeds: which seeds vary, "
                    "weight initialization (head, adapter, dropout), data order, or both (default)")
-    t.add_argument("--keep", type=int, help="with --seeds: early discard, continue only the best K seeds ...")
-    t.add_argument("--discard-after", type=float, help="... judged by the validation metric after this fraction of "
+    t.add_argument("--keep", type=_count(1), help="with --seeds: early discard, continue only the best K seeds ...")
+    t.add_argument("--discard-after", type=_number(0, 1, True, True), help="... judged by the validation metric after this fraction of "
                    "training (e.g. 0.3)")
 
     v = sub.add_parser("validate", help="check recipe, data and model without training")
@@ -62,21 +91,28 @@ def _parser() -> argparse.ArgumentParser:
                     help="predict with this adapter run on RUN_DIR's base model (a run directory, its adapter folder, "
                     "or the name of a run beside RUN_DIR); repeat to predict with several, switching without "
                     "reloading the base")
-    pr.add_argument("--output", help="write predictions as JSONL here instead of printing")
+    pr.add_argument("--output", help="write predictions as JSONL here instead of printing (its folder must exist)")
+    for key, what in (("text", "the text"), ("text-pair", "text pairs: the second text"),
+                      ("tokens", "token-classification: the list of words"), ("question", "question-answering: the "
+                      "question"), ("context", "question-answering: the context"), ("image", "images in a table: "
+                      "the image paths")):
+        pr.add_argument(f"--{key}-column", metavar="NAME", help=f"with --data: the column of {what} (default: the "
+                        f"run's data.{key.replace('-', '_')}_column)")
     pr.add_argument("--device", help=DEVICE_HELP)
 
     g = sub.add_parser("generate", help="generate text with a causal-lm run (streamed)")
     g.add_argument("run_dir")
     g.add_argument("--prompt", required=True, action="append", help="the prompt (a user turn when the model has a chat "
                    "template); repeatable")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=_count(1), default=128)
+    g.add_argument("--temperature", type=_number(0), default=0.0, help="0 (default): greedy; above 0: sampling")
+    g.add_argument("--top-p", type=_number(0, 1, low_open=True), default=1.0)
+    g.add_argument("--top-k", type=_count(0), default=0, help="0 (default): no top-k cut")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-chat-template", action="store_true", help="give the prompt as plain text (default: as the "
                    "run was trained: a user turn when its rows were rendered with the chat template)")
-    g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
+    g.add_argument("--no-stream", action="store_true", help="print each reply when it is complete (with several "
+                   "prompts, each reply follows a '==> prompt I of N: PROMPT <==' line)")
     g.add_argument("--device", help=DEVICE_HELP)
 
     sc = sub.add_parser("score", help="score (prompt, response) pairs, or preference pairs, with a reward-model run")
@@ -85,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                     "rejected columns (then: how often the chosen one scores higher)")
     sc.add_argument("--response-column", default="response", help="the response column (default: response)")
     sc.add_argument("--prompt-column", help="the prompt column (default: the run's data.prompt_column)")
-    sc.add_argument("--output", help="write one JSON line per row here")
+    sc.add_argument("--output", help="write one JSON line per row here (its folder must exist)")
     sc.add_argument("--json", action="store_true", help="print the summary as JSON")
     sc.add_argument("--device", help=DEVICE_HELP)
 
@@ -93,9 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir")
     m.add_argument("--out", help="folder for the merged model (default: RUN_DIR/merged)")
     m.add_argument("--data", help="file of inputs to check the merge on (default: the run's validation data)")
-    m.add_argument("--examples", type=int, default=64, help="inputs to check the merge on (default 64)")
-    m.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance on logits (default 1e-4)")
-    m.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the largest logit (default 1e-4)")
+    m.add_argument("--examples", type=_count(1), default=64, help="inputs to check the merge on (default 64)")
+    m.add_argument("--atol", type=_number(0), default=1e-4, help="absolute tolerance on logits (default 1e-4)")
+    m.add_argument("--rtol", type=_number(0), default=1e-4, help="tolerance relative to the largest logit (default 1e-4)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing merged model")
     m.add_argument("--device", help=DEVICE_HELP)
 
@@ -105,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", required=True,
                    help="comma-separated: full, head, freeze:N, gradual, lora[:R], dora[:R], ia3, prefix[:N], "
                    "prompt[:N], bottleneck[:SIZE]; options as name:key=value:..., e.g. lora:r=16:alpha=32:lr=5e-4")
-    c.add_argument("--seeds", type=int, default=1, help="seeds per method: the recipe's seed, seed+1, ... (default 1)")
+    c.add_argument("--seeds", type=_count(1), default=1, help="seeds per method: the recipe's seed, seed+1, ... (default 1)")
     c.add_argument("--out", help="study folder (default: the recipe's output.dir + '-compare')")
 
     tu = sub.add_parser("tune", help="search hyperparameters (any recipe key) with Optuna")
@@ -113,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
     tu.add_argument("--space", required=True, help="YAML: recipe key -> {low, high[, log, step]} or {choices: [...]}, "
                     "optionally `when: {other.key: value}`")
-    tu.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20); a study "
+    tu.add_argument("--trials", type=_count(1), default=20, help="finished trials the study should hold (default 20); a study "
                     "continued from its storage runs only the ones missing")
     tu.add_argument("--sampler", choices=["grid", "random", "tpe", "gp"], default="tpe")
     tu.add_argument("--pruner", choices=["median", "hyperband", "asha", "none"], default="median")
@@ -134,14 +170,27 @@ def _parser() -> argparse.ArgumentParser:
     wl.add_argument("recipe")
     wl.add_argument("overrides", nargs="*")
     wl.add_argument("--out", required=True, help="the JSONL file to write: text, label (null: no rule voted), "
-                    "probabilities, votes")
+                    "probabilities, votes (its folder must exist)")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `key=value` overrides may stand anywhere among a command's options (argparse alone takes
+    them only right after the recipe)."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}" + (" (key=value overrides go with train, validate, "
+                     "compare, tune and weak)" if any("=" in x and not x.startswith("-") for x in extras) else ""))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import TuneforgeError
 
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         code = _dispatch(args)
         _leave_process_group()
@@ -207,6 +256,9 @@ def _dispatch(args) -> int:
         if report.get("adaptation"):
             out.print(f"  {report['adaptation']}")
         out.print(f"  truncated rows: {report['truncated']}")
+        written = tuneforge.load_recipe(args.recipe, args.overrides).output.dir
+        where = "" if os.path.isabs(written) else f" (output.dir {written!r}: relative to the current directory)"
+        out.print(f"  run folder: {os.path.abspath(written)}{where}")
         out.print(f"  layer groups: {group_summary(report['layer_groups'])}")
         out.print(f"  trainable parameters: {report['trainable_parameters']:,} of {report['total_parameters']:,}")
         for w in report["warnings"]:
@@ -220,7 +272,11 @@ def _dispatch(args) -> int:
             out.print(metrics_table({os.path.basename(args.data): metrics}))
         return 0
     if args.command == "predict":
+        _check_predict_inputs(args)
         predictor = tuneforge.Predictor(args.run_dir, device=args.device)
+        columns = {f"{k}_column": getattr(args, f"{k}_column") for k in ("text", "text_pair", "tokens", "question",
+                                                                          "context", "image")
+                   if getattr(args, f"{k}_column") is not None}
         names = [predictor.add_adapter(a) for a in args.adapter] if args.adapter else [predictor.active]
         records = []
         for name in names:
@@ -229,7 +285,8 @@ def _dispatch(args) -> int:
             if args.question:  # (a question and its context are the model's two texts)
                 batch = predictor.predict(texts=args.question, text_pairs=args.context or [])
             else:
-                batch = predictor.predict(data=args.data, texts=args.text, text_pairs=args.text_pair, images=args.image)
+                batch = _with_column_options(lambda: predictor.predict(
+                    data=args.data, texts=args.text, text_pairs=args.text_pair, images=args.image, columns=columns))
             records.extend({**r, "adapter": name} if len(names) > 1 else r for r in batch)
         if args.output:
             from .inference import write_predictions
@@ -246,14 +303,20 @@ def _dispatch(args) -> int:
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                     top_k=args.top_k, seed=args.seed,
                                     chat_template=False if args.no_chat_template else None)
-        for prompt in args.prompt:
+        for i, prompt in enumerate(args.prompt, 1):
+            if len(args.prompt) > 1:  # several replies: each says which prompt it answers
+                print(("\n" if i > 1 else "") + f"==> prompt {i} of {len(args.prompt)}: {prompt} <==", flush=True)
             text = generator(prompt, options, stream=not args.no_stream)
             if args.no_stream:
                 print(text)
         return 0
     if args.command == "score":
+        from .inference import check_output_file, require_run
         from .scoring import score
 
+        require_run(args.run_dir)
+        if args.output:
+            check_output_file(args.output, "--output")
         records, summary = score(args.run_dir, args.data, args.response_column, prompt_column=args.prompt_column,
                                  device=args.device)
         if args.output:
@@ -293,13 +356,46 @@ def _dispatch(args) -> int:
         analyze_weak(args.recipe, args.overrides, args.out, console=out)
         return 0
     if args.command == "weak":
+        from .inference import check_output_file
         from .weak.api import weak_labels
+        check_output_file(args.out, "--out")
         data = weak_labels(args.recipe, args.overrides, args.out)
         summary = data.summary()
         out.print(f"{summary['rows']} rows written to {args.out}: {summary['labelled']} labelled, "
                   f"{summary['unlabelled']} without a label")
         return 0
     raise AssertionError(args.command)
+
+
+def _check_predict_inputs(args) -> None:
+    """What predict is given, checked before any model loads: no empty text, an --output it can write."""
+    from .errors import DataError
+    from .inference import blank_texts, check_output_file
+
+    problems = [p for option in ("text", "text_pair", "question", "context")
+                for p in blank_texts(getattr(args, option), f"--{option.replace('_', '-')}")]
+    if problems:
+        raise DataError(problems)
+    if args.output:
+        check_output_file(args.output, "--output")
+
+
+def _with_column_options(predict):
+    """predict's own options in its messages: a missing column is named with --text-column and the like (predict
+    cannot take data.text_column)."""
+    from .errors import DataError
+    from .inference import PREDICT_COLUMNS
+
+    try:
+        return predict()
+    except DataError as e:
+        problems = list(e.problems)
+        for key in PREDICT_COLUMNS:
+            option = f"--{key.replace('_', '-')} NAME"
+            problems = [p.replace(f"set data.{key}", f"give {option}").replace(f"data.{key}", option) for p in problems]
+        if problems == e.problems:
+            raise
+        raise DataError(problems) from None
 
 
 if __name__ == "__main__":

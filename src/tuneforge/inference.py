@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,6 +21,59 @@ from .runs import OpenRun, adapter_name, load_base_for, open_run, peft_name, rea
 from .tasks import task_for
 
 
+def require_run(run_dir: str | Path) -> Path:
+    """A run folder to use (predict, evaluate, merge, generate, score): it exists, is a tuneforge run, and holds its weights as safetensors
+    (tuneforge never unpickles a .bin file: unpickling runs code). Checked before anything loads."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunDirError(f"no run at {str(run_dir)!r}: the folder does not exist; give a finished run's folder (the "
+                          "output.dir of its recipe)")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{str(run_dir)!r} is a file, not a run folder; give the run's output.dir")
+    if not (run_dir / "recipe.yaml").exists():
+        raise RunDirError(f"{str(run_dir)!r} is not a tuneforge run (no recipe.yaml in it); give the folder a "
+                          "finished `tuneforge train` wrote (its output.dir)")
+    if adapter_kind(run_dir / "adapter"):
+        check_weights(run_dir / "adapter", "adapter")
+    elif (run_dir / "model").is_dir():
+        check_weights(run_dir / "model", "model")
+    elif not (run_dir / "adapter").exists():
+        raise RunDirError(f"{run_dir}: the run holds no model yet (neither model/ nor adapter/); finish it with "
+                          "`tuneforge train RECIPE --resume`")
+    return run_dir
+
+
+def check_weights(folder: Path, kind: str) -> None:
+    """`folder` (a saved model or adapter) holds safetensors weights, not only pickled .bin files."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(folder.glob("adapter_model*.bin" if kind == "adapter" else "pytorch_model*.bin"))
+    if pickled:
+        convert = ("load it with transformers (AutoModelFor...from_pretrained(folder)) and save it with "
+                   "save_pretrained(folder, safe_serialization=True)") if kind == "model" else (
+                   "load it with peft (PeftModel.from_pretrained(base, folder)) and save it with "
+                   "save_pretrained(folder, safe_serialization=True)")
+        raise RunDirError(f"{pickled[0]}: tuneforge loads weights from .safetensors files only and never unpickles a "
+                          f".bin file (unpickling can run code). If you trust the file, convert it once: {convert}")
+    raise RunDirError(f"{folder}: no weights file (*.safetensors) in the run's {kind}/ folder; the run was copied "
+                      "without its weights or did not finish: copy them too, or train the run again")
+
+
+def check_output_file(path: str | Path, option: str = "--output") -> Path:
+    """A file the command will write, checked before any model loads: not a folder, in a folder that exists and
+    can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{option} {str(path)!r} is a folder; give a file path, e.g. {path / 'predictions.jsonl'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise RunDirError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist; create it first "
+                          f"(mkdir -p {parent}) or give a path in an existing folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RunDirError(f"{option} {str(path)!r}: no permission to write there; give a path you can write")
+    return path
+
+
 def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None,
              adapter: Optional[str] = None, device: Optional[str] = None) -> dict[str, float]:
     """Metrics of a finished run on a labelled file with the run's columns (`device`: as training.device; default:
@@ -30,10 +84,23 @@ def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
             text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
             adapter: Optional[str] = None, images: Sequence[str | Path] | None = None,
-            device: Optional[str] = None) -> list[dict]:
+            device: Optional[str] = None, columns: Optional[dict[str, str]] = None) -> list[dict]:
     """Predictions for a file (labels not needed), for texts, or for images (files or folders): label, score
-    (and all scores). `adapter`: another adapter run (or its adapter folder) on the same base model to predict with."""
-    return Predictor(run_dir, adapter, device=device).predict(data, texts, text_pairs, batch_size, images=images)
+    (and all scores). `adapter`: another adapter run (or its adapter folder) on the same base model to predict with;
+    `columns`: the file's column names where they differ from the run's, e.g. {"text_column": "sentence"}."""
+    return Predictor(run_dir, adapter, device=device).predict(data, texts, text_pairs, batch_size, images=images,
+                                                              columns=columns)
+
+
+def blank_texts(texts: Sequence[str] | None, name: str) -> list[str]:
+    """A problem for each empty or whitespace-only text (training refuses them too), by its position (1-based)."""
+    return [f"{name} #{i} of {len(texts)} is {'empty' if not t else 'only whitespace'} ({t!r}); give the text itself "
+            "(training refuses empty texts too)" for i, t in enumerate(texts or [], 1) if not str(t).strip()]
+
+
+# The recipe's data keys naming the columns a file to predict on is read by (predict --text-column and the like).
+PREDICT_COLUMNS = ("text_column", "text_pair_column", "tokens_column", "question_column", "context_column",
+                   "image_column")
 
 
 @dataclass
@@ -55,7 +122,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path, adapter: Optional[str | Path] = None, device: Optional[str] = None):
         """`adapter`: another adapter (see add_adapter) to load and make active at once; `device`: where to compute
         (as training.device; default: the run's training.device)."""
-        self.run = open_run(run_dir, device)
+        self.run = open_run(require_run(run_dir), device)
         self.runtime = self.run.runtime
         self.adapters: dict[str, _AdapterEntry] = {}
         self.active: Optional[str] = None
@@ -88,8 +155,10 @@ class Predictor:
         candidates = [Path(name_or_dir), self.run.run_dir.parent / str(name_or_dir)]
         for c in candidates:
             if adapter_kind(c / "adapter"):
+                check_weights(c / "adapter", "adapter")
                 return c, c / "adapter"
             if adapter_kind(c) and (c.parent / "recipe.yaml").exists():
+                check_weights(c, "adapter")
                 return c.parent, c
         raise RunDirError(f"adapter {str(name_or_dir)!r}: not an adapter run directory, an adapter folder, or the name "
                           f"of a run beside {self.run.run_dir} (looked in {', '.join(str(c) for c in candidates)})")
@@ -200,13 +269,23 @@ class Predictor:
 
     def predict(self, data: str | Path | None = None, texts: Sequence[str] | None = None,
                 text_pairs: Sequence[str] | None = None, batch_size: Optional[int] = None,
-                images: Sequence[str | Path] | None = None) -> list[dict]:
-        """Predictions for a file, texts, or (image models) images: files or folders of them."""
+                images: Sequence[str | Path] | None = None, columns: Optional[dict[str, str]] = None) -> list[dict]:
+        """Predictions for a file, texts, or (image models) images: files or folders of them. `columns`: the
+        file's column names where they differ from the run's recipe (data.text_column and the like)."""
         kind = self.recipe.task_kind
         refused = kind.use_error(self.run.run_dir, "predict")
         if refused:
             raise DataError([refused])
-        examples = self._examples(data, texts, text_pairs, with_labels=False, images=images)
+        problems = blank_texts(texts, "texts") + blank_texts(text_pairs, "text_pairs")
+        if problems:
+            raise DataError(problems)
+        unknown = sorted(set(columns or {}) - set(PREDICT_COLUMNS))
+        if unknown:
+            raise ValueError(f"columns: {', '.join(unknown)} are not columns predict reads ({', '.join(PREDICT_COLUMNS)})")
+        recipe = self.recipe
+        if columns:
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=columns)})
+        examples = kind.inputs(recipe, self.run.run_dir, data, texts, text_pairs, images, False)
         split = kind.encode(self.recipe, self.run.tokenizer, examples, self.space)
         return kind.predictions(self.run.model, split, examples, self.space, self.recipe,
                                 batch_size or self.recipe.training.eval_batch_size, self._pad_id(), self.runtime)

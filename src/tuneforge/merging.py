@@ -17,10 +17,10 @@ from typing import Optional
 
 import torch
 
-from .adapters import MERGEABLE, read_adapter_method
+from .adapters import MERGEABLE, adapter_kind, read_adapter_method
 from .data.splits import load_examples
 from .errors import RunDirError, TuneforgeError
-from .inference import Predictor
+from .inference import Predictor, require_run
 
 
 class MergeError(TuneforgeError):
@@ -107,11 +107,16 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
     from .rundir import save_model
 
     console = console or default_console()
-    run_dir = Path(run_dir)
+    if examples < 1:
+        raise MergeError(f"examples: {examples}; the merge is checked on at least 1 input (default 64)")
+    if not (atol >= 0 and rtol >= 0) or max(atol, rtol) == float("inf"):
+        raise MergeError(f"atol {atol}, rtol {rtol}: tolerances are finite numbers of 0 or more (default 1e-4)")
+    run_dir = require_run(run_dir)  # a run, its weights safetensors: before anything loads
     adapter_dir = run_dir / "adapter"
-    if not adapter_dir.exists():
-        raise RunDirError(f"{run_dir}: no adapter to merge (no {adapter_dir.name}/ folder); runs of full, head, "
-                          "freeze and gradual methods already are standalone models in model/")
+    if not adapter_kind(adapter_dir):
+        raise RunDirError(f"{run_dir} is a full-model run (method {_method_of(run_dir)!r}), not an adapter run: its "
+                          f"model/ folder ({run_dir / 'model'}) already is a standalone Hugging Face model, with "
+                          "nothing to merge; use it as it is. merge folds a lora, dora or ia3 adapter into its base")
     method = read_adapter_method(adapter_dir)
     if method not in MERGEABLE:
         why = {"bottleneck": "its adapters hold a non-linearity between two projections, so no weight matrix equals them",
@@ -155,6 +160,16 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         console.print(f"  base dequantized from {predictor.recipe.model.quantization} first; against the quantized "
                       f"model that was trained, the largest logit difference is {report.quantized_max_abs_diff:.3g}")
     return report
+
+
+def _method_of(run_dir: Path) -> str:
+    """The method.name a run's recipe.yaml names (for messages; '?' when it cannot be read)."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load((run_dir / "recipe.yaml").read_text())["method"]["name"])
+    except Exception:  # noqa: BLE001 - only a message's detail
+        return "?"
 
 
 def dequantized_adapter_model(predictor: Predictor):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -31,10 +32,12 @@ def load_reward(spec: str) -> Callable[..., list]:
             path = Path(where)
             if not path.is_file():
                 raise RecipeError([f"task.reward: no file {where!r}"])
+            print(f"running Python code from {path.resolve()} (task.reward)", file=sys.stderr, flush=True)
             module_spec = importlib.util.spec_from_file_location(f"tuneforge_reward_{path.stem}", path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
+            print(f"importing Python module {where} (task.reward)", file=sys.stderr, flush=True)
             module = importlib.import_module(where)
     except RecipeError:
         raise

@@ -79,6 +79,7 @@ def load_labeling_functions(path: str | Path) -> list[LabelingFunction]:
     if not path.is_file():
         raise RecipeError([f"weak.labeling_functions: no Python file at {str(path)!r}"])
     module_name = f"tuneforge_user_lfs_{abs(hash(str(path.resolve())))}"
+    print(f"running Python code from {path.resolve()} (weak.labeling_functions)", file=sys.stderr, flush=True)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
