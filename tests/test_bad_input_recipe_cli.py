@@ -34,6 +34,7 @@ def world(tiny_bert, tmp_path_factory) -> dict[str, Path]:
     (adapter / "adapter_model.safetensors").unlink()
     (adapter / "adapter_model.bin").write_bytes(b"not a pickle: never read")
     write_rows(root / "sentences.csv", [{"sentence": r["text"]} for r in sentiment_rows(4, seed=5)])
+    write_rows(root / "graded.csv", [{"sentence": r["text"], "y": r["label"]} for r in sentiment_rows(8, seed=6)])
     out = root / "bad"
     out.mkdir()
     (out / "dup.yaml").write_text("data:\n  train: t.csv\ntraining:\n  lr: 1.0e-3\n  epochs: 2\n  lr: 5.0e-4\n")
@@ -50,7 +51,7 @@ def world(tiny_bert, tmp_path_factory) -> dict[str, Path]:
     (out / "lr-nan.yaml").write_text(yaml.safe_dump(recipe).replace("lr: 0.001", "lr: .nan"))
     return {"root": root, "recipe": root / "recipe.yaml", "full": root / "full", "lora": root / "lora",
             "bin_full": root / "bin-full", "bin_lora": root / "bin-lora", "bad": out,
-            "sentences": root / "sentences.csv", "validation": files["validation"]}
+            "sentences": root / "sentences.csv", "graded": root / "graded.csv", "validation": files["validation"]}
 
 
 def _cases(w: dict[str, Path]) -> list[Case]:
@@ -133,6 +134,8 @@ def _cases(w: dict[str, Path]) -> list[Case]:
         # 9. predict's own column options
         Case("predict-missing-text-column", ["predict", w["full"], "--data", w["sentences"]],
              ["no column 'text'", "sentence", "--text-column"], [root]),
+        Case("evaluate-missing-label-column", ["evaluate", w["full"], "--data", w["graded"], "--text-column",
+                                               "sentence"], ["no column 'label'", "--label-column"], [root]),
         # 10. merge: no run, a full-model run
         Case("merge-no-run", ["merge", root / "nowhere"], ["no run at", "nowhere", "does not exist"], [root]),
         Case("merge-not-a-run", ["merge", root / "data"], ["not a tuneforge run", "recipe.yaml"], [root]),
@@ -152,7 +155,7 @@ def _cases(w: dict[str, Path]) -> list[Case]:
 
 
 CASE_IDS = [c.id for c in _cases({k: Path(k) for k in ("recipe", "bad", "root", "full", "lora", "bin_full", "bin_lora",
-                                                         "sentences", "validation")})]
+                                                         "sentences", "graded", "validation")})]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
@@ -176,6 +179,13 @@ def test_predict_reads_its_own_text_column(world, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(rows) == 4 and all(r["label"] in ("neg", "pos") for r in rows)
+
+
+def test_evaluate_reads_its_own_columns(world, capsys):
+    code, out, err = run_cli(["evaluate", str(world["full"]), "--data", str(world["graded"]), "--text-column",
+                              "sentence", "--label-column", "y", "--json"], capsys)
+    assert code == 0, err
+    assert 0 <= json.loads(out[out.index("{"):])["accuracy"] <= 1
 
 
 def test_validate_shows_the_absolute_run_folder(world, tmp_path, monkeypatch, capsys):

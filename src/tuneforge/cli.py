@@ -42,6 +42,25 @@ def _number(low: float, high: float = float("inf"), low_open: bool = False, high
     return number
 
 
+# --text-column and the like: a file's column names where they differ from the run's recipe (data.text_column, ...).
+COLUMN_HELP = {"text": "the text", "text_pair": "text pairs: the second text", "tokens": "token-classification: the "
+               "list of words", "question": "question-answering: the question", "context": "question-answering: the "
+               "context", "image": "images in a table: the image paths", "label": "the labels", "tags":
+               "token-classification: the tags", "answer": "question-answering: the answer"}
+PREDICT_KEYS = ("text", "text_pair", "tokens", "question", "context", "image")
+EVALUATE_KEYS = PREDICT_KEYS + ("label", "tags", "answer")
+
+
+def _column_options(parser, keys) -> None:
+    for key in keys:
+        parser.add_argument(f"--{key.replace('_', '-')}-column", metavar="NAME", help=f"with --data: the column of "
+                            f"{COLUMN_HELP[key]} (default: the run's data.{key}_column)")
+
+
+def _columns(args, keys) -> dict[str, str]:
+    return {f"{k}_column": getattr(args, f"{k}_column") for k in keys if getattr(args, f"{k}_column") is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained models with new task heads.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                    "adapter folder, or the name of a run beside RUN_DIR)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--device", help=DEVICE_HELP)
+    _column_options(e, EVALUATE_KEYS)
 
     pr = sub.add_parser("predict", help="predict with a finished run")
     pr.add_argument("run_dir")
@@ -92,12 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                     "or the name of a run beside RUN_DIR); repeat to predict with several, switching without "
                     "reloading the base")
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing (its folder must exist)")
-    for key, what in (("text", "the text"), ("text-pair", "text pairs: the second text"),
-                      ("tokens", "token-classification: the list of words"), ("question", "question-answering: the "
-                      "question"), ("context", "question-answering: the context"), ("image", "images in a table: "
-                      "the image paths")):
-        pr.add_argument(f"--{key}-column", metavar="NAME", help=f"with --data: the column of {what} (default: the "
-                        f"run's data.{key.replace('-', '_')}_column)")
+    _column_options(pr, PREDICT_KEYS)
     pr.add_argument("--device", help=DEVICE_HELP)
 
     g = sub.add_parser("generate", help="generate text with a causal-lm run (streamed)")
@@ -265,7 +280,8 @@ def _dispatch(args) -> int:
             out.print(f"[yellow]warning:[/] {w}")
         return 0
     if args.command == "evaluate":
-        metrics = tuneforge.evaluate(args.run_dir, args.data, adapter=args.adapter, device=args.device)
+        metrics = _with_column_options(lambda: tuneforge.evaluate(
+            args.run_dir, args.data, adapter=args.adapter, device=args.device, columns=_columns(args, EVALUATE_KEYS)))
         if args.json:
             print(json.dumps(metrics, indent=1))
         else:
@@ -274,9 +290,7 @@ def _dispatch(args) -> int:
     if args.command == "predict":
         _check_predict_inputs(args)
         predictor = tuneforge.Predictor(args.run_dir, device=args.device)
-        columns = {f"{k}_column": getattr(args, f"{k}_column") for k in ("text", "text_pair", "tokens", "question",
-                                                                          "context", "image")
-                   if getattr(args, f"{k}_column") is not None}
+        columns = _columns(args, PREDICT_KEYS)
         names = [predictor.add_adapter(a) for a in args.adapter] if args.adapter else [predictor.active]
         records = []
         for name in names:
@@ -380,17 +394,17 @@ def _check_predict_inputs(args) -> None:
         check_output_file(args.output, "--output")
 
 
-def _with_column_options(predict):
-    """predict's own options in its messages: a missing column is named with --text-column and the like (predict
-    cannot take data.text_column)."""
+def _with_column_options(call):
+    """predict's and evaluate's own options in their messages: a missing column is named with --text-column and the
+    like (they cannot take data.text_column)."""
     from .errors import DataError
-    from .inference import PREDICT_COLUMNS
+    from .inference import EVALUATE_COLUMNS
 
     try:
-        return predict()
+        return call()
     except DataError as e:
         problems = list(e.problems)
-        for key in PREDICT_COLUMNS:
+        for key in EVALUATE_COLUMNS:
             option = f"--{key.replace('_', '-')} NAME"
             problems = [p.replace(f"set data.{key}", f"give {option}").replace(f"data.{key}", option) for p in problems]
         if problems == e.problems:

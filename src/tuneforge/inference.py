@@ -75,10 +75,11 @@ def check_output_file(path: str | Path, option: str = "--output") -> Path:
 
 
 def evaluate(run_dir: str | Path, data: str | Path, batch_size: Optional[int] = None,
-             adapter: Optional[str] = None, device: Optional[str] = None) -> dict[str, float]:
+             adapter: Optional[str] = None, device: Optional[str] = None,
+             columns: Optional[dict[str, str]] = None) -> dict[str, float]:
     """Metrics of a finished run on a labelled file with the run's columns (`device`: as training.device; default:
-    the run's own setting)."""
-    return Predictor(run_dir, adapter, device=device).evaluate(data, batch_size)
+    the run's own setting; `columns`: the file's column names where they differ, e.g. {"label_column": "y"})."""
+    return Predictor(run_dir, adapter, device=device).evaluate(data, batch_size, columns=columns)
 
 
 def predict(run_dir: str | Path, data: str | Path | None = None, texts: Sequence[str] | None = None,
@@ -98,9 +99,11 @@ def blank_texts(texts: Sequence[str] | None, name: str) -> list[str]:
             "(training refuses empty texts too)" for i, t in enumerate(texts or [], 1) if not str(t).strip()]
 
 
-# The recipe's data keys naming the columns a file to predict on is read by (predict --text-column and the like).
+# The recipe's data keys naming the columns a file to predict on is read by (predict --text-column and the like),
+# and those a labelled file adds for evaluate.
 PREDICT_COLUMNS = ("text_column", "text_pair_column", "tokens_column", "question_column", "context_column",
                    "image_column")
+EVALUATE_COLUMNS = PREDICT_COLUMNS + ("label_column", "tags_column", "answer_column")
 
 
 @dataclass
@@ -235,12 +238,23 @@ class Predictor:
         return self.recipe.task_kind.logits(self.run.model, split, batch_size or self.recipe.training.eval_batch_size,
                                             self._pad_id(), self.runtime)
 
-    def evaluate(self, data: str | Path, batch_size: Optional[int] = None) -> dict[str, float]:
+    def _read_as(self, columns: Optional[dict[str, str]], allowed: tuple[str, ...]) -> Recipe:
+        """The recipe, reading a file's columns under the names `columns` gives (data.text_column and the like)."""
+        unknown = sorted(set(columns or {}) - set(allowed))
+        if unknown:
+            raise ValueError(f"columns: {', '.join(unknown)} are not columns read here ({', '.join(allowed)})")
+        if not columns:
+            return self.recipe
+        return self.recipe.model_copy(update={"data": self.recipe.data.model_copy(update=columns)})
+
+    def evaluate(self, data: str | Path, batch_size: Optional[int] = None,
+                 columns: Optional[dict[str, str]] = None) -> dict[str, float]:
         recipe, space, kind = self.recipe, self.space, self.recipe.task_kind
         refused = kind.use_error(self.run.run_dir, "evaluate")
         if refused:
             raise DataError([refused])
-        examples = self._examples(data, None, None, with_labels=True)
+        examples = kind.inputs(self._read_as(columns, EVALUATE_COLUMNS), self.run.run_dir, data, None, None, None,
+                               True)
         problems: list[str] = []
         if kind.named_labels:
             kind.check_labels(examples, space, problems)
@@ -279,13 +293,8 @@ class Predictor:
         problems = blank_texts(texts, "texts") + blank_texts(text_pairs, "text_pairs")
         if problems:
             raise DataError(problems)
-        unknown = sorted(set(columns or {}) - set(PREDICT_COLUMNS))
-        if unknown:
-            raise ValueError(f"columns: {', '.join(unknown)} are not columns predict reads ({', '.join(PREDICT_COLUMNS)})")
-        recipe = self.recipe
-        if columns:
-            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=columns)})
-        examples = kind.inputs(recipe, self.run.run_dir, data, texts, text_pairs, images, False)
+        examples = kind.inputs(self._read_as(columns, PREDICT_COLUMNS), self.run.run_dir, data, texts, text_pairs,
+                               images, False)
         split = kind.encode(self.recipe, self.run.tokenizer, examples, self.space)
         return kind.predictions(self.run.model, split, examples, self.space, self.recipe,
                                 batch_size or self.recipe.training.eval_batch_size, self._pad_id(), self.runtime)
