@@ -286,3 +286,19 @@ def test_a_tampered_optimizer_file_is_a_one_line_error(tiny_bert, sentiment_file
     assert_refused(Case("tampered-optimizer", ["train", f, "--resume"],
                         [str(latest), "damaged", "Delete this checkpoint folder", "--overwrite"],
                         watch=[tmp_path / "run" / "checkpoints"]), capsys)
+
+
+def test_merge_locks_its_output_folder_and_writes_its_marker_inside_it(tiny_bert, sentiment_files, tmp_path):
+    from tuneforge.merging import MERGED_MARKER
+
+    tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"},
+                                    training={"epochs": 1}))
+    proc = _holder(tmp_path / "run" / "merged")
+    try:
+        with pytest.raises(RunLocked, match="writing a merged model there"):
+            tuneforge.merge(tmp_path / "run")
+    finally:
+        proc.kill()
+        proc.wait()
+    tuneforge.merge(tmp_path / "run")
+    assert (tmp_path / "run" / "merged" / MERGED_MARKER).exists()

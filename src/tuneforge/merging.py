@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from . import runlock
 from .adapters import MERGEABLE, adapter_kind, read_adapter_method
 from .data.splits import load_examples
 from .errors import RunDirError, TuneforgeError
@@ -95,6 +96,7 @@ def _merge_and_unload(model):
     return model.merge_and_unload(safe_merge=True)
 
 
+@runlock.in_scope  # the output folder is locked from its check until the merged model is written
 def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: bool = False,
           data: Optional[str | Path] = None, examples: int = 64, atol: float = 1e-4, rtol: float = 1e-4,
           console=None, device: Optional[str] = None) -> MergeReport:
@@ -125,7 +127,10 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         raise MergeError(f"{run_dir}: a {method} adapter cannot be merged: {why}. Use it as it is "
                          f"(tuneforge predict {run_dir}); merge works for {', '.join(MERGEABLE)}")
     out_dir = Path(out) if out else run_dir / "merged"
+    runlock.refuse_if_locked(run_dir)  # a run still training is merged once it has finished
+    runlock.refuse_if_locked(out_dir, "a merged model")
     _check_out_dir(out_dir, run_dir, overwrite)
+    runlock.acquire(out_dir, "a merged model")
 
     predictor = Predictor(run_dir, device=device)
     inputs, described = _held_out(predictor, data, examples)
@@ -152,8 +157,10 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
         raise MergeError(f"merged model's outputs differ from the adapter model's by {diff:.3g} (largest absolute "
                          f"logit difference over {len(inputs)} inputs from the {described}), above the tolerance "
                          f"{tolerance:.3g}; nothing was written")
-    save_model(merged, predictor.run.tokenizer, out_dir)
-    (out_dir / MERGED_MARKER).write_text(json.dumps({"run_dir": str(run_dir.resolve()), **report.to_json()}, indent=1))
+    # The marker is written inside the folder before it takes its name: a kill never leaves a merged folder that a
+    # later merge --overwrite would refuse as foreign.
+    save_model(merged, predictor.run.tokenizer, out_dir,
+               files={MERGED_MARKER: json.dumps({"run_dir": str(run_dir.resolve()), **report.to_json()}, indent=1)})
     console.print(f"merged {method} adapter into {out_dir}: outputs match the adapter model's within "
                   f"{diff:.2e} (tolerance {tolerance:.2e}) on {len(inputs)} inputs from the {described}")
     if trained is not None:

@@ -179,10 +179,12 @@ def _write_token(run_dir: Path, token: str) -> str:
     return token
 
 
-def save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None) -> int:
+def save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None, state: Optional[dict] = None,
+               files: Optional[dict[str, str]] = None) -> int:
     """Hugging Face format (config with id2label/label2id, model.safetensors, tokenizer), written then renamed.
     `carried`: tensors the model has no place for but a later fine-tune should find (an adapted encoder's pooler).
-    `state`: the weights gathered from a sharded model. Returns the weights' size in bytes."""
+    `state`: the weights gathered from a sharded model. `files`: name -> text of further files written inside the
+    folder before it takes its name. Returns the weights' size in bytes."""
     for p in model.parameters():  # saved models should load as ordinary trainable models
         p.requires_grad_(True)
     with atomic_folder(model_dir) as tmp:
@@ -192,6 +194,8 @@ def save_model(model, tokenizer, model_dir: Path, carried: Optional[dict] = None
             from .engine.sharding import save_gathered
             save_gathered(model, state, tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (Path(tmp) / name).write_text(text)
         if carried:
             from safetensors.torch import load_file, save_file
             file = Path(tmp) / "model.safetensors"
