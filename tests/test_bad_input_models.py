@@ -121,7 +121,15 @@ def world(tiny_bert, tmp_path_factory) -> dict[str, Path]:
                   "data": {"train": str(train), "validation_fraction": 0.25},
                   "training": {**fast, "batch_size": 4}, "output": {"dir": str(runs / name)}}
         (recipes / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
-    return {"root": root, "models": m, "recipes": recipes, "runs": runs, "tiny_bert": tiny_bert}
+    # A finished run whose saved weights were cut short (used by predict, and as another recipe's model.name).
+    import tuneforge
+    tuneforge.fine_tune(tiny_recipe(tiny_bert, files, root / "finished", training=fast))
+    cut_run = _copy(root / "finished", root / "cut-run")
+    saved = cut_run / "model" / "model.safetensors"
+    saved.write_bytes(saved.read_bytes()[:1000])
+    (recipes / "from-cut-run.yaml").write_text(yaml.safe_dump(tiny_recipe(cut_run, files, runs / "from-cut-run",
+                                                                          training=fast)))
+    return {"root": root, "models": m, "recipes": recipes, "runs": runs, "tiny_bert": tiny_bert, "cut_run": cut_run}
 
 
 def _cases(w: dict[str, Path]) -> list[Case]:
@@ -156,10 +164,17 @@ def _cases(w: dict[str, Path]) -> list[Case]:
                           ["1.png", "could not decode the image", "cut short", "data.train"], watch))
         cases.append(Case(f"{command}-vit-shape", [command, r / "vit-shape-images.yaml"],
                           [str(m / "vit-shape"), "do not fit", "ViTForImageClassification", "another shape"], watch))
+    # a finished run's saved model, cut short: as a recipe's model.name, and to predict with
+    saved = str(w["cut_run"] / "model" / "model.safetensors")
+    for command in ("validate", "train"):
+        cases.append(Case(f"{command}-from-cut-run", [command, r / "from-cut-run.yaml"],
+                          [saved, "not a readable safetensors", "model.name"], watch))
+    cases.append(Case("predict-cut-run", ["predict", w["cut_run"], "--text", "a good film"],
+                      [saved, "not a readable safetensors", "the saved model"], [w["cut_run"]]))
     return cases
 
 
-CASE_IDS = [c.id for c in _cases({k: Path(k) for k in ("models", "recipes", "runs")})]
+CASE_IDS = [c.id for c in _cases({k: Path(k) for k in ("models", "recipes", "runs", "cut_run")})]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
@@ -209,3 +224,24 @@ def test_the_weights_check_agrees_with_transformers(world):
             base_new = {k for k in new if k.startswith(skeleton.base_model_prefix + ".") and ".pooler." not in k}
             mine = set() if misfit is None else set(misfit["missing"]) | {k for k, _, _ in misfit["mismatched"]}
             assert mine == base_new, (folder, auto.__name__)
+
+
+def test_a_causal_lm_keeps_its_own_output_head(tmp_path):
+    """A causal LM's output head is pre-trained, not a task head: weights saved without it (an untied base model)
+    are refused for causal-LM training, while a tied one needs none."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
+
+    from tuneforge.models.weights_check import header_shapes, weights_files, weights_misfit
+
+    for tied in (False, True):
+        config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
+        folder = tmp_path / f"tied-{tied}"
+        LlamaModel(config).save_pretrained(folder)  # the base network alone: no lm_head.weight in the file
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        misfit = weights_misfit(skeleton, header_shapes(weights_files(folder, "llama"), "llama"))
+        assert (misfit is None) == tied
+        if not tied:
+            assert misfit["missing"] == ["lm_head.weight"]

@@ -10,8 +10,8 @@ import torch
 
 from ..assets import resolve_model_path
 from ..errors import TuneforgeError
-from .weights_check import (check_custom_code, check_text_model, check_vocabulary, check_weights_fit, has_tokenizer_files,
-                            header_shapes, missing_tokenizer_error, weights_files)
+from .weights_check import (check_custom_code, check_saved_weights, check_text_model, check_vocabulary, check_weights_fit,
+                            has_tokenizer_files, header_shapes, missing_tokenizer_error, weights_files)
 
 
 @dataclass
@@ -137,6 +137,7 @@ def load_run_model(model_dir: Path, auto=None):
     quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
+    check_saved_weights(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = auto.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
@@ -224,6 +225,7 @@ def load_causal_run_model(model_dir: Path):
     quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
+    check_saved_weights(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

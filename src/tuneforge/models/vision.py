@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..data.image_transforms import PREPROCESSOR_FILE, ImageProcessing
 from ..errors import TuneforgeError
 from .loading import LoadedModel, check_weights, quiet_transformers
-from .weights_check import check_custom_code
+from .weights_check import check_custom_code, check_saved_weights
 
 EFFICIENTNET_LITE = {"efficientnet-lite0": 224}   # variant -> native input side
 LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # on 0-255 pixels: (x - 127) / 128
@@ -211,6 +211,7 @@ def load_image_run_model(model_dir: Path):
     quiet_transformers()
     if not (model_dir / "config.json").exists():
         raise TuneforgeError(f"{model_dir}: no saved model here (config.json missing); is this a finished run directory?")
+    check_saved_weights(model_dir)
     if is_lite_folder(model_dir):
         model = EfficientNetLiteForImageClassification.from_saved(model_dir)
     else:

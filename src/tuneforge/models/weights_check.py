@@ -49,38 +49,46 @@ def _config_json(folder: Path, name: str) -> dict:
 
 # ---------------------------------------------------------------- weights files and their headers
 
-def weights_files(folder: Path, name: str) -> list[Path]:
-    """The folder's safetensors files (one, or the shards its index names); refuse a folder without them."""
+def weights_files(folder: Path, name: str, who: Optional[str] = None) -> list[Path]:
+    """The folder's safetensors files (one, or the shards its index names); refuse a folder without them. `who`: how
+    messages name the model (default: the recipe key model.name and `name`)."""
     folder = Path(folder)
+    recipe_key = who is None
+    who = who or f"model.name {name!r}"
     index = folder / WEIGHTS_INDEX
     if index.exists():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise TuneforgeError(f"model.name {name!r}: {index} is not a safetensors index (JSON with a weight_map): "
+            raise TuneforgeError(f"{who}: {index} is not a safetensors index (JSON with a weight_map): "
                                  f"{type(e).__name__}: {e}; copy the model folder again") from None
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise TuneforgeError(f"model.name {name!r}: {index} names {len(shards)} weight shard(s), but "
-                                 f"{_examples(missing)} are not in {folder}; copy the missing shard(s) into the folder")
+            raise TuneforgeError(f"{who}: {index} names {len(shards)} weight shard(s), but {_examples(missing)} "
+                                 f"{'is' if len(missing) == 1 else 'are'} not in {folder}; copy the missing shard(s) "
+                                 "into the folder")
         return [folder / s for s in shards]
     if (folder / WEIGHTS_FILE).is_file():
         return [folder / WEIGHTS_FILE]
     pickled = [p for p in PICKLED if (folder / p).exists()]
     if pickled:
-        raise TuneforgeError(f"model.name {name!r}: {folder} holds its weights only as {', '.join(pickled)}; tuneforge "
+        raise TuneforgeError(f"{who}: {folder} holds its weights only as {', '.join(pickled)}; tuneforge "
                              f"loads {WEIGHTS_FILE} only and never unpickles a file. To use this model, {CONVERT}")
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     seen = f" (it holds {', '.join(others)}, which transformers does not load as a model's weights)" if others else ""
-    raise TuneforgeError(f"model.name {name!r}: {folder} has a config.json but no weights: no {WEIGHTS_FILE} or "
+    scratch = ", or set model.pretrained: false to train this architecture from random" if recipe_key else ""
+    raise TuneforgeError(f"{who}: {folder} has a config.json but no weights: no {WEIGHTS_FILE} or "
                          f"{WEIGHTS_INDEX}{seen}. Copy the weights into the folder (model.save_pretrained(FOLDER) "
-                         "writes them), or set model.pretrained: false to train this architecture from random")
+                         f"writes them){scratch}")
 
 
-def header_shapes(files: list[Path], name: str) -> dict[str, tuple]:
+def header_shapes(files: list[Path], name: str, who: Optional[str] = None) -> dict[str, tuple]:
     """Every weight's name and shape from the files' headers; no tensor is read."""
     from safetensors import safe_open
 
+    again = "Copy it again from where the model came from" if who is None else \
+        "Copy it again from a backup, or train the run again"
+    who = who or f"model.name {name!r}"
     shapes: dict[str, tuple] = {}
     for file in files:
         try:
@@ -90,9 +98,9 @@ def header_shapes(files: list[Path], name: str) -> dict[str, tuple]:
         except Exception as e:  # noqa: BLE001 - safetensors' own error type (SafetensorError) and OSError alike
             size = file.stat().st_size if file.exists() else 0
             raise TuneforgeError(
-                f"model.name {name!r}: {file} ({size:,} bytes) is not a readable safetensors file "
+                f"{who}: {file} ({size:,} bytes) is not a readable safetensors file "
                 f"({str(e).strip() or type(e).__name__}): it is cut short (an interrupted download or copy) or is "
-                "another kind of file under this name. Copy it again from where the model came from") from None
+                f"another kind of file under this name. {again}") from None
     return shapes
 
 
@@ -131,11 +139,17 @@ def _checkpoint_names(model, shapes: dict) -> tuple[dict[str, tuple], set[str]]:
 
 
 def _may_start_new(model, key: str) -> bool:
-    """The task head (outside the pre-trained base network) and a pooler may start from scratch."""
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if prefix and getattr(model, prefix, None) is not None and not key.startswith(prefix + "."):
+    """The task head (outside the pre-trained base network) and a pooler may start from scratch; but a model that
+    generates (a causal LM) keeps its pre-trained output head, so none of it may."""
+    if "pooler" in key.split("."):
         return True
-    return "pooler" in key.split(".")
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix or getattr(model, prefix, None) is None or key.startswith(prefix + "."):
+        return False
+    try:
+        return not model.can_generate()
+    except Exception:  # noqa: BLE001 - not a transformers model: its head is the task's
+        return True
 
 
 def weights_misfit(model, shapes: dict) -> Optional[dict]:
@@ -186,14 +200,20 @@ def check_weights_fit(model, shapes: dict, name: str, files: list[Path], config_
         parts.append(f"{len(misfit['missing'])} are missing from the file (e.g. {_examples(misfit['missing'])})")
     extra = ""
     if misfit["unexpected"]:
-        extra = (f"; the file holds {len(misfit['unexpected'])} weight(s) this model has no place for "
-                 f"(e.g. {_examples(misfit['unexpected'])}): weights of another architecture or size?")
+        extra = (f"; and the file holds {len(misfit['unexpected'])} weight(s) this model has no place for "
+                 f"(e.g. {_examples(misfit['unexpected'])}), as another architecture's weights would")
     kind = f" ({config_model_type!r})" if config_model_type else ""
     raise TuneforgeError(
         f"model.name {name!r}: the weights in {where} do not fit the {type(model).__name__}{kind} that "
         f"{folder / 'config.json'} describes: of its {misfit['expected']} pre-trained weights, {' and '.join(parts)}"
         f"{extra}. They would be trained from random, not fine-tuned. Give the folder the config.json saved with "
         "these weights (save_pretrained writes both), or point model.name at the folder they came from")
+
+
+def check_saved_weights(folder: Path) -> None:
+    """A saved run's (or merged) model folder: its safetensors exist and their headers read."""
+    who = f"{folder}: the saved model"
+    header_shapes(weights_files(folder, str(folder), who), str(folder), who)
 
 
 def check_model_weights(model, folder: Path, name: str) -> dict[str, tuple]:
