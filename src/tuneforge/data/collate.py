@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from .clip import PAIR_CHARS_PER_TOKEN, clip_texts
 from .dataset import TextExample
 
 
@@ -125,15 +126,21 @@ def encode_causal_split(tokenizer, examples: Sequence, max_length: int, chat_tem
 def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int,
                  labels: torch.Tensor | None = None) -> EncodedSplit:
     """Single texts or text pairs tokenized once (padded per batch later), with the rows' label tensor."""
-    texts = [ex.text for ex in examples]
-    pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
+    # A huge cell is cut in characters first (clip.py): tokenizing it whole would cost seconds per megabyte.
+    pairs = None
+    if not examples or examples[0].text_pair is None:
+        texts, cut = clip_texts(tokenizer, [ex.text for ex in examples], max_length)
+    else:
+        texts, cut = clip_texts(tokenizer, [ex.text for ex in examples], max_length, PAIR_CHARS_PER_TOKEN)
+        pairs, cut_pairs = clip_texts(tokenizer, [ex.text_pair for ex in examples], max_length, PAIR_CHARS_PER_TOKEN)
+        cut |= cut_pairs
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     # Users should know what was cut. Only rows that reached the limit can have been; re-tokenize just those.
-    at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length]
-    truncated = 0
+    at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length and i not in cut]
+    truncated = len(cut)
     if at_limit:
         full = tokenizer([texts[i] for i in at_limit], [pairs[i] for i in at_limit] if pairs else None)["input_ids"]
-        truncated = sum(len(ids) > max_length for ids in full)
+        truncated += sum(len(ids) > max_length for ids in full)
     return EncodedSplit(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), labels=labels,
                         truncated=truncated)
 

@@ -39,16 +39,29 @@ class LabelSpace:
         return dict(enumerate(self.names))
 
 
+# Cells that spell "no value": what pandas, numpy (np.array(["cat", np.nan]) holds 'nan'), R, Excel and SQL exports
+# write for a missing value. As a class label each would become a class of its own; they are refused as missing.
+# ("None" and "none" are not among them: they are real classes in many data sets.)
+MISSING_MARKERS = {"nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "<NA>", "null", "NULL", "Null",
+                   "NaT"}
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def is_missing(value: Any) -> bool:
     if value is None:
         return True
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
         return True
     return isinstance(value, str) and value.strip() == ""
 
 
+def is_missing_marker(value: Any) -> bool:
+    """A text cell that spells a missing value ('NaN', 'NA', 'null', ...), as exported by pandas, numpy, R or SQL."""
+    return isinstance(value, (str, np.str_)) and value.strip() in MISSING_MARKERS
+
+
 def _shown(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) or value == "":
         return "an empty cell"
     return repr(value)
 
@@ -76,6 +89,7 @@ def row_examples(df: pd.DataFrame, where: str, parse_label: Optional[LabelParser
                             f"set data.{'text_column' if c == text_col else 'text_pair_column' if c == pair_col else 'label_column'}")
         return []
     examples = []
+    label_problems: dict[str, list[int]] = {}  # a label problem -> the rows that have it
     texts = df[text_col].tolist()
     pairs = df[pair_col].tolist() if pair_col else [None] * len(df)
     labels = df[label_col].tolist() if label_col else [None] * len(df)
@@ -95,25 +109,47 @@ def row_examples(df: pd.DataFrame, where: str, parse_label: Optional[LabelParser
         if label_col is not None:
             parsed, err = parse_label(label)
             if err:
-                problems.append(f"{src}, column {label_col!r}: {err}")
+                label_problems.setdefault(err, []).append(i)
                 ok = False
         if ok:
             examples.append(TextExample(text=text, text_pair=pair, label=parsed, source=src))
+    problems.extend(grouped_problems(where, label_col, label_problems))
     return examples
 
 
+def grouped_problems(where: str, column: Optional[str], rows_by_problem: dict[str, list[int]],
+                     noun: str = "row", shown: int = 8) -> list[str]:
+    """One message per distinct problem of a column: the row itself when one row has it, else how many rows and the
+    first few (a column of 10,000 empty labels is one line, not 10,000)."""
+    out = []
+    col = f", column {column!r}" if column else ""
+    for err, rows in sorted(rows_by_problem.items(), key=lambda kv: kv[1][0]):
+        if len(rows) == 1:
+            out.append(f"{where} {noun} {rows[0]}{col}: {err}")
+        else:
+            first = ", ".join(map(str, rows[:shown])) + (", ..." if len(rows) > shown else "")
+            out.append(f"{where}{col}: {len(rows)} {noun}s ({noun}s {first}): {err}")
+    return out
+
+
+FILL = "fill in the label or drop the row"
+
+
 def parse_number(value: Any) -> tuple[Any, Optional[str]]:
-    """A regression target: a finite number."""
-    if is_missing(value):
-        return None, f"missing label (got {_shown(value)})"
-    if isinstance(value, bool):
+    """A regression target: a finite number that float32 (the training tensors' type) holds."""
+    if is_missing(value) or is_missing_marker(value):
+        return None, f"missing label (got {_shown(value)}); {FILL}"
+    if isinstance(value, (bool, np.bool_)):
         return None, f"expected a number, got {value!r}"
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None, f"expected a number, got {type(value).__name__} {value!r}"
     if not math.isfinite(number):
-        return None, f"expected a finite number, got {value!r}"
+        return None, f"expected a finite number, got {value!r}; {FILL}"
+    if abs(number) > FLOAT32_MAX:
+        return None, (f"{value!r} is beyond float32's range (+-3.4e38), in which training computes; rescale the "
+                      "targets (e.g. divide by a constant or take a log) or drop the row")
     return number, None
 
 
@@ -122,12 +158,15 @@ def label_set_parser(separator: str) -> LabelParser:
     def parse(value: Any) -> tuple[Any, Optional[str]]:
         if isinstance(value, (list, tuple, np.ndarray)):
             items = list(value)
+        elif is_missing_marker(value) or (is_missing(value) and not isinstance(value, str)):
+            return None, (f"missing labels (got {_shown(value)}); use an empty list or empty string for 'no label', "
+                          "or drop the row")
         elif isinstance(value, str):
             items = [p for p in value.split(separator)] if value.strip() else []
-        elif is_missing(value):
-            return None, f"missing labels (got {_shown(value)}); use an empty list or empty string for 'no label'"
         else:
             items = [value]
+        if any(is_missing_marker(v) or is_missing(v) for v in items):
+            return None, f"labels {value!r} hold a missing value; {FILL}"
         names = [label_text(v) for v in items]
         if any(n is None or n == "" for n in names):
             return None, f"labels must be names or integers, got {value!r}"
@@ -137,8 +176,8 @@ def label_set_parser(separator: str) -> LabelParser:
 
 def parse_class_label(value: Any) -> tuple[Any, Optional[str]]:
     """One class label: a name or an integer."""
-    if is_missing(value):
-        return None, f"missing label (got {_shown(value)})"
+    if is_missing(value) or is_missing_marker(value):
+        return None, f"missing label (got {_shown(value)}); {FILL}"
     name = label_text(value)
     if name is None:
         return None, f"expected one label (a name or an integer), got {type(value).__name__} {value!r}"

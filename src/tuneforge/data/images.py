@@ -56,18 +56,70 @@ def check_image_file(path: Path, where: str) -> Optional[str]:
     return None
 
 
-def check_array(pixels: np.ndarray, where: str) -> Optional[str]:
-    if pixels.dtype != np.uint8:
-        return (f"{where}: pixels are {pixels.dtype}, expected uint8 (0-255); convert with "
-                "(x * 255).round().astype('uint8') if they are floats in [0, 1]")
-    if pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (1, 3)):
+def pixel_type_problem(pixels: np.ndarray, where: str) -> str:
+    head = f"{where}: pixels are {pixels.dtype}, expected uint8 (0-255)"
+    if pixels.dtype == np.bool_:
+        return f"{head}; for black and white images use (x * 255).astype('uint8')"
+    if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
+        return f"{head}; store the pixels as numbers: np.asarray(x, dtype='uint8')"
+    if pixels.size == 0:
+        return f"{head}; the array is empty"
+    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+        bad = int((~np.isfinite(pixels)).sum())
+        return f"{head}; {bad} value(s) are NaN or infinite: fix or drop those images, then convert"
+    lo, hi = pixels.min().item(), pixels.max().item()
+    span = f"values span {lo:g} to {hi:g}"
+    if lo >= 0 and hi <= 1:
+        return f"{head}; the {span}, so they look like 0-1 floats: convert with (x * 255).round().astype('uint8')"
+    if lo >= 0 and hi <= 255:
+        return (f"{head}; the {span}, already the 0-255 scale: convert with np.clip(x, 0, 255).round().astype('uint8') "
+                "(do not multiply by 255)")
+    if lo >= 0 and hi <= 65535 and np.issubdtype(pixels.dtype, np.integer):
+        return (f"{head}; the {span}, like 16-bit images: scale to 0-255 with (x // 257).astype('uint8') (or by "
+                "the largest value: (x * 255 // x.max()).astype('uint8'))")
+    return (f"{head}; the {span}, outside 0-255: they look normalized (mean/std) or of another scale. Store the "
+            "original 0-255 pixels, or rescale: ((x - x.min()) / (x.max() - x.min()) * 255).round().astype('uint8')")
+
+
+def as_uint8(pixels: np.ndarray) -> Optional[np.ndarray]:
+    """The same pixels as uint8 when that is lossless and unambiguous: integers within 0-255 of any integer type, or
+    whole-number floats within 0-255 with some value above 1 (so not 0-1 data). Otherwise None."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.size == 0 or not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
         return None
-    return f"{where}: an image must be H x W (grey) or H x W x 1/3 (RGB); got shape {tuple(pixels.shape)}"
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.isfinite(pixels).all() or pixels.max() <= 1 or not (pixels == np.round(pixels)).all():
+            return None
+    if pixels.min() < 0 or pixels.max() > 255:
+        return None
+    return pixels.astype(np.uint8)
+
+
+def shape_problem(shape: tuple, where: str) -> Optional[str]:
+    """None for a stack of N images H x W (grey) or H x W x 1/3; else the shape seen and the reshape that fits."""
+    if len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3)):
+        return None
+    head = f"{where}: images must be N x H x W (grey) or N x H x W x 1/3 (RGB); got shape {tuple(shape)}"
+    if len(shape) == 2:
+        n, d = shape
+        side, rgb = int(round(d ** 0.5)), int(round((d / 3) ** 0.5))
+        if side * side == d:
+            return f"{head}: rows of {d} pixels look like flat {side} x {side} images; reshape: x.reshape(-1, {side}, {side})"
+        if d % 3 == 0 and rgb * rgb * 3 == d:
+            return (f"{head}: rows of {d} values look like flat {rgb} x {rgb} RGB images; reshape: "
+                    f"x.reshape(-1, {rgb}, {rgb}, 3) if each pixel's 3 values are together, or "
+                    f"x.reshape(-1, 3, {rgb}, {rgb}).transpose(0, 2, 3, 1) if the rows hold one channel after another "
+                    "(as CIFAR does)")
+        return f"{head}: rows of {d} values are flat images; reshape to N x H x W (x C): x.reshape(-1, H, W)"
+    if len(shape) == 4 and shape[1] in (1, 3):
+        return f"{head}: channels come first (N x C x H x W); move them last: x.transpose(0, 2, 3, 1)"
+    return head
 
 
 def _label_name(value) -> Optional[str]:
-    from .dataset import is_missing, label_text
-    return None if is_missing(value) else label_text(value)
+    from .dataset import is_missing, is_missing_marker, label_text
+    return None if is_missing(value) or is_missing_marker(value) else label_text(value)
 
 
 # ---------------------------------------------------------------- readers
@@ -135,39 +187,74 @@ def read_npz(path: Path, with_labels: bool) -> list[ImageExample]:
     """Arrays in an .npz: images under x / images / X, labels under y / labels / Y (N x H x W[x C] uint8)."""
     try:
         archive = np.load(path, allow_pickle=False)  # never unpickle: an .npz may come from anywhere
-    except (ValueError, OSError) as e:
-        raise DataError([f"{path}: could not read as .npz: {e}"]) from None
-    keys = list(archive.keys())
+        keys = list(archive.keys())
+    except Exception as e:  # noqa: BLE001 - BadZipFile, ValueError, OSError, EOFError ...
+        raise DataError([f"{path}: could not read as .npz ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "it may be cut short or not an .npz: write it again with np.savez(path, x=images, "
+                         "y=labels)"]) from None
     image_key = next((k for k in ("x", "images", "X", "image") if k in keys), None)
     label_key = next((k for k in ("y", "labels", "Y", "label") if k in keys), None)
     if image_key is None:
         raise DataError([f"{path}: no image array (looked for x, images, X, image; found {keys})"])
     if with_labels and label_key is None:
         raise DataError([f"{path}: no label array (looked for y, labels, Y, label; found {keys})"])
-    images = archive[image_key]
-    labels = archive[label_key] if with_labels else None
+    images = _npz_array(archive, path, image_key, "images")
+    labels = _npz_array(archive, path, label_key, "labels") if with_labels else None
     return _array_examples(images, labels, f"{path}", image_key, label_key)
+
+
+def _npz_array(archive, path: Path, key: str, what: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise DataError([f"{path}: array {key!r} does not read ({e})"]) from None
+        fix = ("stack same-sized images into one uint8 array: np.savez(path, x=np.stack(images).astype('uint8'), "
+               "y=labels); images of different sizes go in a folder of files instead") if what == "images" else \
+              "store labels as integers or names: np.array(labels, dtype=int) or np.array(labels, dtype=str)"
+        raise DataError([f"{path}: array {key!r} holds Python objects (dtype=object), which tuneforge does not load "
+                         f"(unpickling a file can run code in it); {fix}"]) from None
+    except Exception as e:  # noqa: BLE001 - a damaged member: zlib.error, EOFError, BadZipFile ...
+        raise DataError([f"{path}: array {key!r} is damaged ({str(e) or type(e).__name__}); write the file "
+                         "again"]) from None
 
 
 def _array_examples(images: np.ndarray, labels: Optional[np.ndarray], where: str, image_key: str,
                     label_key: Optional[str]) -> list[ImageExample]:
-    problem = check_array(images[0] if len(images) else images, f"{where} [{image_key}]") if len(images) else \
-        f"{where}: no images"
+    from .dataset import grouped_problems
+
+    name = f"{where} [{image_key}]"
+    if images.ndim == 0 or len(images) == 0:
+        raise DataError([f"{name}: no images"])
+    problem = shape_problem(images.shape, name)
     if problem:
         raise DataError([problem])
+    if images.dtype != np.uint8:
+        converted = as_uint8(images)
+        if converted is None:
+            raise DataError([pixel_type_problem(images, name)])
+        images = converted
     if labels is not None and len(labels) != len(images):
         raise DataError([f"{where}: {len(images)} images but {len(labels)} labels ([{label_key}])"])
-    out = []
+    out, bad = [], {}
     for i in range(len(images)):
         label = None
         if labels is not None:
             value = labels[i]
             multi = isinstance(value, np.ndarray) and value.ndim > 0
-            label = None if multi else _label_name(value.item() if hasattr(value, "item") else value)
+            raw = None if multi else (value.item() if hasattr(value, "item") else value)
+            label = None if multi else _label_name(raw)
             if label is None:
-                raise DataError([f"{where} image {i}: label {value!r} is not one class name or integer (one-hot or "
-                                 "multi-dimensional labels are not read; store class indices or names)"])
+                from .dataset import is_missing, is_missing_marker
+                err = (f"missing label (got {raw!r}); fill in the label or drop the image"
+                       if not multi and (is_missing(raw) or is_missing_marker(raw)) else
+                       f"label {value!r} is not one class name or integer (one-hot or multi-dimensional labels are "
+                       "not read; store class indices or names)")
+                bad.setdefault(err, []).append(i)
+                continue
         out.append(ImageExample(image=images[i], label=label, source=f"{where} image {i}"))
+    if bad:
+        raise DataError(grouped_problems(f"{where} [{label_key}]", None, bad, noun="image"))
     return out
 
 

@@ -82,10 +82,12 @@ class MaskedLMSplit:
 def encode_masked(tokenizer, examples: Sequence[TextExample], max_length: int, mlm_probability: float) -> MaskedLMSplit:
     from transformers import DataCollatorForLanguageModeling
 
-    texts = [ex.text for ex in examples]
+    from .clip import clip_texts
+
+    texts, cut = clip_texts(tokenizer, [ex.text for ex in examples], max_length)  # a huge cell: cut in characters
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
-    at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length]
-    truncated = sum(len(ids) > max_length for ids in tokenizer([texts[i] for i in at_limit])["input_ids"]) \
-        if at_limit else 0
+    at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length and i not in cut]
+    truncated = len(cut) + (sum(len(ids) > max_length for ids in tokenizer([texts[i] for i in at_limit])["input_ids"])
+                            if at_limit else 0)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
     return MaskedLMSplit(enc["input_ids"], enc["special_tokens_mask"], collator, truncated)

@@ -83,8 +83,9 @@ def _has_header(path: Path, tokens_column: str) -> bool:
 def _read_conll(path: Path, with_tags: bool) -> list[TokenExample]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"]) from None
+    except UnicodeDecodeError:
+        from .rawfile import encoding_problem
+        raise DataError([encoding_problem(path, "conll")]) from None
     examples, problems = [], []
     tokens, tags, first_line = [], [], 0
 
