@@ -64,10 +64,9 @@ class Generator:
     """A finished causal-LM run (full model, or base + adapter) ready to generate."""
 
     def __init__(self, run_dir: str | Path, device: Optional[str] = None):
-        from .inference import require_run
         from .runs import open_run
 
-        self.run = open_run(require_run(run_dir), device)
+        self.run = open_run(run_dir, device)
         if not self.run.recipe.task_kind.generative:
             raise RunDirError(f"{run_dir} is a {self.run.recipe.task.type} model; generation needs a causal-lm or "
                               "preference run")

@@ -17,46 +17,9 @@ from .engine.evaluate import run_evaluation
 from .errors import DataError, RunDirError
 from .models import load_for_recipe
 from .recipe import Recipe
-from .runs import OpenRun, adapter_name, load_base_for, open_run, peft_name, read_run, run_labels  # noqa: F401
+from .runs import (OpenRun, adapter_name, check_weights, load_base_for, open_run, peft_name, read_run,  # noqa: F401
+                   require_run, run_labels)
 from .tasks import task_for
-
-
-def require_run(run_dir: str | Path) -> Path:
-    """A run folder to use (predict, evaluate, merge, generate, score): it exists, is a tuneforge run, and holds its weights as safetensors
-    (tuneforge never unpickles a .bin file: unpickling runs code). Checked before anything loads."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise RunDirError(f"no run at {str(run_dir)!r}: the folder does not exist; give a finished run's folder (the "
-                          "output.dir of its recipe)")
-    if not run_dir.is_dir():
-        raise RunDirError(f"{str(run_dir)!r} is a file, not a run folder; give the run's output.dir")
-    if not (run_dir / "recipe.yaml").exists():
-        raise RunDirError(f"{str(run_dir)!r} is not a tuneforge run (no recipe.yaml in it); give the folder a "
-                          "finished `tuneforge train` wrote (its output.dir)")
-    if adapter_kind(run_dir / "adapter"):
-        check_weights(run_dir / "adapter", "adapter")
-    elif (run_dir / "model").is_dir():
-        check_weights(run_dir / "model", "model")
-    elif not (run_dir / "adapter").exists():
-        raise RunDirError(f"{run_dir}: the run holds no model yet (neither model/ nor adapter/); finish it with "
-                          "`tuneforge train RECIPE --resume`")
-    return run_dir
-
-
-def check_weights(folder: Path, kind: str) -> None:
-    """`folder` (a saved model or adapter) holds safetensors weights, not only pickled .bin files."""
-    if any(folder.glob("*.safetensors")):
-        return
-    pickled = sorted(folder.glob("adapter_model*.bin" if kind == "adapter" else "pytorch_model*.bin"))
-    if pickled:
-        convert = ("load it with transformers (AutoModelFor...from_pretrained(folder)) and save it with "
-                   "save_pretrained(folder, safe_serialization=True)") if kind == "model" else (
-                   "load it with peft (PeftModel.from_pretrained(base, folder)) and save it with "
-                   "save_pretrained(folder, safe_serialization=True)")
-        raise RunDirError(f"{pickled[0]}: tuneforge loads weights from .safetensors files only and never unpickles a "
-                          f".bin file (unpickling can run code). If you trust the file, convert it once: {convert}")
-    raise RunDirError(f"{folder}: no weights file (*.safetensors) in the run's {kind}/ folder; the run was copied "
-                      "without its weights or did not finish: copy them too, or train the run again")
 
 
 def check_output_file(path: str | Path, option: str = "--output") -> Path:
@@ -125,7 +88,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path, adapter: Optional[str | Path] = None, device: Optional[str] = None):
         """`adapter`: another adapter (see add_adapter) to load and make active at once; `device`: where to compute
         (as training.device; default: the run's training.device)."""
-        self.run = open_run(require_run(run_dir), device)
+        self.run = open_run(run_dir, device)
         self.runtime = self.run.runtime
         self.adapters: dict[str, _AdapterEntry] = {}
         self.active: Optional[str] = None

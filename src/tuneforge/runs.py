@@ -27,6 +27,44 @@ class OpenRun:
     runtime: object = None              # where it computes (engine.runtime.Runtime)
 
 
+def require_run(run_dir: str | Path) -> Path:
+    """A run folder to use (predict, evaluate, merge, generate, score): it exists, is a tuneforge run, and holds its weights as safetensors
+    (tuneforge never unpickles a .bin file: unpickling runs code). Checked before anything loads."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunDirError(f"no run at {str(run_dir)!r}: the folder does not exist; give a finished run's folder (the "
+                          "output.dir of its recipe)")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{str(run_dir)!r} is a file, not a run folder; give the run's output.dir")
+    if not (run_dir / "recipe.yaml").exists():
+        raise RunDirError(f"{str(run_dir)!r} is not a tuneforge run (no recipe.yaml in it); give the folder a "
+                          "finished `tuneforge train` wrote (its output.dir)")
+    if adapter_kind(run_dir / "adapter"):
+        check_weights(run_dir / "adapter", "adapter")
+    elif (run_dir / "model").is_dir():
+        check_weights(run_dir / "model", "model")
+    elif not (run_dir / "adapter").exists():
+        raise RunDirError(f"{run_dir}: the run holds no model yet (neither model/ nor adapter/); finish it with "
+                          "`tuneforge train RECIPE --resume`")
+    return run_dir
+
+
+def check_weights(folder: Path, kind: str) -> None:
+    """`folder` (a saved model or adapter) holds safetensors weights, not only pickled .bin files."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(folder.glob("adapter_model*.bin" if kind == "adapter" else "pytorch_model*.bin"))
+    if pickled:
+        convert = ("load it with transformers (AutoModelFor...from_pretrained(folder)) and save it with "
+                   "save_pretrained(folder, safe_serialization=True)") if kind == "model" else (
+                   "load it with peft (PeftModel.from_pretrained(base, folder)) and save it with "
+                   "save_pretrained(folder, safe_serialization=True)")
+        raise RunDirError(f"{pickled[0]}: tuneforge loads weights from .safetensors files only and never unpickles a "
+                          f".bin file (unpickling can run code). If you trust the file, convert it once: {convert}")
+    raise RunDirError(f"{folder}: no weights file (*.safetensors) in the run's {kind}/ folder; the run was copied "
+                      "without its weights or did not finish: copy them too, or train the run again")
+
+
 def read_run(run_dir: str | Path) -> tuple[Path, Recipe]:
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
@@ -65,7 +103,7 @@ def open_run(run_dir: str | Path, device: Optional[str] = None) -> OpenRun:
     process: using a run is not data-parallel."""
     from .engine.runtime import runtime_for
 
-    run_dir, recipe = read_run(run_dir)
+    run_dir, recipe = read_run(require_run(run_dir))  # a run, its weights safetensors: before anything loads
     runtime = runtime_for(recipe.training, device=device, distributed=False)
     run = _load_run(run_dir, recipe, runtime)
     run.runtime = runtime

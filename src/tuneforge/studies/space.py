@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..recipe import Recipe, apply_overrides, parse_recipe
+from ..recipe.loading import read_yaml
 
 Value = Union[int, float, str, bool, list, None]
 
@@ -58,13 +59,8 @@ def read_space(source: Union[str, Path, dict], recipe: Optional[Recipe] = None) 
     if isinstance(source, dict):
         data = source
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise RecipeError([f"no search space file at {str(path)!r}"], where)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError([f"not valid YAML: {e}"], where) from None
+        # Missing, a folder, not UTF-8, not YAML, a key given twice: each named as for a recipe.
+        data = read_yaml(Path(source), "search space") or {}
     if not isinstance(data, dict) or not data:
         raise RecipeError(["the space must map recipe keys (e.g. training.lr) to their ranges or choices"], where)
     problems: list[str] = []
