@@ -129,7 +129,10 @@ def world(tiny_bert, tmp_path_factory) -> dict[str, Path]:
     saved.write_bytes(saved.read_bytes()[:1000])
     (recipes / "from-cut-run.yaml").write_text(yaml.safe_dump(tiny_recipe(cut_run, files, runs / "from-cut-run",
                                                                           training=fast)))
-    return {"root": root, "models": m, "recipes": recipes, "runs": runs, "tiny_bert": tiny_bert, "cut_run": cut_run}
+    (recipes / "overwrite-truncated.yaml").write_text(yaml.safe_dump(tiny_recipe(m / "truncated", files,
+                                                                                 root / "finished", training=fast)))
+    return {"root": root, "models": m, "recipes": recipes, "runs": runs, "tiny_bert": tiny_bert, "cut_run": cut_run,
+            "finished": root / "finished"}
 
 
 def _cases(w: dict[str, Path]) -> list[Case]:
@@ -171,10 +174,13 @@ def _cases(w: dict[str, Path]) -> list[Case]:
                           [saved, "not a readable safetensors", "model.name"], watch))
     cases.append(Case("predict-cut-run", ["predict", w["cut_run"], "--text", "a good film"],
                       [saved, "not a readable safetensors", "the saved model"], [w["cut_run"]]))
+    # --overwrite: the finished run it would replace is left whole when the model is refused
+    cases.append(Case("train-overwrite-truncated", ["train", r / "overwrite-truncated.yaml", "--overwrite"],
+                      ["model.safetensors", "not a readable safetensors"], [w["finished"], m]))
     return cases
 
 
-CASE_IDS = [c.id for c in _cases({k: Path(k) for k in ("models", "recipes", "runs", "cut_run")})]
+CASE_IDS = [c.id for c in _cases({k: Path(k) for k in ("models", "recipes", "runs", "cut_run", "finished")})]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
