@@ -94,6 +94,10 @@ def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str 
 def _load_model(path: Path, generative: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from ..models.weights_check import header_shapes, weights_files
+
+    who = f"distill.teacher {name!r}"  # missing, pickled-only or cut-short weights: named before anything loads
+    header_shapes(weights_files(path, name, who=who), name, who=who)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if generative:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
