@@ -302,3 +302,16 @@ def test_merge_locks_its_output_folder_and_writes_its_marker_inside_it(tiny_bert
         proc.wait()
     tuneforge.merge(tmp_path / "run")
     assert (tmp_path / "run" / "merged" / MERGED_MARKER).exists()
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_before_anything_loads(tiny_bert, sentiment_files, tmp_path,
+                                                                            capsys):
+    from badinput import Case, assert_refused
+
+    blocker = tmp_path / "out" / "a-file"
+    blocker.parent.mkdir()
+    blocker.write_text("not a folder")
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(tiny_recipe(tiny_bert, sentiment_files, blocker / "run")))
+    assert_refused(Case("output-dir-under-a-file", ["train", f], [str(blocker), "is a file", "choose another output.dir"],
+                        watch=[tmp_path / "out"]), capsys)
