@@ -289,13 +289,35 @@ def test_whole_number_pixels_of_any_numeric_type_are_read_as_uint8(tmp_path):
         assert examples[1].image.dtype == np.uint8 and np.array_equal(examples[1].image, X[1])
 
 
-def test_a_missing_marker_is_refused_but_none_is_a_class(tmp_path):
+def test_a_missing_marker_is_refused_but_real_class_names_are_classes(tmp_path):
     from tuneforge.data.dataset import parse_class_label
 
-    assert parse_class_label("None") == ("None", None)
-    for marker in ("NaN", "nan", "NA", "N/A", "null", "<NA>"):
+    # NA (North America, Namibia), N/A, null and None are names real data sets give classes.
+    for name in ("None", "NA", "N/A", "null"):
+        assert parse_class_label(name) == (name, None)
+    for marker in ("NaN", "nan", "<NA>"):
         label, problem = parse_class_label(marker)
         assert label is None and "missing label" in problem
+
+
+def test_an_excel_export_with_empty_header_cells_reads(tmp_path):
+    from tuneforge.data.readers import read_table
+
+    f = tmp_path / "excel.csv"
+    f.write_text("text,label,,\ngood film,pos,,\nbad plot,neg,,\n")
+    assert list(read_table(f)["label"]) == ["pos", "neg"]
+
+
+def test_a_left_truncating_tokenizer_keeps_the_end_of_a_huge_text(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.clip import clip_texts
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    tok.truncation_side = "left"
+    text = " ".join(["good"] * 5000 + ["bad"])
+    out, cut = clip_texts(tok, [text], 8)
+    assert out == [text] and not cut  # not cut from the front: the tokenizer keeps the end
 
 
 # ---------------------------------------------------------------- 6. a huge cell is cheap to validate

@@ -180,7 +180,7 @@ def test_compare_locks_its_study_folder(tiny_bert, sentiment_files, tmp_path):
     study = tmp_path / "study"
     proc = _holder(study)
     try:
-        with pytest.raises(RunLocked, match="writing a compare study there"):
+        with pytest.raises(RunLocked, match=rf"{study} is in use: process {proc.pid} "):
             tuneforge.compare(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run"), "head", study_dir=study)
     finally:
         proc.kill()
@@ -295,7 +295,7 @@ def test_merge_locks_its_output_folder_and_writes_its_marker_inside_it(tiny_bert
                                     training={"epochs": 1}))
     proc = _holder(tmp_path / "run" / "merged")
     try:
-        with pytest.raises(RunLocked, match="writing a merged model there"):
+        with pytest.raises(RunLocked, match=rf"merged is in use: process {proc.pid} "):
             tuneforge.merge(tmp_path / "run")
     finally:
         proc.kill()
@@ -315,3 +315,50 @@ def test_an_output_dir_that_cannot_be_made_is_refused_before_anything_loads(tiny
     f.write_text(yaml.safe_dump(tiny_recipe(tiny_bert, sentiment_files, blocker / "run")))
     assert_refused(Case("output-dir-under-a-file", ["train", f], [str(blocker), "is a file", "choose another output.dir"],
                         watch=[tmp_path / "out"]), capsys)
+
+
+def test_skip_under_fp16s_gradient_scaler_trains_on(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    """A skipped step closes the scaler's step too (else the next unscale_ raises)."""
+    from tuneforge.tasks.base import Task
+
+    calls = {"n": 0}
+    real = Task.batch_loss
+
+    def nan_on_the_third_forward(self, model, batch, evaluating=False):
+        loss, extra = real(self, model, batch, evaluating)
+        if not evaluating:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                loss = loss * float("nan")
+        return loss, extra
+    monkeypatch.setattr(Task, "batch_loss", nan_on_the_third_forward)
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run",
+                         training={"nonfinite": "skip", "epochs": 1, "precision": "fp16"})
+    result = tuneforge.fine_tune(recipe)
+    assert result.steps == 6
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_steps"] == {"count": 1, "first": [3]}
+
+
+def test_a_killed_replacement_of_a_model_folder_brings_the_old_one_back(tmp_path):
+    from tuneforge.engine.checkpoint import atomic_folder
+
+    final = tmp_path / "model"
+    (tmp_path / "model.old").mkdir()  # killed between the two renames: only NAME.old (and NAME.tmp) are left
+    (tmp_path / "model.old" / "w.safetensors").write_text("old")
+    (tmp_path / "model.tmp").mkdir()
+    with atomic_folder(final) as tmp:
+        assert (final / "w.safetensors").read_text() == "old"  # restored before the new one is written
+        (tmp / "w.safetensors").write_text("new")
+    assert (final / "w.safetensors").read_text() == "new" and not (tmp_path / "model.old").exists()
+
+
+def test_a_lock_goes_into_the_folder_where_its_parent_cannot_be_written(tmp_path, monkeypatch):
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(runlock.os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+    assert runlock.lock_file(folder) == folder / runlock.LOCK_SUFFIX
+    with runlock.scope():
+        runlock.acquire(folder)
+        assert (folder / runlock.LOCK_SUFFIX).exists()
+    assert not (folder / runlock.LOCK_SUFFIX).exists()

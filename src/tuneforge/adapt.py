@@ -84,7 +84,8 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
     """Run (or reuse) the adaptation stage with `train` (fine_tune); returns the adapted model's folder and the
     stage's report. Called once the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
-    from .rundir import check_run_dir, check_shared_storage, mark_run_dir, remove_run, saved_recipe
+    from .rundir import (check_run_dir, check_shared_storage, mark_run_dir, recipe_differences, remove_run,
+                         saved_recipe)
     from . import runlock
 
     run_dir = Path(recipe.output.dir)
@@ -105,7 +106,9 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
         body = "".join(json.dumps({"text": x}) + "\n" for x in texts)
         text_changed = text_file.exists() and text_file.read_text() != body
         started = (stage_dir / "summary.json").exists() or (stage_dir / "checkpoints").is_dir()
-        if started and (text_changed or saved_recipe(stage_dir) != child):
+        # (The stage's text file lives in the run folder: its path moves with a moved folder; its content counts.)
+        differ = [d for d in recipe_differences(saved_recipe(stage_dir), child) if not d.startswith("data.train:")]
+        if started and (text_changed or differ):
             # Never reuse (or continue) an adaptation made from other settings or other text under this recipe's name.
             raise RunDirError(f"{stage_dir} holds an adaptation stage made with other adapt settings, model or text "
                               "than this recipe's; pass --overwrite to redo both stages, or set output.dir to a new folder")
@@ -114,7 +117,13 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
             tmp.write_text(body)
             tmp.replace(text_file)
         return (stage_dir / "summary.json").exists()
-    finished = runtime.on_main(prepare)
+    def prepare_or_say_why() -> bool:
+        try:
+            return prepare()
+        except OSError as e:  # (a place this user may not write, a read-only or full disk)
+            raise RunDirError(f"output.dir {str(run_dir)!r}: cannot write there ({e.strerror or e}: "
+                              f"{e.filename or run_dir}); choose another output.dir") from None
+    finished = runtime.on_main(prepare_or_say_why)
     if runtime.distributed:  # the task stage starts from the adapted folder on every rank
         check_shared_storage(run_dir, runtime, None, recipe)
     console.print(f"[bold]adaptation[/] ({objective}) on {len(texts)} unlabeled rows ("

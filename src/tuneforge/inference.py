@@ -17,8 +17,8 @@ from .engine.evaluate import run_evaluation
 from .errors import DataError, RunDirError
 from .models import load_for_recipe
 from .recipe import Recipe
-from .runs import (OpenRun, adapter_name, check_weights, load_base_for, open_run, peft_name, read_run,  # noqa: F401
-                   require_run, run_labels)
+from .runs import (OpenRun, adapter_name, load_base_for, open_run, peft_name, read_run,  # noqa: F401
+                   require_run, require_safetensors, run_labels)
 from .tasks import task_for
 
 
@@ -121,10 +121,10 @@ class Predictor:
         candidates = [Path(name_or_dir), self.run.run_dir.parent / str(name_or_dir)]
         for c in candidates:
             if adapter_kind(c / "adapter"):
-                check_weights(c / "adapter", "adapter")
+                require_safetensors(c / "adapter", "adapter")
                 return c, c / "adapter"
             if adapter_kind(c) and (c.parent / "recipe.yaml").exists():
-                check_weights(c, "adapter")
+                require_safetensors(c, "adapter")
                 return c.parent, c
         raise RunDirError(f"adapter {str(name_or_dir)!r}: not an adapter run directory, an adapter folder, or the name "
                           f"of a run beside {self.run.run_dir} (looked in {', '.join(str(c) for c in candidates)})")

@@ -128,8 +128,10 @@ def merge(run_dir: str | Path, out: Optional[str | Path] = None, *, overwrite: b
                          f"(tuneforge predict {run_dir}); merge works for {', '.join(MERGEABLE)}")
     out_dir = Path(out) if out else run_dir / "merged"
     runlock.refuse_if_locked(run_dir)  # a run still training is merged once it has finished
-    runlock.refuse_if_locked(out_dir, "a merged model")
+    runlock.refuse_if_locked(out_dir)
     _check_out_dir(out_dir, run_dir, overwrite)
+    # The run too, for the whole merge: a `train --overwrite` of it must not empty it under the merge.
+    runlock.acquire(run_dir, "a merge of its adapter")
     runlock.acquire(out_dir, "a merged model")
 
     predictor = Predictor(run_dir, device=device)

@@ -16,7 +16,7 @@ RANKS_FILE = ".tuneforge-ranks"  # a token of rank 0's: the other ranks find it 
 TRASH = ".tuneforge-replaced"  # an old run being removed (--overwrite): moved here first, then deleted
 OWN_FILES = (RUN_MARKER, RANKS_FILE, TRASH)
 # Keys that may differ on --resume: where the run folder is (it may have been moved) and how progress is shown.
-RESUME_MAY_DIFFER = ("output.dir", "training.progress")
+RESUME_MAY_DIFFER = ("output.dir", "training.progress", "training.nonfinite", "training.keep_checkpoints")
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,
@@ -79,7 +79,8 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: tuple[str, ...] = ()) ->
 
 def check_writable(run_dir: Path) -> None:
     """Refuse, before anything loads or is written, an output.dir that cannot be made or written: the folder and
-    its parent (which holds its lock file) where it exists, else its nearest existing parent, where it will be made."""
+    where it exists (its lock file goes beside it, or into it where the parent is not writable), else its nearest
+    existing parent, where it will be made."""
     run_dir = Path(run_dir).absolute()
     place = run_dir
     while not place.exists() and place != place.parent:
@@ -87,11 +88,9 @@ def check_writable(run_dir: Path) -> None:
     if place != run_dir and not place.is_dir():
         raise RunDirError(f"output.dir {str(run_dir)!r}: {place} is a file, so the folder cannot be made in it; "
                           "choose another output.dir")
-    needed = [run_dir, run_dir.parent] if place == run_dir else [place]
-    for folder in needed:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise RunDirError(f"output.dir {str(run_dir)!r}: {folder} is not writable by this user; choose a folder "
-                              "you can write (e.g. output.dir=runs/NAME on the command line)")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise RunDirError(f"output.dir {str(run_dir)!r}: {place} is not writable by this user; choose a folder "
+                          "you can write (e.g. output.dir=runs/NAME on the command line)")
 
 
 def mark_run_dir(run_dir: Path) -> None:

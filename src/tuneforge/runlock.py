@@ -1,9 +1,11 @@
 """Folder locks: one process at a time writes a run (or a study's or a merge's output) folder.
 
 The lock is an OS-level advisory lock (`flock`) on a small file beside the folder, `.NAME.tuneforge-lock`, which
-also says who holds it (process id, host, command, start time). The kernel drops the lock when its process ends,
-however it ends, so the file a killed process leaves behind blocks no one: a later process simply takes the lock.
-Beside the folder, not in it, because replacing an old run (`--overwrite`) empties the folder.
+also says who holds it (process id, host, command, start time, what it writes). The kernel drops the lock when its
+process ends, however it ends, so the file a killed process leaves behind blocks no one: a later process simply
+takes the lock. Beside the folder, so that a lock never writes into a folder before tuneforge knows it is its own;
+where the parent cannot be written (a mounted volume, a scheduler's scratch folder) but the folder exists, the file
+is `NAME/.tuneforge-lock` instead (replacing a run leaves lock files in place).
 
 Locks are re-entrant within a process (an adaptation stage and the task stage after it write the same folder) and
 held until the outermost `scope()` ends, so a run's folder stays locked from the moment it is prepared until the
@@ -35,7 +37,9 @@ _depth = 0                  # nesting of scope()
 
 
 def lock_file(folder: Path) -> Path:
-    folder = Path(folder).absolute()
+    folder = Path(folder).absolute().resolve()  # a symlink and its target are one folder, with one lock
+    if folder.is_dir() and not os.access(folder.parent, os.W_OK | os.X_OK):
+        return folder / LOCK_SUFFIX
     return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
@@ -70,20 +74,21 @@ def _read_holder(file: Path) -> dict:
         return {}
 
 
-def _describe(who: dict) -> str:
-    if not who:
-        return "another process"
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who["started"])) if "started" in who else "?"
-    return (f"process {who.get('pid', '?')} on {who.get('host', '?')} (`{who.get('command', '?')}`, started "
-            f"{started})")
+def _in_use(folder: Path, who: dict) -> RunLocked:
+    if who:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who["started"])) if "started" in who else "?"
+        by = (f"process {who.get('pid', '?')} on {who.get('host', '?')} (`{who.get('command', '?')}`, started "
+              f"{started}) is writing {who.get('what', 'a run')} there")
+    else:
+        by = "another process holds its lock"
+    return RunLocked(f"{folder} is in use: {by}. Wait for it to finish (or stop it), or choose another output folder")
 
 
-def refuse_if_locked(folder: Path, what: str = "a run") -> None:
+def refuse_if_locked(folder: Path) -> None:
     """Raise RunLocked when another process holds the folder's lock; creates nothing."""
     who = holder(folder)
     if who is not None:
-        raise RunLocked(f"{folder} is in use: {_describe(who)} is writing {what} there. Wait for it to finish (or stop "
-                        "it), or choose another output folder")
+        raise _in_use(folder, who)
 
 
 def acquire(folder: Path, what: str = "a run") -> None:
@@ -96,12 +101,9 @@ def acquire(folder: Path, what: str = "a run") -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_soon(fd):
             os.close(fd)
-            raise RunLocked(f"{folder} is in use: {_describe(_read_holder(file))} is writing {what} there. Wait for "
-                            "it to finish (or stop it), or choose another output folder") from None
+            raise _in_use(folder, _read_holder(file))
         # The holder before us may have removed the file after we opened it: then our lock is on a file no one
         # else will open; take the lock of the file that is there now.
         try:
@@ -112,10 +114,24 @@ def acquire(folder: Path, what: str = "a run") -> None:
             break
         os.close(fd)
     who = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["tuneforge", *sys.argv[1:]])
-           if Path(sys.argv[0]).name in ("tuneforge", "__main__.py") else " ".join(sys.argv), "started": time.time()}
+           if Path(sys.argv[0]).name in ("tuneforge", "__main__.py") else " ".join(sys.argv), "started": time.time(),
+           "what": what}
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(who).encode())
     _held[key] = (fd, file)
+
+
+def _lock_soon(fd: int, tries: int = 10) -> bool:
+    """Take the exclusive lock, retrying briefly: another process's look at who holds it (holder(), a shared
+    lock for an instant) must not read as the folder being in use."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.02)
+    return False
 
 
 def release_all() -> None:

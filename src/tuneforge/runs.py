@@ -40,16 +40,16 @@ def require_run(run_dir: str | Path) -> Path:
         raise RunDirError(f"{str(run_dir)!r} is not a tuneforge run (no recipe.yaml in it); give the folder a "
                           "finished `tuneforge train` wrote (its output.dir)")
     if adapter_kind(run_dir / "adapter"):
-        check_weights(run_dir / "adapter", "adapter")
+        require_safetensors(run_dir / "adapter", "adapter")
     elif (run_dir / "model").is_dir():
-        check_weights(run_dir / "model", "model")
+        require_safetensors(run_dir / "model", "model")
     elif not (run_dir / "adapter").exists():
         raise RunDirError(f"{run_dir}: the run holds no model yet (neither model/ nor adapter/); finish it with "
                           "`tuneforge train RECIPE --resume`")
     return run_dir
 
 
-def check_weights(folder: Path, kind: str) -> None:
+def require_safetensors(folder: Path, kind: str) -> None:
     """`folder` (a saved model or adapter) holds safetensors weights, not only pickled .bin files."""
     if any(folder.glob("*.safetensors")):
         return

@@ -45,6 +45,8 @@ def clip_texts(tokenizer, texts: Sequence[Optional[str]], max_length: int,
     a text is huge (where tokenizing it whole would also cost memory quadratic in its length)."""
     out = list(texts)
     cut: set[int] = set()
+    if getattr(tokenizer, "truncation_side", "right") != "right":  # keeps the end of a text: a prefix would be wrong
+        return out, cut
     chars = max(max_length, 1) * chars_per_token
     todo = [i for i, t in enumerate(texts) if isinstance(t, str) and len(t) > chars]
     while todo:

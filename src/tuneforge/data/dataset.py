@@ -42,8 +42,9 @@ class LabelSpace:
 # Cells that spell "no value": what pandas, numpy (np.array(["cat", np.nan]) holds 'nan'), R, Excel and SQL exports
 # write for a missing value. As a class label each would become a class of its own; they are refused as missing.
 # ("None" and "none" are not among them: they are real classes in many data sets.)
-MISSING_MARKERS = {"nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "<NA>", "null", "NULL", "Null",
-                   "NaT"}
+# Spellings of a missing value that no class is named: a float NaN written as text, pandas' NA and NaT. (NA, N/A
+# and null are left as classes: NA is North America or Namibia in real data sets, and N/A a deliberate class.)
+MISSING_MARKERS = {"nan", "NaN", "NAN", "-nan", "-NaN", "<NA>", "NaT"}
 FLOAT32_MAX = 3.4028234663852886e38
 
 

@@ -64,6 +64,17 @@ def sniff(path: Path, kind: str) -> Optional[str]:
     return None
 
 
+def _open_decompressed(path: Path):
+    """The file's bytes as pandas reads them: a .gz, .bz2 or .xz file decompressed (line numbers and offsets are
+    then those of the text inside)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(path).suffix.lower(), open)
+    return opener(path, "rb")
+
+
 def encoding_problem(path: Path, kind: str) -> str:
     """The first line that is not UTF-8, by line number (and data row, where that is certain) and byte offset, with
     how many lines are bad and how to re-encode the file."""
@@ -72,7 +83,7 @@ def encoding_problem(path: Path, kind: str) -> str:
     offset = 0
     rows = 0           # data rows before the current line, where they can be counted exactly
     exact = True       # a quoted CSV cell may span lines: then a line number is not a row number
-    with open(path, "rb") as f:
+    with _open_decompressed(path) as f:
         for lineno, line in enumerate(f, start=1):
             try:
                 line.decode("utf-8")

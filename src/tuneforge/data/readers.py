@@ -76,7 +76,9 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
                              "close the quote, or double quotes that are part of a text (\"\")"]) from None
         raise
     header = pd.read_csv(path, header=None, nrows=1, **options).iloc[0].tolist()
-    if len(set(header)) != len(header):
+    # Empty header cells (an Excel export's trailing commas) are unnamed columns, not a name given twice.
+    named = [h for h in header if isinstance(h, str) and h.strip()]
+    if len(set(named)) != len(named):
         raise _duplicate_columns(path, header)
     return df
 

@@ -84,6 +84,9 @@ def atomic_folder(final: Path):
 
 
 def _fresh(final: Path) -> Path:
+    old = final.with_name(final.name + ".old")
+    if old.exists() and not final.exists():  # killed between _publish's two renames: the old folder comes back
+        os.replace(old, final)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -20,8 +20,8 @@ def gradient_norm(params: list[torch.Tensor]) -> Optional[torch.Tensor]:
     return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    # A sharded (FSDP2) tensor: the norm is already global; reading it needs the full value.
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) norm is already global; reading it needs its full value."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
@@ -29,22 +29,25 @@ def step_is_finite(loss: torch.Tensor, grad_norm: Optional[torch.Tensor], runtim
     """Whether this step's loss (this rank's share) and gradient norm are finite, on every rank alike."""
     bad = (~torch.isfinite(loss.detach())).to(torch.float32)
     if grad_norm is not None:
-        bad = bad + (~torch.isfinite(_local(grad_norm).detach())).to(torch.float32).to(bad.device)
+        bad = bad + (~torch.isfinite(full_value(grad_norm).detach())).to(torch.float32).to(bad.device)
     if runtime.distributed:
         bad = runtime.sum(bad)
     return float(bad) == 0
 
 
 def first_nonfinite_weight(model: torch.nn.Module, runtime=None) -> Optional[str]:
-    """The name of the first parameter (or buffer) holding NaN or inf, or None; agreed by every rank."""
+    """The name of the first trainable parameter or floating buffer holding NaN or inf, or None; agreed by every
+    rank. (Frozen weights cannot have changed.) One host read: each tensor's min and max (no copy of the tensor;
+    NaN propagates into both), stacked."""
     found = None
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if not t.is_floating_point():
-            continue
-        local = t.to_local() if hasattr(t, "to_local") else t
-        if not bool(torch.isfinite(local.detach()).all()):
-            found = name
-            break
+    tensors = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + \
+        [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    tensors = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in tensors]
+    tensors = [(n, t.detach()) for n, t in tensors if t.is_floating_point() and t.numel()]
+    if tensors:
+        ends = torch.stack([torch.stack(torch.aminmax(t)).float().to(tensors[0][1].device) for _, t in tensors])
+        finite = torch.isfinite(ends).all(dim=1).tolist()
+        found = next((n for (n, _), ok in zip(tensors, finite) if not ok), None)
     if runtime is not None and runtime.distributed:
         names = [n for n in runtime.gather(found) if n is not None]
         found = names[0] if names else None

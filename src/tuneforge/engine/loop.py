@@ -23,7 +23,7 @@ from ..data.split import Split
 from ..errors import TrainingDiverged
 from .checkpoint import list_checkpoints, save_checkpoint
 from .evaluate import run_evaluation
-from .guard import diverged_message, gradient_norm, refuse_nonfinite_weights, step_is_finite
+from .guard import diverged_message, full_value, gradient_norm, refuse_nonfinite_weights, step_is_finite
 from .parallel import padding, share_of, sync_gradients, trains_now, wrap_for_training
 from .runtime import CPU, Runtime
 
@@ -208,11 +208,13 @@ class Loop:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.cfg.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        else:
-            norm = gradient_norm(self.params)
+        else:  # (under fp16's scaler the gradients' finiteness is the scaler's to judge)
+            norm = None if self.scaler else gradient_norm(self.params)
         # fp16's scaler skips steps whose scaled gradients overflowed by design; the loss must be finite anyway.
         if not step_is_finite(total, None if self.scaler else norm, rt):
             self._nonfinite_step(total, norm)  # raises, or (training.nonfinite: skip) leaves the weights as they are
+            if self.scaler:
+                self.scaler.update()  # (unscale_ ran: the scaler must close this step before the next one)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.examples_seen += sum(len(b) for b in step_batches)
@@ -236,7 +238,7 @@ class Loop:
                 s.skipped_at.append(s.global_step + 1)
             return
         loss = float(rt.sum(total)) / rt.world_size
-        grad = None if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        grad = None if norm is None else float(full_value(norm))
         raise TrainingDiverged(diverged_message(s.global_step + 1, self.total_steps, loss, grad,
                                                 max(self.scheduler.get_last_lr()), self.latest_checkpoint()))
 
