@@ -86,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
 
+    ck = sub.add_parser("check", help="show the loop's guarantees on this recipe's model and data with a few real steps "
+                        "(accumulation, resume), and measure time and memory; nothing is written to output.dir")
+    ck.add_argument("recipe")
+    ck.add_argument("overrides", nargs="*")
+    ck.add_argument("--steps", type=_count(1), default=2, help="optimizer steps before the resume point (default 2; "
+                    "the probe runs twice as many)")
+    ck.add_argument("--json", action="store_true", help="print the report as JSON")
+
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="labelled file with the run's columns")
@@ -279,6 +287,16 @@ def _dispatch(args) -> int:
         for w in report["warnings"]:
             out.print(f"[yellow]warning:[/] {w}")
         return 0
+    if args.command == "check":
+        from .check import check
+        from .report import check_table
+
+        report = check(args.recipe, args.overrides, steps=args.steps, console=out)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=1))
+        else:
+            out.print(check_table(report))
+        return 0 if report.passed else 1
     if args.command == "evaluate":
         metrics = _with_column_options(lambda: tuneforge.evaluate(
             args.run_dir, args.data, adapter=args.adapter, device=args.device, columns=_columns(args, EVALUATE_KEYS)))

@@ -1,5 +1,6 @@
 """The one training loop. Plain PyTorch; hooks: on_train_start, on_epoch_start, on_step_end, on_evaluate,
-on_epoch_end, on_save, on_train_end (on_train_abort when an error stops it).
+on_epoch_end, on_save, on_train_end (on_train_abort when an error stops it); on_gradients once a step's
+gradient is complete, before clipping and the update.
 
 Exactness matters more than brevity here:
 - the loss of each micro-batch is a *sum* divided by the examples (causal LM: target tokens) of the whole
@@ -206,6 +207,7 @@ class Loop:
             total += loss.detach().to(total.dtype)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        self.fire("on_gradients")  # the step's whole gradient, before clipping and the update (tuneforge check reads it)
         if self.cfg.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         else:  # (under fp16's scaler the gradients' finiteness is the scaler's to judge)

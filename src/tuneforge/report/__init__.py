@@ -29,6 +29,17 @@ def metrics_table(metrics: dict, title: str = "metrics") -> Table:
     return table
 
 
+def check_table(report) -> Table:
+    """`tuneforge check`'s report: each check, pass / fail (or a measurement), what was measured, the tolerance."""
+    table = Table(title=f"tuneforge check: {'all invariants hold' if report.passed else 'AN INVARIANT FAILED'}")
+    for column in ("check", "result", "measured", "tolerance"):
+        table.add_column(column)
+    for r in report.results:
+        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]" if r.passed is False else "measured"
+        table.add_row(r.name, verdict, r.measured, r.tolerance)
+    return table
+
+
 def print_summary(console: Console, result) -> None:
     if result.metrics:
         console.print(metrics_table(result.metrics))

@@ -1,0 +1,204 @@
+"""`tuneforge check RECIPE`: the loop's guarantees shown on the user's own model, data and settings, with a few
+real optimizer steps in a scratch folder (nothing is written into output.dir), and the run's time and memory
+measured and projected.
+
+Each check runs the real pipeline (`fine_tune`, the same loop, methods, precision and fast paths) on short probe
+runs, watched by callbacks (check/probes.py):
+- accumulation: grad_accum k x batch_size b gives the gradient of one batch of k*b rows;
+- resume: a run stopped after step s and resumed ends with the weights of an unbroken run;
+- time and memory: seconds per step, evaluation and checkpoint save, peak memory, and the whole run projected.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..engine.loop import count_steps
+from ..errors import RecipeError
+from ..recipe import Recipe, load_recipe
+from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, ProbeDone, Timings
+
+# The accumulation probes run in fp32: the invariant is the loop's arithmetic, and under bf16 autocast the
+# rounding of each micro-batch's activations (padded to its own length) differs by far more than a defect would
+# hide behind where gradients cancel (a balanced batch's head gradient: 0.67 of its size on a tiny model). In fp32
+# the sums merely run in another order: a difference of ~1e-4 of the largest gradient there; a loss normalized per
+# micro-batch is off by a factor k.
+ACCUMULATION_RTOL = 1e-3
+RESUME_RTOL = 1e-6  # a resumed run redoes the same arithmetic: equal up to last-bit noise of parallel kernels
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: Optional[bool]  # None: measured, no pass/fail (time and memory)
+    measured: str
+    tolerance: str = ""
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    recipe: str
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed is not False for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "passed": self.passed, "results": [asdict(r) for r in self.results]}
+
+
+def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, console=None,
+          workdir: Optional[Path] = None) -> CheckReport:
+    """Run the checks; `steps`: optimizer steps before the resume point (the probe runs 2 x steps)."""
+    from ..report import console as default_console, quiet_console
+
+    console = console or default_console()
+    if steps < 1:
+        raise RecipeError([f"--steps {steps}: give 1 or more"], "command line")
+    base = load_recipe(recipe, overrides)
+    scratch = Path(tempfile.mkdtemp(prefix="tuneforge-check-", dir=workdir))
+    quiet = quiet_console()
+    try:
+        results = [accumulation(base, scratch / "accumulation", quiet, console)]
+        resumed, timing = resume_and_time(base, scratch / "resume", steps, quiet, console)
+        results += [resumed, *timing]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return CheckReport(recipe=str(recipe) if not isinstance(recipe, (dict, Recipe)) else "(recipe)", results=results)
+
+
+def probe_recipe(base: Recipe, out: Path, keep_validation: bool = False, **training) -> Recipe:
+    """The recipe as a probe runs it: in `out`, without progress bars, test data or restoring the best step, and
+    (unless `keep_validation`) without validation data; `training` overrides."""
+    d = base.model_dump(mode="json")
+    d["output"]["dir"] = str(out)
+    d["training"].update({"progress": False, "restore_best": False, **training})
+    d["data"].update({"test": None, "test_fraction": 0.0})
+    if not keep_validation:
+        d["data"].update({"validation": None, "validation_fraction": 0.0})
+        d["training"].update({"early_stopping": None})
+    return load_recipe(d)
+
+
+def _train(recipe: Recipe, console, callbacks: list, resume: bool = False):
+    from ..run import fine_tune
+
+    try:
+        return fine_tune(recipe, resume=resume, console=console, callbacks=callbacks)
+    except ProbeDone:
+        return None
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, str]:
+    """(largest absolute difference, largest absolute value in `b`, where the difference is largest)."""
+    if set(a) != set(b):
+        raise RuntimeError(f"the probes saw different parameters: {sorted(set(a) ^ set(b))[:5]}")
+    worst, where, scale = 0.0, "", 0.0
+    for name in b:
+        diff = float((a[name] - b[name]).abs().max()) if a[name].numel() else 0.0
+        scale = max(scale, float(b[name].abs().max()) if b[name].numel() else 0.0)
+        if not diff <= worst:  # (NaN counts as the worst)
+            worst, where = diff, name
+    return worst, scale, where
+
+
+def accumulation(base: Recipe, folder: Path, quiet, console) -> CheckResult:
+    """The first step's gradient with grad_accum k x batch b against one batch of k*b rows (dropout off)."""
+    t = base.training
+    k = t.grad_accum if t.grad_accum > 1 else 2
+    b = t.batch_size if t.grad_accum > 1 else max(1, t.batch_size // 2)
+    console.print(f"check: accumulation, {k} x {b} rows against 1 x {k * b} (first step, dropout off, fp32)")
+    grads = []
+    for name, (size, accum) in {"accumulated": (b, k), "one-batch": (k * b, 1)}.items():
+        capture = CaptureGradients()
+        _train(probe_recipe(base, folder / name, batch_size=size, grad_accum=accum, precision="fp32"), quiet,
+               [NoDropout(), capture])
+        grads.append(capture.grads)
+    diff, scale, where = _max_difference(grads[0], grads[1])
+    relative = diff / scale if scale else diff
+    return CheckResult("accumulation", relative <= ACCUMULATION_RTOL,
+                       f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
+                       f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} relative (fp32)",
+                       {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative})
+
+
+def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console) -> tuple[CheckResult, list[CheckResult]]:
+    """An unbroken probe of 2 x steps against one stopped after `steps` and resumed; the unbroken one is timed."""
+    total = 2 * steps
+    settings = {"max_steps": total, "checkpoint_every": steps, "keep_checkpoints": 2}
+    has_validation = bool(base.data.validation or base.data.validation_fraction or base.data.dataset)
+    if has_validation:
+        settings["eval_every"] = steps
+    console.print(f"check: resume, {total} steps unbroken against {steps} + {steps} resumed; timing")
+    unbroken, timings = FinalWeights(), Timings()
+    started_rss = _peak_rss_mb()
+    result = _train(probe_recipe(base, folder / "unbroken", keep_validation=has_validation, **settings), quiet,
+                    [unbroken, timings])
+    broken = probe_recipe(base, folder / "resumed", keep_validation=has_validation, **settings)
+    _train(broken, quiet, [InterruptAfter(steps + 1)])
+    resumed = FinalWeights()
+    _train(broken, quiet, [resumed], resume=True)
+    diff, scale, where = _max_difference(resumed.weights, unbroken.weights)
+    relative = diff / scale if scale else diff
+    check = CheckResult("resume", relative <= RESUME_RTOL,
+                        f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + (f" (at {where})" if diff else ""),
+                        f"<= {RESUME_RTOL:g} relative", {"steps": steps, "max_abs_diff": diff, "relative": relative})
+    return check, _time_and_memory(base, timings, result, started_rss)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (kilobytes on Linux)
+
+
+def _time_and_memory(base: Recipe, timings: Timings, result, started_rss: float) -> list[CheckResult]:
+    t = base.training
+    per_step = statistics.median(timings.steps[1:] or timings.steps) if timings.steps else float("nan")
+    per_save = statistics.median(timings.saves) if timings.saves else 0.0
+    per_eval = statistics.median(timings.evaluations) if timings.evaluations else 0.0
+    rows = _train_rows(result)
+    out = [CheckResult("time per optimizer step", None, f"{per_step:.3g} s (median of {max(len(timings.steps) - 1, 1)}; "
+                       f"batch {t.batch_size} x accumulation {t.grad_accum})"),
+           CheckResult("time per checkpoint save", None, f"{per_save:.3g} s" if timings.saves else "(none written)"),
+           CheckResult("time per evaluation", None, f"{per_eval:.3g} s" if timings.evaluations else "(no validation)")]
+    if rows:
+        per_epoch, total = count_steps(rows, t)
+        evals = (t.epochs if t.eval_every == "epoch" else total // t.eval_every) if per_eval else 0
+        saves = math.ceil(total / per_epoch) + (total // t.checkpoint_every if t.checkpoint_every else 0)
+        projected = total * per_step + evals * per_eval + saves * per_save
+        out.append(CheckResult("projected run time", None, f"{_duration(projected)} ({total} steps, {evals} "
+                               f"evaluations, {saves} checkpoints)", detail={"seconds": projected, "steps": total}))
+    memory = f"peak RSS {_peak_rss_mb():,.0f} MB (process, over the probes; {started_rss:,.0f} MB before them)"
+    if torch.cuda.is_available():
+        memory += (f"; GPU allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB, reserved "
+                   f"{torch.cuda.max_memory_reserved() / 2**20:,.0f} MB")
+    out.append(CheckResult("peak memory", None, memory))
+    return out
+
+
+def _train_rows(result) -> Optional[int]:
+    if result is None:
+        return None
+    import json
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    return summary.get("rows", {}).get("train")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rest = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{seconds:.1f} s"
+
+
+__all__ = ["CheckReport", "CheckResult", "check"]

@@ -1,0 +1,86 @@
+"""`tuneforge check`: each invariant holds on a tiny model, and each is shown to fail on a planted defect, so none
+can pass vacuously; nothing is written into output.dir."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_recipe
+
+import tuneforge.engine.loop as loop_module
+from tuneforge.check import check
+from tuneforge.tasks.base import Task
+
+
+def _by_name(report) -> dict:
+    return {r.name: r for r in report.results}
+
+
+def test_the_invariants_hold_and_nothing_is_written_to_output_dir(tiny_bert, sentiment_files, tmp_path):
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run"), workdir=tmp_path)
+    results = _by_name(report)
+    assert report.passed
+    assert results["accumulation"].passed and results["accumulation"].detail["k"] == 2
+    assert results["resume"].passed and results["resume"].detail["max_abs_diff"] == 0.0
+    assert "12 steps" in results["projected run time"].measured  # 48 rows / 8 x 2 epochs
+    assert not (tmp_path / "run").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the scratch folder is gone too
+
+
+def test_accumulation_fails_when_the_loss_is_normalized_per_micro_batch(tiny_bert, sentiment_files, tmp_path,
+                                                                         monkeypatch):
+    real = Task.batch_loss
+
+    def mean_per_micro_batch(self, model, batch, evaluating=False):  # the defect of transformers #37766
+        loss, extra = real(self, model, batch, evaluating)
+        return loss / len(batch["labels"]) * 8, extra
+    monkeypatch.setattr(Task, "batch_loss", mean_per_micro_batch)
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run"), workdir=tmp_path)
+    acc = _by_name(report)["accumulation"]
+    assert acc.passed is False and acc.detail["relative"] > 0.3 and not report.passed
+
+
+def test_resume_fails_when_a_resumed_run_reshuffles(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    real = loop_module.epoch_order
+    calls = {"n": 0}
+
+    def reshuffling(n, data_seed, epoch):  # each process draws its own order: a resumed one replays other rows
+        calls["n"] += 1
+        return real(n, data_seed + calls["n"], epoch)
+    monkeypatch.setattr(loop_module, "epoch_order", reshuffling)
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}),
+                   ["training.group_by_length=false"], workdir=tmp_path)
+    resumed = _by_name(report)["resume"]
+    assert resumed.passed is False and resumed.detail["max_abs_diff"] > 0
+
+
+def test_the_cli_prints_the_report_and_exits_1_on_a_failure(tiny_bert, sentiment_files, tmp_path, capsys,
+                                                           monkeypatch):
+    from badinput import run_cli
+
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1})))
+    code, out, _ = run_cli(["check", str(f), "--steps", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out[out.index("{"):])["passed"] is True
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", lambda self, state: None)  # resume loses Adam's moments
+    code, out, _ = run_cli(["check", str(f), "--steps", "1"], capsys)
+    assert code == 1 and "AN INVARIANT FAILED" in out and "FAIL" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_refuses_a_bad_step_count(tiny_bert, sentiment_files, tmp_path, capsys):
+    from badinput import Case, assert_refused
+
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run")))
+    assert_refused(Case("check-steps-zero", ["check", f, "--steps", "0"], ["--steps", "0"], watch=[tmp_path]), capsys)
+
+
+@pytest.mark.parametrize("method", ["lora", "freeze:1"])
+def test_the_invariants_hold_for_adapters_and_frozen_layers(tiny_bert, sentiment_files, tmp_path, method):
+    name, _, n = method.partition(":")
+    sections = {"method": {"name": name, **({"freeze_layers": int(n)} if n else {})}, "training": {"epochs": 1}}
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", **sections), steps=1, workdir=tmp_path)
+    assert report.passed, [(r.name, r.measured) for r in report.results]
