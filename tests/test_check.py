@@ -11,6 +11,7 @@ from conftest import tiny_recipe
 
 import tuneforge.engine.loop as loop_module
 from tuneforge.check import check
+from tuneforge.check.export import EXPORT_RTOL
 from tuneforge.tasks.base import Task
 
 
@@ -84,3 +85,37 @@ def test_the_invariants_hold_for_adapters_and_frozen_layers(tiny_bert, sentiment
     sections = {"method": {"name": name, **({"freeze_layers": int(n)} if n else {})}, "training": {"epochs": 1}}
     report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", **sections), steps=1, workdir=tmp_path)
     assert report.passed, [(r.name, r.measured) for r in report.results]
+
+
+def test_export_fails_when_the_saved_model_is_not_the_trained_one(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    import tuneforge.run as run_module
+
+    real = run_module.save_model
+
+    def save_a_nudged_model(model, *args, **kwargs):  # an export that changes a weight on the way out
+        with torch.no_grad():
+            model.classifier.bias.add_(1.0)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(run_module, "save_model", save_a_nudged_model)
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}), steps=1,
+                   workdir=tmp_path)
+    export = _by_name(report)["export: full model (model/)"]
+    assert export.passed is False and export.detail["max_abs_diff"] > 0.5
+
+
+def test_export_fails_when_a_merge_drops_the_scaling(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    import tuneforge.merging as merging
+
+    def merge_without_scaling(model):  # the defect of peft #2321's kind: the merged update is not the adapter's
+        for m in model.modules():
+            if isinstance(getattr(m, "scaling", None), dict):
+                m.scaling = {k: 1.0 for k in m.scaling}
+        return model.merge_and_unload()
+    monkeypatch.setattr(merging, "_merge_and_unload", merge_without_scaling)
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora", "alpha": 4},
+                               training={"epochs": 1, "lr": 1e-2}), steps=1, workdir=tmp_path)
+    merged = _by_name(report)["export: merged model (tuneforge merge)"]
+    # (On this tiny model the logits are ~0.03, within merge's own default atol of 1e-4: the reload comparison,
+    # relative to the outputs' size, is what catches it.)
+    assert merged.passed is False and (merged.detail.get("relative", 1.0) > EXPORT_RTOL
+                                       or "differ from the adapter model's" in merged.measured)

@@ -6,6 +6,8 @@ Each check runs the real pipeline (`fine_tune`, the same loop, methods, precisio
 runs, watched by callbacks (check/probes.py):
 - accumulation: grad_accum k x batch_size b gives the gradient of one batch of k*b rows;
 - resume: a run stopped after step s and resumed ends with the weights of an unbroken run;
+- export: each model folder the run gives (the full model, or the merged adapter), reloaded with transformers
+  alone, computes the outputs the model had at the end of training (check/export.py);
 - time and memory: seconds per step, evaluation and checkpoint save, peak memory, and the whole run projected.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from ..engine.loop import count_steps
 from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
+from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, ProbeDone, Timings
 
 # The accumulation probes run in fp32: the invariant is the loop's arithmetic, and under bf16 autocast the
@@ -70,8 +73,8 @@ def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, cons
     quiet = quiet_console()
     try:
         results = [accumulation(base, scratch / "accumulation", quiet, console)]
-        resumed, timing = resume_and_time(base, scratch / "resume", steps, quiet, console)
-        results += [resumed, *timing]
+        resumed, timing, unbroken, trained = resume_and_time(base, scratch / "resume", steps, quiet, console)
+        results += [resumed, *export(base, unbroken, trained, scratch / "export", quiet, console), *timing]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CheckReport(recipe=str(recipe) if not isinstance(recipe, (dict, Recipe)) else "(recipe)", results=results)
@@ -132,18 +135,20 @@ def accumulation(base: Recipe, folder: Path, quiet, console) -> CheckResult:
                        {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative})
 
 
-def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console) -> tuple[CheckResult, list[CheckResult]]:
-    """An unbroken probe of 2 x steps against one stopped after `steps` and resumed; the unbroken one is timed."""
+def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
+    """An unbroken probe of 2 x steps against one stopped after `steps` and resumed; the unbroken one is timed and
+    its outputs at the end kept for the export check. Returns (resume result, timing results, the unbroken run's
+    result, its outputs)."""
     total = 2 * steps
     settings = {"max_steps": total, "checkpoint_every": steps, "keep_checkpoints": 2}
     has_validation = bool(base.data.validation or base.data.validation_fraction or base.data.dataset)
     if has_validation:
         settings["eval_every"] = steps
     console.print(f"check: resume, {total} steps unbroken against {steps} + {steps} resumed; timing")
-    unbroken, timings = FinalWeights(), Timings()
+    unbroken, timings, trained = FinalWeights(), Timings(), TrainedOutputs()
     started_rss = _peak_rss_mb()
     result = _train(probe_recipe(base, folder / "unbroken", keep_validation=has_validation, **settings), quiet,
-                    [unbroken, timings])
+                    [unbroken, timings, trained])
     broken = probe_recipe(base, folder / "resumed", keep_validation=has_validation, **settings)
     _train(broken, quiet, [InterruptAfter(steps + 1)])
     resumed = FinalWeights()
@@ -153,7 +158,26 @@ def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console) -> t
     check = CheckResult("resume", relative <= RESUME_RTOL,
                         f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + (f" (at {where})" if diff else ""),
                         f"<= {RESUME_RTOL:g} relative", {"steps": steps, "max_abs_diff": diff, "relative": relative})
-    return check, _time_and_memory(base, timings, result, started_rss)
+    return check, _time_and_memory(base, timings, result, started_rss), result, trained
+
+
+def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet, console) -> list[CheckResult]:
+    from ..merging import MergeError
+
+    console.print("check: export, each saved model reloaded with transformers alone")
+    out = []
+    try:
+        made = artefacts(unbroken.run_dir, base.method.is_adapter, scratch, quiet)
+    except MergeError as e:
+        return [CheckResult("export: merged model (tuneforge merge)", False, str(e).splitlines()[0], "merge's own check")]
+    for name, folder in made.items():
+        diff, scale = compare_reloaded(folder, trained)
+        relative = diff / scale if scale else diff
+        out.append(CheckResult(f"export: {name}", relative <= EXPORT_RTOL,
+                               f"outputs on {trained.outputs.shape[0]} held-out rows: max |diff| {diff:.3g} of "
+                               f"outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} relative",
+                               {"max_abs_diff": diff, "relative": relative}))
+    return out
 
 
 def _peak_rss_mb() -> float:

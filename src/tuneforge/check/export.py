@@ -1,0 +1,92 @@
+"""The export check: each artefact a run writes, reloaded outside tuneforge (transformers, by the class its
+config.json names), gives the outputs of the model as it was at the end of training, on held-out rows."""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+EXPORT_RTOL = 1e-5  # the same fp32 function on the same device: equal up to the order of parallel sums
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+ROWS = 8
+
+
+class TrainedOutputs:
+    """At the end of training: the model's outputs (fp32, eval mode, no autocast) on the first rows of the
+    validation data (else of the training data), and those rows' inputs."""
+
+    def __init__(self):
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: Optional[torch.Tensor] = None
+
+    def on_train_end(self, loop) -> None:
+        split = loop.validation if loop.validation is not None else loop.train_split
+        batch = split.batch(list(range(min(ROWS, len(split)))), loop.pad_id)
+        self.inputs = model_inputs(loop.model, batch)
+        was_training = loop.model.training
+        loop.model.eval()
+        with torch.no_grad():
+            self.outputs = output_tensor(loop.model(**_on(self.inputs, _device(loop.model))))
+        loop.model.train(was_training)
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """The batch's tensors that the model's forward takes as inputs (labels left out)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    accepted = set(inspect.signature(base.forward).parameters)
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k in accepted and k not in LABEL_KEYS}
+
+
+def output_tensor(out) -> torch.Tensor:
+    """What a task reads from a forward: the logits (question answering: start and end logits side by side)."""
+    if getattr(out, "logits", None) is not None:
+        return out.logits.detach().float().cpu()
+    return torch.cat([out.start_logits, out.end_logits], dim=-1).detach().float().cpu()
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _on(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def reload_outside(folder: Path) -> torch.nn.Module:
+    """The folder as any Hugging Face tool loads it: transformers' class named by config.json's architectures."""
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text())
+    architecture = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, architecture or "", None)
+    if cls is None:
+        raise RuntimeError(f"{folder}/config.json names no architecture transformers has ({architecture!r})")
+    return cls.from_pretrained(folder, use_safetensors=True).eval()
+
+
+def compare_reloaded(folder: Path, trained: TrainedOutputs) -> tuple[float, float]:
+    """(largest absolute difference of the reloaded model's outputs from the trained model's, largest output)."""
+    model = reload_outside(folder)
+    with torch.no_grad():
+        reloaded = output_tensor(model(**trained.inputs))
+    if reloaded.shape != trained.outputs.shape:
+        return float("inf"), float(trained.outputs.abs().max())
+    return float((reloaded - trained.outputs).abs().max()), float(trained.outputs.abs().max())
+
+
+def artefacts(run_dir: Path, adapter: bool, scratch: Path, console) -> dict[str, Path]:
+    """The model folders a run's artefacts give a user: the full model, or for a mergeable adapter the merged
+    model (`tuneforge merge`, written into the scratch folder)."""
+    if not adapter:
+        return {"full model (model/)": run_dir / "model"}
+    from ..adapters import MERGEABLE, read_adapter_method
+    from ..merging import merge
+
+    if read_adapter_method(run_dir / "adapter") not in MERGEABLE:
+        return {}
+    out = scratch / "merged"
+    merge(run_dir, out, console=console)  # (refuses, MergeError, when its merged outputs differ from the adapter's)
+    return {"merged model (tuneforge merge)": out}
