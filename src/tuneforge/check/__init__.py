@@ -8,7 +8,8 @@ runs, watched by callbacks (check/probes.py):
 - resume: a run stopped after step s and resumed ends with the weights of an unbroken run;
 - export: each model folder the run gives (the full model, or the merged adapter), reloaded with transformers
   alone, computes the outputs the model had at the end of training (check/export.py);
-- time and memory: seconds per step, evaluation and checkpoint save, peak memory, and the whole run projected.
+- time and memory: seconds per step, evaluation and checkpoint save, peak memory, the whole run projected, and
+  the largest batch that fits (check/memory.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from ..engine.loop import count_steps
 from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
+from . import memory
 from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, ProbeDone, Timings
 
@@ -72,9 +74,11 @@ def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, cons
     scratch = Path(tempfile.mkdtemp(prefix="tuneforge-check-", dir=workdir))
     quiet = quiet_console()
     try:
-        results = [accumulation(base, scratch / "accumulation", quiet, console)]
+        budget = memory.budget_mb()
+        accumulated, points = accumulation(base, scratch / "accumulation", quiet, console)
         resumed, timing, unbroken, trained = resume_and_time(base, scratch / "resume", steps, quiet, console)
-        results += [resumed, *export(base, unbroken, trained, scratch / "export", quiet, console), *timing]
+        results = [accumulated, resumed, *export(base, unbroken, trained, scratch / "export", quiet, console),
+                   *timing, *_fits(base, points, timing, budget)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CheckReport(recipe=str(recipe) if not isinstance(recipe, (dict, Recipe)) else "(recipe)", results=results)
@@ -115,24 +119,29 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> t
     return worst, scale, where
 
 
-def accumulation(base: Recipe, folder: Path, quiet, console) -> CheckResult:
-    """The first step's gradient with grad_accum k x batch b against one batch of k*b rows (dropout off)."""
+def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResult, list]:
+    """The first step's gradient with grad_accum k x batch b against one batch of k*b rows (dropout off); also
+    the peak memory of each probe, (rows per forward, MB), for the largest-batch estimate."""
     t = base.training
     k = t.grad_accum if t.grad_accum > 1 else 2
     b = t.batch_size if t.grad_accum > 1 else max(1, t.batch_size // 2)
     console.print(f"check: accumulation, {k} x {b} rows against 1 x {k * b} (first step, dropout off, fp32)")
-    grads = []
-    for name, (size, accum) in {"accumulated": (b, k), "one-batch": (k * b, 1)}.items():
+    grads, points = [], []
+    for name, (size, accum) in {"accumulated": (b, k), "one-batch": (k * b, 1)}.items():  # (smaller forwards first)
         capture = CaptureGradients()
+        resettable = memory.reset_peak()
         _train(probe_recipe(base, folder / name, batch_size=size, grad_accum=accum, precision="fp32"), quiet,
                [NoDropout(), capture])
         grads.append(capture.grads)
+        peak = memory.peak_mb() if resettable else None
+        if peak is not None:
+            points.append((size, peak))
     diff, scale, where = _max_difference(grads[0], grads[1])
     relative = diff / scale if scale else diff
     return CheckResult("accumulation", relative <= ACCUMULATION_RTOL,
                        f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
                        f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} relative (fp32)",
-                       {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative})
+                       {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative}), points
 
 
 def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
@@ -147,8 +156,10 @@ def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
     console.print(f"check: resume, {total} steps unbroken against {steps} + {steps} resumed; timing")
     unbroken, timings, trained = FinalWeights(), Timings(), TrainedOutputs()
     started_rss = _peak_rss_mb()
+    timings.resettable = memory.reset_peak()
     result = _train(probe_recipe(base, folder / "unbroken", keep_validation=has_validation, **settings), quiet,
                     [unbroken, timings, trained])
+    timings.peak = memory.peak_mb() if timings.resettable else None  # training, evaluation and saves at batch_size
     broken = probe_recipe(base, folder / "resumed", keep_validation=has_validation, **settings)
     _train(broken, quiet, [InterruptAfter(steps + 1)])
     resumed = FinalWeights()
@@ -180,6 +191,22 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
     return out
 
 
+def _fits(base: Recipe, points: list, timing: list, budget) -> list[CheckResult]:
+    peak = next((r.detail.get("run_peak_mb") for r in timing if r.name == "peak memory"), None)
+    if budget is None or peak is None or len(points) < 2:
+        return []
+    found = memory.largest_batch(base.training.batch_size, peak, points[0], points[1], budget)
+    if found is None:
+        return [CheckResult("largest batch that fits", None, "the probes' peaks do not grow with the batch (the "
+                            "model's memory dominates): no estimate")]
+    fits, margin = found
+    per_row = (points[1][1] - points[0][1]) / (points[1][0] - points[0][0])
+    return [CheckResult("largest batch that fits", None,
+                        f"batch_size about {fits:,} (at {base.training.batch_size}: {margin:.0%} of {budget:,.0f} MB "
+                        f"left; {per_row:.1f} MB per row of the first step's length, measured in fp32)",
+                        detail={"batch_size": fits, "margin": margin, "budget_mb": budget, "mb_per_row": per_row})]
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (kilobytes on Linux)
 
@@ -201,11 +228,15 @@ def _time_and_memory(base: Recipe, timings: Timings, result, started_rss: float)
         projected = total * per_step + evals * per_eval + saves * per_save
         out.append(CheckResult("projected run time", None, f"{_duration(projected)} ({total} steps, {evals} "
                                f"evaluations, {saves} checkpoints)", detail={"seconds": projected, "steps": total}))
-    memory = f"peak RSS {_peak_rss_mb():,.0f} MB (process, over the probes; {started_rss:,.0f} MB before them)"
+    peak = getattr(timings, "peak", None)
     if torch.cuda.is_available():
-        memory += (f"; GPU allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB, reserved "
-                   f"{torch.cuda.max_memory_reserved() / 2**20:,.0f} MB")
-    out.append(CheckResult("peak memory", None, memory))
+        used = (f"GPU allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB, reserved "
+                f"{torch.cuda.max_memory_reserved() / 2**20:,.0f} MB (training, evaluation, checkpoints)")
+    elif peak is not None:
+        used = f"peak RSS {peak:,.0f} MB over training, evaluation and checkpoints at batch_size {t.batch_size}"
+    else:
+        used = f"peak RSS {_peak_rss_mb():,.0f} MB (the process, over the probes; {started_rss:,.0f} MB before them)"
+    out.append(CheckResult("peak memory", None, used, detail={"run_peak_mb": peak}))
     return out
 
 

@@ -65,6 +65,8 @@ class Timings:
         self.steps: list[float] = []
         self.saves: list[float] = []
         self.evaluations: list[float] = []
+        self.resettable = False  # whether the memory peak was reset before the run (check/memory.py)
+        self.peak: float | None = None  # the run's peak memory (MB), read after it
         self._last = None
 
     def on_train_start(self, loop) -> None:
