@@ -119,3 +119,52 @@ def test_export_fails_when_a_merge_drops_the_scaling(tiny_bert, sentiment_files,
     # relative to the outputs' size, is what catches it.)
     assert merged.passed is False and (merged.detail.get("relative", 1.0) > EXPORT_RTOL
                                        or "differ from the adapter model's" in merged.measured)
+
+
+def test_padding_fails_when_the_attention_mask_is_dropped(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    real = Task.batch_loss
+
+    def unmasked(self, model, batch, evaluating=False):  # padding the model attends to
+        return real(self, model, {k: v for k, v in batch.items() if k != "attention_mask"}, evaluating)
+    monkeypatch.setattr(Task, "batch_loss", unmasked)
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1}), steps=1,
+                   workdir=tmp_path)
+    padding = _by_name(report)["padding"]
+    assert padding.passed is False and padding.detail["grad_relative"] > 1e-2
+
+
+def test_packing_holds_and_fails_when_packed_rows_get_a_full_attention_mask(tmp_path, monkeypatch):
+    from test_causal_lm import PAIRS, lm_recipe, write_jsonl
+
+    from tuneforge.data.collate import CausalLMSplit
+    llama = _tiny_llama(tmp_path / "llama")
+    rows = [{"prompt": p, "completion": c} for p, c in PAIRS] * 4
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows)}
+    recipe = lm_recipe(llama, files, tmp_path / "run", data={"packing": True}, training={"epochs": 1})
+    packing = _by_name(check(recipe, steps=1, workdir=tmp_path))["packing"]
+    assert packing.passed and packing.detail["kind"] == "packed"
+
+    real = CausalLMSplit.batch
+
+    def leaking(self, indices, pad_id, augment=None):  # a 2-D mask of ones: packed examples see each other
+        batch = real(self, indices, pad_id, augment)
+        if "position_ids" in batch:
+            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+        return batch
+    monkeypatch.setattr(CausalLMSplit, "batch", leaking)
+    packing = _by_name(check(recipe, steps=1, workdir=tmp_path))["packing"]
+    assert packing.passed is False and packing.detail["loss_relative"] > 1e-3
+
+
+def _tiny_llama(folder):
+    from test_causal_data import make_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

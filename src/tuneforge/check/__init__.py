@@ -5,6 +5,8 @@ measured and projected.
 Each check runs the real pipeline (`fine_tune`, the same loop, methods, precision and fast paths) on short probe
 runs, watched by callbacks (check/probes.py):
 - accumulation: grad_accum k x batch_size b gives the gradient of one batch of k*b rows;
+- layout: a packed batch (causal-lm packing) against its examples unpacked, or a batch against itself padded
+  further: the same loss and gradient (check/padding.py);
 - resume: a run stopped after step s and resumed ends with the weights of an unbroken run;
 - export: each model folder the run gives (the full model, or the merged adapter), reloaded with transformers
   alone, computes the outputs the model had at the end of training (check/export.py);
@@ -29,6 +31,7 @@ from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
 from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded
+from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, ProbeDone, Timings
 
 # The accumulation probes run in fp32: the invariant is the loop's arithmetic, and under bf16 autocast the
@@ -76,8 +79,9 @@ def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, cons
     try:
         budget = memory.budget_mb()
         accumulated, points = accumulation(base, scratch / "accumulation", quiet, console)
+        arranged = layout(base, scratch / "layout", quiet, console)
         resumed, timing, unbroken, trained = resume_and_time(base, scratch / "resume", steps, quiet, console)
-        results = [accumulated, resumed, *export(base, unbroken, trained, scratch / "export", quiet, console),
+        results = [accumulated, *arranged, resumed, *export(base, unbroken, trained, scratch / "export", quiet, console),
                    *timing, *_fits(base, points, timing, budget)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -142,6 +146,26 @@ def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResul
                        f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
                        f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} relative (fp32)",
                        {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative}), points
+
+
+def layout(base: Recipe, folder: Path, quiet, console) -> list[CheckResult]:
+    probe = LayoutProbe()
+    console.print("check: layout, the first rows " + ("packed against unpacked" if base.data.packing else
+                                                       "against the same rows padded further") + " (fp32, eval mode)")
+    _train(probe_recipe(base, folder, precision="fp32"), quiet, [probe])
+    if base.data.packing and probe.kind != "packed":
+        return [CheckResult("packing", None, "not compared: the first packed rows hold one example each")]
+    if probe.kind is None:
+        return []
+    relative = probe.grad_diff / probe.grad_scale if probe.grad_scale else probe.grad_diff
+    what = "packed vs unpacked" if probe.kind == "packed" else f"padded vs {EXTRA_PADDING} more padding positions"
+    return [CheckResult("packing" if probe.kind == "packed" else "padding", probe.loss_diff <= 1e-4 and
+                        relative <= LAYOUT_RTOL,
+                        f"{what}, {probe.rows} rows: loss {probe.loss_diff:.2g} apart (relative), gradient max |diff| "
+                        f"{probe.grad_diff:.3g}, {relative:.2g} of the largest" + (f" (at {probe.where})" if
+                                                                                  probe.grad_diff else ""),
+                        f"loss <= 1e-4, gradient <= {LAYOUT_RTOL:g} relative (fp32)",
+                        {"kind": probe.kind, "loss_relative": probe.loss_diff, "grad_relative": relative})]
 
 
 def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
