@@ -144,7 +144,7 @@ def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResul
     relative = diff / scale if scale else diff
     return CheckResult("accumulation", relative <= ACCUMULATION_RTOL,
                        f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
-                       f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} relative (fp32)",
+                       f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} rel. (fp32)",
                        {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative}), points
 
 
@@ -164,7 +164,7 @@ def layout(base: Recipe, folder: Path, quiet, console) -> list[CheckResult]:
                         f"{what}, {probe.rows} rows: loss {probe.loss_diff:.2g} apart (relative), gradient max |diff| "
                         f"{probe.grad_diff:.3g}, {relative:.2g} of the largest" + (f" (at {probe.where})" if
                                                                                   probe.grad_diff else ""),
-                        f"loss <= 1e-4, gradient <= {LAYOUT_RTOL:g} relative (fp32)",
+                        f"loss 1e-4, grad {LAYOUT_RTOL:g} rel.",
                         {"kind": probe.kind, "loss_relative": probe.loss_diff, "grad_relative": relative})]
 
 
@@ -192,7 +192,7 @@ def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
     relative = diff / scale if scale else diff
     check = CheckResult("resume", relative <= RESUME_RTOL,
                         f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + (f" (at {where})" if diff else ""),
-                        f"<= {RESUME_RTOL:g} relative", {"steps": steps, "max_abs_diff": diff, "relative": relative})
+                        f"<= {RESUME_RTOL:g} rel.", {"steps": steps, "max_abs_diff": diff, "relative": relative})
     return check, _time_and_memory(base, timings, result, started_rss), result, trained
 
 
@@ -210,7 +210,7 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
         relative = diff / scale if scale else diff
         out.append(CheckResult(f"export: {name}", relative <= EXPORT_RTOL,
                                f"outputs on {trained.outputs.shape[0]} held-out rows: max |diff| {diff:.3g} of "
-                               f"outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} relative",
+                               f"outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} rel.",
                                {"max_abs_diff": diff, "relative": relative}))
     return out
 
