@@ -168,3 +168,22 @@ def _tiny_llama(folder):
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def test_two_processes_give_the_one_process_step_and_a_planted_defect_fails(tiny_bert, sentiment_files, tmp_path):
+    from test_distributed import HERE, torchrun
+
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1})))
+    good = torchrun([str(HERE / "check_worker.py"), "check", str(f), "--steps", "1", "--json"])
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    report = json.loads(good.stdout[good.stdout.index("{"):])  # one report: rank 0 speaks for the check
+    processes = next(r for r in report["results"] if r["name"] == "processes")
+    assert processes["passed"] and processes["detail"]["world_size"] == 2 and report["passed"]
+    bad = torchrun([str(HERE / "check_worker.py"), "--plant-every-rank-takes-the-whole-step", "check", str(f),
+                    "--steps", "1", "--json"])
+    assert bad.returncode != 0
+    report = json.loads(bad.stdout[bad.stdout.index("{"):])
+    processes = next(r for r in report["results"] if r["name"] == "processes")
+    assert processes["passed"] is False and processes["detail"]["relative"] > 0.5
+    assert not (tmp_path / "run").exists()

@@ -292,10 +292,11 @@ def _dispatch(args) -> int:
         from .report import check_table
 
         report = check(args.recipe, args.overrides, steps=args.steps, console=out)
-        if args.json:
-            print(json.dumps(report.to_json(), indent=1))
-        else:
-            out.print(check_table(report))
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one process speaks for the check
+            if args.json:
+                print(json.dumps(report.to_json(), indent=1))
+            else:
+                out.print(check_table(report))
         return 0 if report.passed else 1
     if args.command == "evaluate":
         metrics = _with_column_options(lambda: tuneforge.evaluate(

@@ -8,6 +8,7 @@ runs, watched by callbacks (check/probes.py):
 - layout: a packed batch (causal-lm packing) against its examples unpacked, or a batch against itself padded
   further: the same loss and gradient (check/padding.py);
 - resume: a run stopped after step s and resumed ends with the weights of an unbroken run;
+- processes (under torchrun): the N-process step's gradient equals rank 0's one-process step (check/processes.py);
 - export: each model folder the run gives (the full model, or the merged adapter), reloaded with transformers
   alone, computes the outputs the model had at the end of training (check/export.py);
 - time and memory: seconds per step, evaluation and checkpoint save, peak memory, the whole run projected, and
@@ -20,7 +21,7 @@ import resource
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,8 +32,10 @@ from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
 from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded
+from .common import CheckResult, max_difference, probe_recipe, train
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
-from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, ProbeDone, Timings
+from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
+from .processes import processes_check
 
 # The accumulation probes run in fp32: the invariant is the loop's arithmetic, and under bf16 autocast the
 # rounding of each micro-batch's activations (padded to its own length) differs by far more than a defect would
@@ -41,15 +44,6 @@ from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, P
 # micro-batch is off by a factor k.
 ACCUMULATION_RTOL = 1e-3
 RESUME_RTOL = 1e-6  # a resumed run redoes the same arithmetic: equal up to last-bit noise of parallel kernels
-
-
-@dataclass
-class CheckResult:
-    name: str
-    passed: Optional[bool]  # None: measured, no pass/fail (time and memory)
-    measured: str
-    tolerance: str = ""
-    detail: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -74,53 +68,31 @@ def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, cons
     if steps < 1:
         raise RecipeError([f"--steps {steps}: give 1 or more"], "command line")
     base = load_recipe(recipe, overrides)
-    scratch = Path(tempfile.mkdtemp(prefix="tuneforge-check-", dir=workdir))
+    from ..engine.runtime import launched_world, runtime_for
+    # Under torchrun every rank runs every probe (as `train` would), in rank 0's scratch folder (one machine: the
+    # resume probe needs storage every rank sees); rank 0 alone speaks, merges and decides.
+    runtime = runtime_for(base.training) if launched_world()[1] > 1 else None
+    main = runtime is None or runtime.is_main
+    made = tempfile.mkdtemp(prefix="tuneforge-check-", dir=workdir) if main else None
+    scratch = Path(runtime.gather(made)[0] if runtime else made)
     quiet = quiet_console()
+    console = console if main else quiet
     try:
         budget = memory.budget_mb()
         accumulated, points = accumulation(base, scratch / "accumulation", quiet, console)
         arranged = layout(base, scratch / "layout", quiet, console)
+        together = [processes_check(base, scratch / "processes", quiet, console, runtime)] if runtime else []
         resumed, timing, unbroken, trained = resume_and_time(base, scratch / "resume", steps, quiet, console)
-        results = [accumulated, *arranged, resumed, *export(base, unbroken, trained, scratch / "export", quiet, console),
-                   *timing, *_fits(base, points, timing, budget)]
+        exported = export(base, unbroken, trained, scratch / "export", quiet, console) if main else []
+        results = [accumulated, *arranged, *together, resumed, *exported, *timing, *_fits(base, points, timing, budget)]
+        if runtime:
+            results = runtime.gather(results)[0]  # rank 0's report (and verdict) on every rank
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if runtime:
+            runtime.barrier()
+        if main:
+            shutil.rmtree(scratch, ignore_errors=True)
     return CheckReport(recipe=str(recipe) if not isinstance(recipe, (dict, Recipe)) else "(recipe)", results=results)
-
-
-def probe_recipe(base: Recipe, out: Path, keep_validation: bool = False, **training) -> Recipe:
-    """The recipe as a probe runs it: in `out`, without progress bars, test data or restoring the best step, and
-    (unless `keep_validation`) without validation data; `training` overrides."""
-    d = base.model_dump(mode="json")
-    d["output"]["dir"] = str(out)
-    d["training"].update({"progress": False, "restore_best": False, **training})
-    d["data"].update({"test": None, "test_fraction": 0.0})
-    if not keep_validation:
-        d["data"].update({"validation": None, "validation_fraction": 0.0})
-        d["training"].update({"early_stopping": None})
-    return load_recipe(d)
-
-
-def _train(recipe: Recipe, console, callbacks: list, resume: bool = False):
-    from ..run import fine_tune
-
-    try:
-        return fine_tune(recipe, resume=resume, console=console, callbacks=callbacks)
-    except ProbeDone:
-        return None
-
-
-def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, str]:
-    """(largest absolute difference, largest absolute value in `b`, where the difference is largest)."""
-    if set(a) != set(b):
-        raise RuntimeError(f"the probes saw different parameters: {sorted(set(a) ^ set(b))[:5]}")
-    worst, where, scale = 0.0, "", 0.0
-    for name in b:
-        diff = float((a[name] - b[name]).abs().max()) if a[name].numel() else 0.0
-        scale = max(scale, float(b[name].abs().max()) if b[name].numel() else 0.0)
-        if not diff <= worst:  # (NaN counts as the worst)
-            worst, where = diff, name
-    return worst, scale, where
 
 
 def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResult, list]:
@@ -134,13 +106,13 @@ def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResul
     for name, (size, accum) in {"accumulated": (b, k), "one-batch": (k * b, 1)}.items():  # (smaller forwards first)
         capture = CaptureGradients()
         resettable = memory.reset_peak()
-        _train(probe_recipe(base, folder / name, batch_size=size, grad_accum=accum, precision="fp32"), quiet,
+        train(probe_recipe(base, folder / name, batch_size=size, grad_accum=accum, precision="fp32"), quiet,
                [NoDropout(), capture])
         grads.append(capture.grads)
         peak = memory.peak_mb() if resettable else None
         if peak is not None:
             points.append((size, peak))
-    diff, scale, where = _max_difference(grads[0], grads[1])
+    diff, scale, where = max_difference(grads[0], grads[1])
     relative = diff / scale if scale else diff
     return CheckResult("accumulation", relative <= ACCUMULATION_RTOL,
                        f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
@@ -152,7 +124,7 @@ def layout(base: Recipe, folder: Path, quiet, console) -> list[CheckResult]:
     probe = LayoutProbe()
     console.print("check: layout, the first rows " + ("packed against unpacked" if base.data.packing else
                                                        "against the same rows padded further") + " (fp32, eval mode)")
-    _train(probe_recipe(base, folder, precision="fp32"), quiet, [probe])
+    train(probe_recipe(base, folder, precision="fp32"), quiet, [probe])
     if base.data.packing and probe.kind != "packed":
         return [CheckResult("packing", None, "not compared: the first packed rows hold one example each")]
     if probe.kind is None:
@@ -181,14 +153,14 @@ def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
     unbroken, timings, trained = FinalWeights(), Timings(), TrainedOutputs()
     started_rss = _peak_rss_mb()
     timings.resettable = memory.reset_peak()
-    result = _train(probe_recipe(base, folder / "unbroken", keep_validation=has_validation, **settings), quiet,
+    result = train(probe_recipe(base, folder / "unbroken", keep_validation=has_validation, **settings), quiet,
                     [unbroken, timings, trained])
     timings.peak = memory.peak_mb() if timings.resettable else None  # training, evaluation and saves at batch_size
     broken = probe_recipe(base, folder / "resumed", keep_validation=has_validation, **settings)
-    _train(broken, quiet, [InterruptAfter(steps + 1)])
+    train(broken, quiet, [InterruptAfter(steps + 1)])
     resumed = FinalWeights()
-    _train(broken, quiet, [resumed], resume=True)
-    diff, scale, where = _max_difference(resumed.weights, unbroken.weights)
+    train(broken, quiet, [resumed], resume=True)
+    diff, scale, where = max_difference(resumed.weights, unbroken.weights)
     relative = diff / scale if scale else diff
     check = CheckResult("resume", relative <= RESUME_RTOL,
                         f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + (f" (at {where})" if diff else ""),
