@@ -187,3 +187,25 @@ def test_two_processes_give_the_one_process_step_and_a_planted_defect_fails(tiny
     processes = next(r for r in report["results"] if r["name"] == "processes")
     assert processes["passed"] is False and processes["detail"]["relative"] > 0.5
     assert not (tmp_path / "run").exists()
+
+
+def test_generation_stops_at_the_end_of_turn_and_fails_when_the_saved_settings_forget_it(tmp_path, monkeypatch):
+    from test_causal_lm import PAIRS, lm_recipe, write_jsonl
+
+    import tuneforge.run as run_module
+    llama = _tiny_llama(tmp_path / "llama")
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in PAIRS] * 4)}
+    recipe = lm_recipe(llama, files, tmp_path / "run", training={"epochs": 1})
+    stops = _by_name(check(recipe, steps=1, workdir=tmp_path))["export: full model (model/), generation stops"]
+    assert stops.passed and "<|im_end|>" in stops.measured
+
+    real = run_module.save_model
+
+    def forgetful(model, tokenizer, model_dir, *args, **kwargs):  # generation settings that stop at BOS only
+        size = real(model, tokenizer, model_dir, *args, **kwargs)
+        settings = model_dir / "generation_config.json"
+        settings.write_text(json.dumps({**json.loads(settings.read_text()), "eos_token_id": tokenizer.bos_token_id}))
+        return size
+    monkeypatch.setattr(run_module, "save_model", forgetful)
+    stops = _by_name(check(recipe, steps=1, workdir=tmp_path))["export: full model (model/), generation stops"]
+    assert stops.passed is False and "went on to 8 tokens" in stops.measured

@@ -31,7 +31,7 @@ from ..engine.loop import count_steps
 from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
-from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded
+from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded, generation_stops
 from .common import CheckResult, max_difference, probe_recipe, train
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
@@ -184,6 +184,12 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
                                f"outputs on {trained.outputs.shape[0]} held-out rows: max |diff| {diff:.3g} of "
                                f"outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} rel.",
                                {"max_abs_diff": diff, "relative": relative}))
+        if base.task_kind.generative:
+            stopped, token, generated = generation_stops(folder)
+            went = "stopped there" if stopped else f"went on to {generated} tokens"
+            out.append(CheckResult(f"export: {name}, generation stops", stopped,
+                                   f"made to emit {token} after 2 tokens, generation {went} (its "
+                                   "generation_config.json)", "stops at the end-of-turn token"))
     return out
 
 

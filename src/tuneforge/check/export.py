@@ -90,3 +90,41 @@ def artefacts(run_dir: Path, adapter: bool, scratch: Path, console) -> dict[str,
     out = scratch / "merged"
     merge(run_dir, out, console=console)  # (refuses, MergeError, when its merged outputs differ from the adapter's)
     return {"merged model (tuneforge merge)": out}
+
+
+def generation_stops(folder: Path, after: int = 2) -> tuple[bool, str, int]:
+    """Whether generation with the folder's own settings (generation_config.json, as any Hugging Face tool reads
+    them) stops at the end-of-turn token: the model is made to emit it after `after` tokens (greedy), and must stop
+    there. Returns (stopped, the token, tokens generated)."""
+    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    from ..data.causal import end_of_turn_id
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    stop = end_of_turn_id(tokenizer)
+    stop = tokenizer.eos_token_id if stop is None else stop
+    model = reload_outside(folder)
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        prompt = tokenizer("Hello", return_tensors="pt")["input_ids"]
+    start = prompt.shape[1]
+
+    configured = model.generation_config.eos_token_id
+    enders = {stop, tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+
+    class EmitStopAfter(LogitsProcessor):  # no ending token before `after` tokens, then the end-of-turn token only
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] - start < after:
+                scores[:, sorted(enders)] = float("-inf")
+            elif input_ids.shape[1] - start == after:
+                scores = torch.full_like(scores, float("-inf"))
+                scores[:, stop] = 0.0
+            return scores
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=after + 6,
+                             do_sample=False, logits_processor=LogitsProcessorList([EmitStopAfter()]),
+                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop)
+    generated = out.shape[1] - start
+    return generated == after + 1, tokenizer.convert_ids_to_tokens(stop), generated
