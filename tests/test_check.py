@@ -209,3 +209,22 @@ def test_generation_stops_at_the_end_of_turn_and_fails_when_the_saved_settings_f
     monkeypatch.setattr(run_module, "save_model", forgetful)
     stops = _by_name(check(recipe, steps=1, workdir=tmp_path))["export: full model (model/), generation stops"]
     assert stops.passed is False and "went on to 8 tokens" in stops.measured
+
+
+def test_an_adapter_is_opened_with_peft_alone(tiny_bert, sentiment_files, tmp_path):
+    report = check(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"},
+                               training={"epochs": 1}), steps=1, workdir=tmp_path)
+    peft_line = _by_name(report)["export: adapter (adapter/) in PEFT"]
+    assert peft_line.passed and peft_line.detail["class"] == "AutoPeftModelForSequenceClassification"
+
+
+def test_an_adapter_peft_cannot_open_as_saved_fails_with_the_reason(tiny_bert, tmp_path):
+    from conftest import write_rows
+
+    # Three classes: PEFT's AutoPeftModelForSequenceClassification builds the base with its default 2-label head.
+    rows = [{"text": f"{w} film", "label": lab} for w, lab in [("good", "pos"), ("bad", "neg"), ("plot", "mid")] * 8]
+    files = {"train": write_rows(tmp_path / "d" / "train.csv", rows)}
+    report = check(tiny_recipe(tiny_bert, files, tmp_path / "run", method={"name": "lora"}, training={"epochs": 1}),
+                   steps=1, workdir=tmp_path)
+    peft_line = _by_name(report)["export: adapter (adapter/) in PEFT"]
+    assert peft_line.passed is False and "size mismatch" in peft_line.measured and "num_labels=N" in peft_line.measured

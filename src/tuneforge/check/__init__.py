@@ -31,7 +31,7 @@ from ..engine.loop import count_steps
 from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
-from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_reloaded, generation_stops
+from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_stops
 from .common import CheckResult, max_difference, probe_recipe, train
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
@@ -173,10 +173,13 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
 
     console.print("check: export, each saved model reloaded with transformers alone")
     out = []
+    if base.method.is_adapter and (unbroken.run_dir / "adapter" / "adapter_config.json").exists():  # (PEFT's own)
+        out.append(_adapter_in_peft(unbroken.run_dir / "adapter", trained))
     try:
         made = artefacts(unbroken.run_dir, base.method.is_adapter, scratch, quiet)
     except MergeError as e:
-        return [CheckResult("export: merged model (tuneforge merge)", False, str(e).splitlines()[0], "merge's own check")]
+        return [*out, CheckResult("export: merged model (tuneforge merge)", False, str(e).splitlines()[0],
+                                  "merge's own check")]
     for name, folder in made.items():
         diff, scale = compare_reloaded(folder, trained)
         relative = diff / scale if scale else diff
@@ -191,6 +194,22 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
                                    f"made to emit {token} after 2 tokens, generation {went} (its "
                                    "generation_config.json)", "stops at the end-of-turn token"))
     return out
+
+
+def _adapter_in_peft(adapter_dir: Path, trained: TrainedOutputs) -> CheckResult:
+    name = "export: adapter (adapter/) in PEFT"
+    try:
+        diff, scale, cls = compare_adapter(adapter_dir, trained)
+    except Exception as e:  # noqa: BLE001 - what a PEFT user would meet, reported as this check's failure
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        why = next((x for x in lines if "size mismatch" in x), lines[0] if lines else type(e).__name__)
+        hint = (" (PEFT built the base with its default head: open it with from_pretrained(folder, num_labels=N), "
+                "or use the merged model)") if "size mismatch" in why else ""
+        return CheckResult(name, False, f"does not open: {type(e).__name__}: {why[:200]}{hint}", "opens, same outputs")
+    relative = diff / scale if scale else diff
+    return CheckResult(name, relative <= EXPORT_RTOL, f"{cls}: outputs on {trained.outputs.shape[0]} held-out rows, "
+                       f"max |diff| {diff:.3g} of outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} rel.",
+                       {"max_abs_diff": diff, "relative": relative, "class": cls})
 
 
 def _fits(base: Recipe, points: list, timing: list, budget) -> list[CheckResult]:

@@ -128,3 +128,24 @@ def generation_stops(folder: Path, after: int = 2) -> tuple[bool, str, int]:
                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop)
     generated = out.shape[1] - start
     return generated == after + 1, tokenizer.convert_ids_to_tokens(stop), generated
+
+
+PEFT_CLASSES = {"SEQ_CLS": "AutoPeftModelForSequenceClassification", "CAUSAL_LM": "AutoPeftModelForCausalLM",
+                "TOKEN_CLS": "AutoPeftModelForTokenClassification", "QUESTION_ANS": "AutoPeftModelForQuestionAnswering"}
+
+
+def compare_adapter(adapter_dir: Path, trained: TrainedOutputs) -> tuple[float, float, str]:
+    """The adapter folder as a PEFT user opens it (PEFT's AutoPeftModelFor... of its task type, on the base its
+    adapter_config.json names): (largest difference from the trained model's outputs, largest output, the class).
+    An adapter that does not open raises; the caller reports why."""
+    import peft
+
+    task_type = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type")
+    name = PEFT_CLASSES.get(task_type, "AutoPeftModel")
+    model = getattr(peft, name).from_pretrained(adapter_dir).eval()
+    with torch.no_grad():
+        reloaded = output_tensor(model(**trained.inputs))
+    scale = float(trained.outputs.abs().max())
+    if reloaded.shape != trained.outputs.shape:
+        return float("inf"), scale, name
+    return float((reloaded - trained.outputs).abs().max()), scale, name
