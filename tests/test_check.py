@@ -186,6 +186,11 @@ def test_two_processes_give_the_one_process_step_and_a_planted_defect_fails(tiny
     report = json.loads(bad.stdout[bad.stdout.index("{"):])
     processes = next(r for r in report["results"] if r["name"] == "processes")
     assert processes["passed"] is False and processes["detail"]["relative"] > 0.5
+    sharded = torchrun([str(HERE / "check_worker.py"), "check", str(f), "training.distributed=fsdp", "--steps", "1",
+                        "--json"])  # FSDP: the gradient gathered from its shards
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    report = json.loads(sharded.stdout[sharded.stdout.index("{"):])
+    assert next(r for r in report["results"] if r["name"] == "processes")["passed"] and report["passed"]
     assert not (tmp_path / "run").exists()
 
 

@@ -32,7 +32,7 @@ from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
 from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_stops
-from .common import CheckResult, max_difference, probe_recipe, train
+from .common import CheckResult, max_difference, probe_recipe, train, where as at
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
 from .processes import processes_check
@@ -116,7 +116,7 @@ def accumulation(base: Recipe, folder: Path, quiet, console) -> tuple[CheckResul
     relative = diff / scale if scale else diff
     return CheckResult("accumulation", relative <= ACCUMULATION_RTOL,
                        f"{k} x {b} vs 1 x {k * b}: max |diff| {diff:.3g}, {relative:.2g} of the largest gradient "
-                       f"{scale:.3g} (at {where})", f"<= {ACCUMULATION_RTOL:g} rel. (fp32)",
+                       f"{scale:.3g}{at(diff, where)}", f"<= {ACCUMULATION_RTOL:g} rel. (fp32)",
                        {"k": k, "batch_size": b, "max_abs_diff": diff, "relative": relative}), points
 
 
@@ -163,7 +163,7 @@ def resume_and_time(base: Recipe, folder: Path, steps: int, quiet, console):
     diff, scale, where = max_difference(resumed.weights, unbroken.weights)
     relative = diff / scale if scale else diff
     check = CheckResult("resume", relative <= RESUME_RTOL,
-                        f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + (f" (at {where})" if diff else ""),
+                        f"max |diff| {diff:.3g} of weights up to {scale:.3g}" + at(diff, where),
                         f"<= {RESUME_RTOL:g} rel.", {"steps": steps, "max_abs_diff": diff, "relative": relative})
     return check, _time_and_memory(base, timings, result, started_rss), result, trained
 

@@ -18,9 +18,14 @@ class CaptureGradients:
         self.grads: dict[str, torch.Tensor] = {}
 
     def on_gradients(self, loop) -> None:
-        self.grads = {n: p.grad.detach().float().cpu().clone() for n, p in loop.model.named_parameters()
+        # A sharded (FSDP2) gradient is gathered whole: every rank takes part, in the same parameter order.
+        self.grads = {n: _whole(p.grad).detach().float().cpu().clone() for n, p in loop.model.named_parameters()
                       if p.grad is not None}
         raise ProbeDone
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class NoDropout:
@@ -43,7 +48,7 @@ class FinalWeights:
         self.weights: dict[str, torch.Tensor] = {}
 
     def on_train_end(self, loop) -> None:
-        self.weights = {n: p.detach().float().cpu().clone() for n, p in loop.model.named_parameters()
+        self.weights = {n: _whole(p).detach().float().cpu().clone() for n, p in loop.model.named_parameters()
                         if p.requires_grad}
 
 
