@@ -201,8 +201,10 @@ def test_generation_stops_at_the_end_of_turn_and_fails_when_the_saved_settings_f
     llama = _tiny_llama(tmp_path / "llama")
     files = {"train": write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in PAIRS] * 4)}
     recipe = lm_recipe(llama, files, tmp_path / "run", training={"epochs": 1})
-    stops = _by_name(check(recipe, steps=1, workdir=tmp_path))["export: full model (model/), generation stops"]
+    results = _by_name(check(recipe, steps=1, workdir=tmp_path))
+    stops = results["export: full model (model/), generation stops"]
     assert stops.passed and "<|im_end|>" in stops.measured
+    assert results["time per generated token"].detail["seconds_per_token"] > 0
 
     real = run_module.save_model
 

@@ -31,7 +31,8 @@ from ..engine.loop import count_steps
 from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
-from .export import EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_stops
+from .export import (EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_speed,
+                     generation_stops)
 from .common import CheckResult, max_difference, probe_recipe, train, where as at
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
@@ -193,6 +194,11 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
             out.append(CheckResult(f"export: {name}, generation stops", stopped,
                                    f"made to emit {token} after 2 tokens, generation {went} (its "
                                    "generation_config.json)", "stops at the end-of-turn token"))
+            per_token, peak = generation_speed(folder)
+            measured = f"{per_token * 1000:.3g} ms per token (greedy, batch 1, the reloaded model)"
+            out.append(CheckResult("time per generated token", None, measured + (f"; peak memory {peak:,.0f} MB"
+                                                                                 if peak is not None else ""),
+                                   detail={"seconds_per_token": per_token, "peak_mb": peak}))
     return out
 
 

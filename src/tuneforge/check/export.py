@@ -149,3 +149,32 @@ def compare_adapter(adapter_dir: Path, trained: TrainedOutputs) -> tuple[float, 
     if reloaded.shape != trained.outputs.shape:
         return float("inf"), scale, name
     return float((reloaded - trained.outputs).abs().max()), scale, name
+
+
+def generation_speed(folder: Path, tokens: int = 16) -> tuple[float, Optional[float]]:
+    """(seconds per generated token, peak memory MB during generation) for `tokens` greedy tokens from a short
+    prompt, with the reloaded model (no stop token allowed, so that every token is generated)."""
+    import time
+
+    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    from . import memory
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = reload_outside(folder)
+    prompt = tokenizer("Hello", return_tensors="pt")["input_ids"]
+    configured = model.generation_config.eos_token_id
+    enders = sorted({tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None})
+
+    class NoEnd(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores[:, enders] = float("-inf")
+            return scores
+    resettable = memory.reset_peak()
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens, do_sample=False,
+                             logits_processor=LogitsProcessorList([NoEnd()]),
+                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    seconds = time.perf_counter() - started
+    return seconds / max(out.shape[1] - prompt.shape[1], 1), memory.peak_mb() if resettable else None
