@@ -235,3 +235,13 @@ def test_an_adapter_peft_cannot_open_as_saved_fails_with_the_reason(tiny_bert, t
                    steps=1, workdir=tmp_path)
     peft_line = _by_name(report)["export: adapter (adapter/) in PEFT"]
     assert peft_line.passed is False and "size mismatch" in peft_line.measured and "num_labels=N" in peft_line.measured
+
+
+def test_stages_with_their_own_loops_are_left_out_and_said(tiny_bert, sentiment_files, tmp_path):
+    recipe = tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run", training={"epochs": 1})
+    recipe["adapt"] = {"epochs": 1, "lr": 1e-3}
+    report = check(recipe, steps=1, workdir=tmp_path)
+    assert report.passed
+    said = _by_name(report)["not probed"]
+    assert said.measured.startswith("adapt (continued pre-training before the task)")
+    assert not (tmp_path / "run").exists()

@@ -33,7 +33,7 @@ from ..recipe import Recipe, load_recipe
 from . import memory
 from .export import (EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_speed,
                      generation_stops)
-from .common import CheckResult, max_difference, probe_recipe, train, where as at
+from .common import CheckResult, max_difference, probe_recipe, skipped_stages, train, where as at
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
 from .processes import processes_check
@@ -86,6 +86,8 @@ def check(recipe, overrides: Optional[list[str]] = None, *, steps: int = 2, cons
         resumed, timing, unbroken, trained = resume_and_time(base, scratch / "resume", steps, quiet, console)
         exported = export(base, unbroken, trained, scratch / "export", quiet, console) if main else []
         results = [accumulated, *arranged, *together, resumed, *exported, *timing, *_fits(base, points, timing, budget)]
+        results += [CheckResult("not probed", None, f"{stage}: its own loop; the projected time leaves it out")
+                    for stage in skipped_stages(base)]
         if runtime:
             results = runtime.gather(results)[0]  # rank 0's report (and verdict) on every rank
     finally:
