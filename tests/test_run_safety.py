@@ -362,3 +362,17 @@ def test_a_lock_goes_into_the_folder_where_its_parent_cannot_be_written(tmp_path
         runlock.acquire(folder)
         assert (folder / runlock.LOCK_SUFFIX).exists()
     assert not (folder / runlock.LOCK_SUFFIX).exists()
+
+
+def test_a_waiting_lock_takes_its_turn(tmp_path):
+    """A study's workers write its tables one at a time: the second waits for the first instead of failing."""
+    folder = tmp_path / "study"
+    proc = _holder(folder)
+    assert runlock.holder(folder)["pid"] == proc.pid
+    killer = subprocess.Popen([sys.executable, "-c", f"import os, time, signal; time.sleep(1.0); "
+                               f"os.kill({proc.pid}, signal.SIGKILL)"])
+    with runlock.scope():
+        runlock.acquire(folder, "a tune study's tables", wait=True)  # granted once the holder is gone
+        assert proc.poll() == -signal.SIGKILL  # (it returned only after the holder died)
+        assert json.loads(runlock.lock_file(folder).read_text())["pid"] == os.getpid()
+    killer.wait()

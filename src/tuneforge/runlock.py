@@ -91,9 +91,10 @@ def refuse_if_locked(folder: Path) -> None:
         raise _in_use(folder, who)
 
 
-def acquire(folder: Path, what: str = "a run") -> None:
+def acquire(folder: Path, what: str = "a run", wait: bool = False) -> None:
     """Take the folder's lock for this process (until the outermost scope() ends), or raise RunLocked naming the
-    process that holds it. Creates the folder's parent and the lock file."""
+    process that holds it; `wait`: wait for it instead (writers that take turns, such as a study's workers writing
+    its tables). Creates the folder's parent and the lock file."""
     key = _key(folder)
     if fcntl is None or key in _held:
         return
@@ -101,7 +102,9 @@ def acquire(folder: Path, what: str = "a run") -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock_soon(fd):
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif not _lock_soon(fd):
             os.close(fd)
             raise _in_use(folder, _read_holder(file))
         # The holder before us may have removed the file after we opened it: then our lock is on a file no one

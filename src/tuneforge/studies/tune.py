@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import runlock
 from ..errors import RecipeError, TuneforgeError
 from ..recipe import Recipe, load_recipe
 from ..tasks import higher_is_better, task_for
@@ -177,7 +178,11 @@ def tune(recipe: Union[str, Path, dict, Recipe], space: Union[str, Path, dict], 
         # it is running, so parallel workers can add up to one more each).
         done = optuna.study.MaxTrialsCallback(trials, states=None)
         study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[done], gc_after_trial=True)
-    return write_outputs(study, base, metric, direction, study_dir, url, console)
+    # Several workers may run one study (its storage is shared), so the study folder is not held for the whole
+    # search; each trial's folder is (fine_tune), and the study's tables are written by one worker at a time.
+    with runlock.scope():
+        runlock.acquire(study_dir, "a tune study's tables", wait=True)
+        return write_outputs(study, base, metric, direction, study_dir, url, console)
 
 
 def _space_for_worker(space):
