@@ -240,7 +240,7 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
     recipe, runtime, model = ctx.recipe, ctx.runtime, ctx.model
     adapter = recipe.method.is_adapter
     trainable, total = count_parameters(model)
-    refuse_nonfinite_weights(model, "the final model", ctx.steps, ctx.loop.latest_checkpoint(), runtime)
+    refuse_nonfinite_weights(model, "the final model", ctx.steps, ctx.loop.latest_checkpoint, runtime)
     kept = None
     if runtime.fsdp:  # the whole model (or adapter and head) gathered onto rank 0, which saves it
         from .engine.sharding import gather_state

@@ -32,7 +32,7 @@ class KeepBest:
         if self.improved(value, s.best_metric):
             s.best_metric, s.best_step, s.bad_evals = value, s.global_step, 0
             runtime = getattr(loop, "runtime", None)
-            latest = getattr(loop, "latest_checkpoint", lambda: None)()
+            latest = getattr(loop, "latest_checkpoint", lambda: None)
             refuse_nonfinite_weights(loop.model, "the best weights", s.global_step, latest, runtime)
             state = None
             if runtime is not None and runtime.fsdp:  # gathered whole onto rank 0: every rank takes part

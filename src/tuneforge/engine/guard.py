@@ -54,11 +54,14 @@ def first_nonfinite_weight(model: torch.nn.Module, runtime=None) -> Optional[str
     return found
 
 
-def refuse_nonfinite_weights(model: torch.nn.Module, what: str, step: int, latest: Optional[str], runtime=None) -> None:
-    """Raise before `what` (a checkpoint, the best weights, the final model) is written with non-finite weights."""
+def refuse_nonfinite_weights(model: torch.nn.Module, what: str, step: int, latest, runtime=None) -> None:
+    """Raise before `what` (a checkpoint, the best weights, the final model) is written with non-finite weights.
+    `latest`: a function giving the latest checkpoint's path (or None), asked only then: the run folder is rank 0's,
+    and another machine's rank need not see it."""
     name = first_nonfinite_weight(model, runtime)
     if name is None:
         return
+    latest = latest()
     kept = f"the latest checkpoint, {latest}, is kept as it was" if latest else "no checkpoint had been written yet"
     raise TrainingDiverged(
         f"step {step}: the weights hold NaN or inf (first: {name}), so {what} was not written; {kept}. The last "

@@ -281,7 +281,7 @@ class Loop:
         every rank returns once it is complete."""
         self._flush_loss()
         rt = self.runtime
-        refuse_nonfinite_weights(self.model, "its checkpoint", self.state.global_step, self.latest_checkpoint(), rt)
+        refuse_nonfinite_weights(self.model, "its checkpoint", self.state.global_step, self.latest_checkpoint, rt)
         rng = rt.gather(rt.rng_state())
         path = save_checkpoint(self.run_dir / "checkpoints", self.state.global_step, self.model, self.optimizer,
                                self.scheduler,
