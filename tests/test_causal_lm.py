@@ -20,9 +20,13 @@ PAIRS = [("one", "two three"), ("two", "three four five"), ("three", "four"), ("
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_tiny_llama(folder: Path) -> Path:
+    """A 2-block Llama built from config, with the ChatML test tokenizer, saved in `folder`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tok = make_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

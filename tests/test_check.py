@@ -134,10 +134,10 @@ def test_padding_fails_when_the_attention_mask_is_dropped(tiny_bert, sentiment_f
 
 
 def test_packing_holds_and_fails_when_packed_rows_get_a_full_attention_mask(tmp_path, monkeypatch):
-    from test_causal_lm import PAIRS, lm_recipe, write_jsonl
+    from test_causal_lm import PAIRS, lm_recipe, make_tiny_llama, write_jsonl
 
     from tuneforge.data.collate import CausalLMSplit
-    llama = _tiny_llama(tmp_path / "llama")
+    llama = make_tiny_llama(tmp_path / "llama")
     rows = [{"prompt": p, "completion": c} for p, c in PAIRS] * 4
     files = {"train": write_jsonl(tmp_path / "train.jsonl", rows)}
     recipe = lm_recipe(llama, files, tmp_path / "run", data={"packing": True}, training={"epochs": 1})
@@ -154,20 +154,6 @@ def test_packing_holds_and_fails_when_packed_rows_get_a_full_attention_mask(tmp_
     monkeypatch.setattr(CausalLMSplit, "batch", leaking)
     packing = _by_name(check(recipe, steps=1, workdir=tmp_path))["packing"]
     assert packing.passed is False and packing.detail["loss_relative"] > 1e-3
-
-
-def _tiny_llama(folder):
-    from test_causal_data import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_two_processes_give_the_one_process_step_and_a_planted_defect_fails(tiny_bert, sentiment_files, tmp_path):
@@ -195,10 +181,10 @@ def test_two_processes_give_the_one_process_step_and_a_planted_defect_fails(tiny
 
 
 def test_generation_stops_at_the_end_of_turn_and_fails_when_the_saved_settings_forget_it(tmp_path, monkeypatch):
-    from test_causal_lm import PAIRS, lm_recipe, write_jsonl
+    from test_causal_lm import PAIRS, lm_recipe, make_tiny_llama, write_jsonl
 
     import tuneforge.run as run_module
-    llama = _tiny_llama(tmp_path / "llama")
+    llama = make_tiny_llama(tmp_path / "llama")
     files = {"train": write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in PAIRS] * 4)}
     recipe = lm_recipe(llama, files, tmp_path / "run", training={"epochs": 1})
     results = _by_name(check(recipe, steps=1, workdir=tmp_path))

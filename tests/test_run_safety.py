@@ -65,9 +65,6 @@ def test_skip_counts_non_finite_steps_and_saves_a_finite_model(tiny_bert, sentim
     class PoisonEveryThird:
         """Poisons the gradient (not the weights) of every third step, the rest train normally."""
 
-        def __init__(self):
-            self.hooked = False
-
         def on_train_start(self, loop):
             p = next(loop.model.parameters())
             p.register_hook(lambda g: g * float("nan") if (loop.state.global_step + 1) % 3 == 0 else g)

@@ -85,7 +85,7 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
     stage's report. Called once the whole recipe has been validated: only then may `overwrite` remove an old run."""
     from .engine.runtime import runtime_for
     from .rundir import (check_run_dir, check_shared_storage, mark_run_dir, recipe_differences, remove_run,
-                         saved_recipe)
+                         saved_recipe, writing)
     from . import runlock
 
     run_dir = Path(recipe.output.dir)
@@ -118,11 +118,8 @@ def run_adaptation(recipe, *, resume: bool, overwrite: bool, console, train) -> 
             tmp.replace(text_file)
         return (stage_dir / "summary.json").exists()
     def prepare_or_say_why() -> bool:
-        try:
+        with writing(run_dir):
             return prepare()
-        except OSError as e:  # (a place this user may not write, a read-only or full disk)
-            raise RunDirError(f"output.dir {str(run_dir)!r}: cannot write there ({e.strerror or e}: "
-                              f"{e.filename or run_dir}); choose another output.dir") from None
     finished = runtime.on_main(prepare_or_say_why)
     if runtime.distributed:  # the task stage starts from the adapted folder on every rank
         check_shared_storage(run_dir, runtime, None, recipe)

@@ -28,7 +28,7 @@ from .preparation import (apply_method, enable_gradient_checkpointing, load_data
                           prepare_objective, report_start)
 from .recipe import Recipe, load_recipe
 from .report import console as default_console, print_summary, quiet_console
-from .rundir import check_shared_storage, check_writable, prepare_run_dir, save_model, write_text_atomic
+from .rundir import check_shared_storage, check_writable, prepare_run_dir, save_model, write_text_atomic, writing
 from .stages import RunContext, stages_for
 from .tasks import task_for
 from .training import best_weights, prepare_loop
@@ -152,12 +152,9 @@ def _prepare(ctx: RunContext):
                          runtime.world_size)
 
     def prepare():  # with recipe, data and model checked, an old run may be replaced (by rank 0 alone)
-        try:
+        with writing(ctx.run_dir):
             found = prepare_run_dir(ctx.run_dir, recipe, ctx.resume, ctx.overwrite, ctx.console, ctx.keep)
             write_text_atomic(ctx.run_dir / "recipe.yaml", recipe.to_yaml())
-        except OSError as e:  # (a place this user may not write, a read-only or full disk)
-            raise RunDirError(f"output.dir {str(ctx.run_dir)!r}: cannot write there ({e.strerror or e}: "
-                              f"{e.filename or ctx.run_dir}); choose another output.dir") from None
         return found
     resume_from = runtime.on_main(prepare)  # its decision, and any error it raises, reach every rank
     if runtime.distributed:

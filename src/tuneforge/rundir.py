@@ -1,6 +1,7 @@
 """The run directory: made, marked, checked and replaced only by tuneforge; the files a run writes into it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -91,6 +92,17 @@ def check_writable(run_dir: Path) -> None:
     if not os.access(place, os.W_OK | os.X_OK):
         raise RunDirError(f"output.dir {str(run_dir)!r}: {place} is not writable by this user; choose a folder "
                           "you can write (e.g. output.dir=runs/NAME on the command line)")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path):
+    """What the operating system refuses while a run folder is prepared (a place this user may not write, a
+    read-only or full disk) as one line naming the path, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise RunDirError(f"output.dir {str(run_dir)!r}: cannot write there ({e.strerror or e}: "
+                          f"{e.filename or run_dir}); choose another output.dir") from None
 
 
 def mark_run_dir(run_dir: Path) -> None:

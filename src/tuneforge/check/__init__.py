@@ -32,7 +32,7 @@ from ..errors import RecipeError
 from ..recipe import Recipe, load_recipe
 from . import memory
 from .export import (EXPORT_RTOL, TrainedOutputs, artefacts, compare_adapter, compare_reloaded, generation_speed,
-                     generation_stops)
+                     generation_stops, reload_outside)
 from .common import CheckResult, max_difference, probe_recipe, skipped_stages, train, where as at
 from .padding import EXTRA_PADDING, LAYOUT_RTOL, LayoutProbe
 from .probes import CaptureGradients, FinalWeights, InterruptAfter, NoDropout, Timings
@@ -184,19 +184,22 @@ def export(base: Recipe, unbroken, trained: TrainedOutputs, scratch: Path, quiet
         return [*out, CheckResult("export: merged model (tuneforge merge)", False, str(e).splitlines()[0],
                                   "merge's own check")]
     for name, folder in made.items():
-        diff, scale = compare_reloaded(folder, trained)
+        model = reload_outside(folder)  # once, for the outputs and for generation
+        diff, scale = compare_reloaded(model, trained)
         relative = diff / scale if scale else diff
         out.append(CheckResult(f"export: {name}", relative <= EXPORT_RTOL,
                                f"outputs on {trained.outputs.shape[0]} held-out rows: max |diff| {diff:.3g} of "
                                f"outputs up to {scale:.3g}", f"<= {EXPORT_RTOL:g} rel.",
                                {"max_abs_diff": diff, "relative": relative}))
         if base.task_kind.generative:
-            stopped, token, generated = generation_stops(folder)
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            stopped, token, generated = generation_stops(model, tokenizer)
             went = "stopped there" if stopped else f"went on to {generated} tokens"
             out.append(CheckResult(f"export: {name}, generation stops", stopped,
                                    f"made to emit {token} after 2 tokens, generation {went} (its "
                                    "generation_config.json)", "stops at the end-of-turn token"))
-            per_token, peak = generation_speed(folder)
+            per_token, peak = generation_speed(model, tokenizer)
             measured = f"{per_token * 1000:.3g} ms per token (greedy, batch 1, the reloaded model)"
             out.append(CheckResult("time per generated token", None, measured + (f"; peak memory {peak:,.0f} MB"
                                                                                  if peak is not None else ""),

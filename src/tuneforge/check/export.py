@@ -67,9 +67,9 @@ def reload_outside(folder: Path) -> torch.nn.Module:
     return cls.from_pretrained(folder, use_safetensors=True).eval()
 
 
-def compare_reloaded(folder: Path, trained: TrainedOutputs) -> tuple[float, float]:
-    """(largest absolute difference of the reloaded model's outputs from the trained model's, largest output)."""
-    model = reload_outside(folder)
+def compare_reloaded(model, trained: TrainedOutputs) -> tuple[float, float]:
+    """(largest absolute difference of the reloaded model's outputs (reload_outside) from the trained model's,
+    largest output)."""
     with torch.no_grad():
         reloaded = output_tensor(model(**trained.inputs))
     if reloaded.shape != trained.outputs.shape:
@@ -92,18 +92,23 @@ def artefacts(run_dir: Path, adapter: bool, scratch: Path, console) -> dict[str,
     return {"merged model (tuneforge merge)": out}
 
 
-def generation_stops(folder: Path, after: int = 2) -> tuple[bool, str, int]:
+def _ending_ids(model, tokenizer, *more) -> list[int]:
+    """The tokens that end generation: the tokenizer's EOS, the model's own generation_config.eos_token_id, `more`."""
+    configured = model.generation_config.eos_token_id
+    return sorted({tokenizer.eos_token_id, *more, *(configured if isinstance(configured, list) else [configured])}
+                  - {None})
+
+
+def generation_stops(model, tokenizer, after: int = 2) -> tuple[bool, str, int]:
     """Whether generation with the folder's own settings (generation_config.json, as any Hugging Face tool reads
-    them) stops at the end-of-turn token: the model is made to emit it after `after` tokens (greedy), and must stop
-    there. Returns (stopped, the token, tokens generated)."""
-    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+    them) stops at the end-of-turn token: the reloaded model (reload_outside) is made to emit it after `after` tokens
+    (greedy), and must stop there. Returns (stopped, the token, tokens generated)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     from ..data.causal import end_of_turn_id
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     stop = end_of_turn_id(tokenizer)
     stop = tokenizer.eos_token_id if stop is None else stop
-    model = reload_outside(folder)
     if getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
                                                return_tensors="pt", return_dict=True)["input_ids"]
@@ -111,13 +116,12 @@ def generation_stops(folder: Path, after: int = 2) -> tuple[bool, str, int]:
         prompt = tokenizer("Hello", return_tensors="pt")["input_ids"]
     start = prompt.shape[1]
 
-    configured = model.generation_config.eos_token_id
-    enders = {stop, tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    enders = _ending_ids(model, tokenizer, stop)
 
     class EmitStopAfter(LogitsProcessor):  # no ending token before `after` tokens, then the end-of-turn token only
         def __call__(self, input_ids, scores):
             if input_ids.shape[1] - start < after:
-                scores[:, sorted(enders)] = float("-inf")
+                scores[:, enders] = float("-inf")
             elif input_ids.shape[1] - start == after:
                 scores = torch.full_like(scores, float("-inf"))
                 scores[:, stop] = 0.0
@@ -151,20 +155,17 @@ def compare_adapter(adapter_dir: Path, trained: TrainedOutputs) -> tuple[float, 
     return float((reloaded - trained.outputs).abs().max()), scale, name
 
 
-def generation_speed(folder: Path, tokens: int = 16) -> tuple[float, Optional[float]]:
+def generation_speed(model, tokenizer, tokens: int = 16) -> tuple[float, Optional[float]]:
     """(seconds per generated token, peak memory MB during generation) for `tokens` greedy tokens from a short
     prompt, with the reloaded model (no stop token allowed, so that every token is generated)."""
     import time
 
-    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     from . import memory
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = reload_outside(folder)
     prompt = tokenizer("Hello", return_tensors="pt")["input_ids"]
-    configured = model.generation_config.eos_token_id
-    enders = sorted({tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None})
+    enders = _ending_ids(model, tokenizer)
 
     class NoEnd(LogitsProcessor):
         def __call__(self, input_ids, scores):
