@@ -17,7 +17,8 @@ RANKS_FILE = ".tuneforge-ranks"  # a token of rank 0's: the other ranks find it 
 TRASH = ".tuneforge-replaced"  # an old run being removed (--overwrite): moved here first, then deleted
 OWN_FILES = (RUN_MARKER, RANKS_FILE, TRASH)
 # Keys that may differ on --resume: where the run folder is (it may have been moved) and how progress is shown.
-RESUME_MAY_DIFFER = ("output.dir", "training.progress", "training.nonfinite", "training.keep_checkpoints")
+RESUME_MAY_DIFFER = ("output.dir", "training.progress", "training.nonfinite", "training.keep_checkpoints",
+                     "training.report_to")
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool, console,

@@ -137,6 +137,10 @@ class TrainingSpec(Section):
                                                "(NaN or inf) changes no weight; stop: the run stops there with an "
                                                "error naming the step, keeping the last good checkpoint; skip: the "
                                                "step is skipped and counted (summary.json: skipped_steps)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="experiment trackers that receive the resolved recipe, "
+        "every logged metric and the final model or adapter: tensorboard (when installed), mlflow, wandb, trackio "
+        "(each needs its package; [] for none)")
     progress: bool = True
 
     _every = field_validator("eval_every")(classmethod(lambda cls, v: epoch_or_steps(v)))

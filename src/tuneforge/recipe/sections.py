@@ -25,8 +25,16 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    name: str = Field("minilm-l6", description="alias of a packaged model (minilm-l6, mpnet-base, efficientnet-lite0) "
-                      "or a local Hugging Face folder")
+    name: str = Field("minilm-l6", description="the model: an alias of a packaged model (minilm-l6, mpnet-base, "
+                      "smollm2-135m, efficientnet-lite0), a local Hugging Face folder, a Hugging Face Hub ID "
+                      "(org/name, or org/name@revision; from the local Hugging Face cache when HF_HUB_OFFLINE=1), or "
+                      "a GGUF file (or a folder holding exactly one), converted once into tuneforge's cache")
+    revision: Optional[str] = Field(None, description="Hub IDs: the branch, tag or commit to load (default: main; "
+                                    "org/name@revision says the same)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="the dtype the weights are loaded in: float32 (what training.precision's autocast "
+        "expects of trained weights), bfloat16 or float16 (half the memory; best for a frozen base under an "
+        "adapter), or auto (the checkpoint's own dtype)")
     max_length: int = Field(128, gt=0, description="tokens per text (or text pair); longer inputs are truncated")
     image_size: Optional[int] = Field(None, ge=16, description="images: side of the square input (default: the model's "
                                       "own, 224 for efficientnet-lite0); smaller is faster")
@@ -90,6 +98,9 @@ class TaskSpec(Section):
                                   "reward-model run directory")
     num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
     temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of those completions")
+    standardize_targets: bool = Field(True, description="regression: train on (target - mean) / std of the training "
+                                      "targets, and map predictions back; metrics and predictions are in the "
+                                      "targets' own units")
     # Token classification and question answering
     label_all_tokens: bool = Field(False, description="token-classification: every sub-token of a word carries its "
                                    "tag in the loss (B- turned into I- after the first); default: the first only")
