@@ -229,8 +229,9 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
     distill = data.get("distill")
     if isinstance(distill, dict) and isinstance(distill.get("teacher"), str):
         from ..assets import MODEL_ALIASES
-        teacher = distill["teacher"]  # a packaged model's alias is a name, not a path
-        out["distill"] = {**distill, "teacher": teacher if teacher in MODEL_ALIASES else _relative_to(base, teacher)}
+        teacher = distill["teacher"]  # a packaged model's alias, or a Hub ID, is a name, not a path
+        named = teacher in MODEL_ALIASES or not ((base / teacher).exists() or Path(teacher).expanduser().exists())
+        out["distill"] = {**distill, "teacher": teacher if named else _relative_to(base, teacher)}
     if isinstance(distill, dict) and distill.get("unlabeled"):
         from ..assets import UNLABELED_DATASETS
         files = distill["unlabeled"] if isinstance(distill["unlabeled"], list) else [distill["unlabeled"]]
