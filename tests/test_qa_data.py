@@ -47,7 +47,7 @@ def write_json(path, payload):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from tuneforge.assets import resolve_model_path
+    from tuneforge.models.sources import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
 

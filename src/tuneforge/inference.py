@@ -11,7 +11,7 @@ import torch
 
 from .adapters import adapter_kind, load_bottleneck_state, read_adapter_method
 from .adapters.bottleneck import CONFIG_NAME as BOTTLENECK_CONFIG
-from .assets import resolve_model_path
+from .models.sources import resolve_model_path
 from .data.dataset import LabelSpace
 from .engine.evaluate import run_evaluation
 from .errors import DataError, RunDirError

@@ -49,7 +49,7 @@ def _fingerprint(folder: Path) -> str:
 
 def load_teacher(recipe, space_names: list[str], student_tokenizer, device: str = "cpu") -> Teacher:
     """`device`: where a teacher that is a run loads (a quantized base is placed as it loads)."""
-    from ..assets import resolve_model_path
+    from ..models.sources import resolve_model_path
     from ..models.layers import find_blocks
     from ..models.loading import quiet_transformers
 

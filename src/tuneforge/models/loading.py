@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..assets import resolve_model_path
+from .sources import resolve_model_path
 from ..errors import TuneforgeError
 from .weights_check import (check_custom_code, check_saved_weights, check_text_model, check_vocabulary, check_weights_fit,
                             has_tokenizer_files, header_shapes, missing_tokenizer_error, weights_files)
@@ -38,7 +38,7 @@ def tokenizer_and_config(name: str, trust_remote_code: bool = False, task_type: 
     from transformers import AutoConfig, AutoTokenizer
 
     quiet_transformers()
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, trust_remote_code)
     check_custom_code(path, name, trust_remote_code)
     check_text_model(path, name, task_type)
     try:

@@ -149,13 +149,14 @@ def load_for_image_classification(name: str, num_labels: int, id2label: dict[int
 def _load_hf_image_model(name, num_labels, id2label, head_seed, image_size, pretrained, trust_remote_code) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    from ..assets import MODEL_ALIASES, resolve_model_path
+    from ..assets import MODEL_ALIASES
+    from .sources import resolve_model_path
 
     quiet_transformers()
     if name in MODEL_ALIASES:
         raise TuneforgeError(f"model.name {name!r} is a text model; image tasks take "
                              f"{', '.join(EFFICIENTNET_LITE)} or a local Hugging Face image-model folder")
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, trust_remote_code)
     check_custom_code(path, name, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)

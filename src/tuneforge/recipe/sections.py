@@ -65,6 +65,19 @@ class ModelSpec(Section):
             raise ValueError("give model.keep_layers or model.keep_every, not both")
         return self
 
+    @model_validator(mode="after")
+    def _revision_in_name(self):
+        """model.revision is folded into the name (org/name@revision), the one string every loader resolves."""
+        if self.revision is None:
+            return self
+        repo, at, written = self.name.partition("@")
+        if at and written != self.revision:
+            raise ValueError(f"model.name {self.name!r} names revision {written!r} and model.revision says "
+                             f"{self.revision!r}; give one")
+        if not at:
+            self.__dict__["name"] = f"{repo}@{self.revision}"  # not an assignment: that would validate again
+        return self
+
 
 TaskType = Literal[tuple(TASKS)]  # type: ignore[valid-type]  (the registry's names)
 
