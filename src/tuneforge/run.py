@@ -90,11 +90,14 @@ def _fine_tune(recipe: Recipe, resume: bool, overwrite: bool, callbacks, console
     _load_model(ctx, stages)
     reference_mode, resume_from, groups_now = _prepare(ctx)
     _encode(ctx, stages, reference_mode)
+    # What the task sets up from the training split (regression: target statistics), before a checkpoint loads.
+    task_lines = ctx.task.start_training(ctx.model, ctx.splits["train"], ctx.run_dir, resume_from is not None,
+                                         runtime.is_main)
     loop = _loop(ctx, resume_from, groups_now)
     report_start(ctx.console, recipe, ctx.loaded, ctx.groups, ctx.model, ctx.splits, ctx.origin, ctx.encoded,
                  ctx.run_dir, ctx.plan, reference_mode)
     speed = [f"  {ctx.runtime.precision_note}"] if ctx.runtime.precision_note else []
-    for line in [*speed, *(getattr(ctx, "reference_note", None) or []), *_cut_line(ctx),
+    for line in [*speed, *task_lines, *(getattr(ctx, "reference_note", None) or []), *_cut_line(ctx),
                  *[line for stage in stages for line in stage.report(ctx)]]:
         ctx.console.print(line)
     started = time.perf_counter()
@@ -249,10 +252,12 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
     if not runtime.is_main:
         runtime.barrier()
         return result
-    if adapter:
-        ctx.stored = save_adapter(model, ctx.tokenizer, model_dir, kept)
-    else:
-        ctx.stored = save_model(model, ctx.tokenizer, model_dir, recipe.task_kind.saved_extras(model, ctx.loaded), kept)
+    with ctx.task.saving(model, kept):  # (regression: the targets' units folded into the saved head)
+        if adapter:
+            ctx.stored = save_adapter(model, ctx.tokenizer, model_dir, kept)
+        else:
+            ctx.stored = save_model(model, ctx.tokenizer, model_dir, recipe.task_kind.saved_extras(model, ctx.loaded),
+                                    kept)
     result.stored_bytes = ctx.stored
     result.files = {"adapter" if adapter else "model": model_dir, "recipe": ctx.run_dir / "recipe.yaml",
                     "metrics": ctx.run_dir / "metrics.jsonl", "summary": ctx.run_dir / "summary.json"}
@@ -265,6 +270,10 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
                "new_head_parameters": ctx.loaded.new_parameters, "history": ctx.loop.state.history}
     for stage in stages:
         summary.update(stage.summary(ctx))
+    task_summary = ctx.task.run_summary(ctx.metrics)
+    for w in task_summary.get("warnings", []):
+        ctx.console.print(f"[yellow]warning:[/] {w}")
+    summary.update(task_summary)
     if ctx.loaded.kept_layers is not None:
         summary["kept_layers"] = {"kept": ctx.loaded.kept_layers, "of": ctx.loaded.blocks_before}
     state = ctx.loop.state

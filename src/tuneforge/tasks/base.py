@@ -11,6 +11,8 @@ whole accumulated step (`split.count`), so accumulating 4x8 equals one batch of 
 """
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -138,6 +140,23 @@ class Task:
     def metric_names(self, space: LabelSpace, threshold: float = 0.5) -> list[str]:
         """The names of the metrics an evaluation reports (besides the loss)."""
         return list(self.make_metrics(max(len(space.names), 1), threshold).compute())
+
+    # ------------------------------------------------------------ a run
+
+    def start_training(self, model, train: Sequence, run_dir: Path, resumed: bool, is_main: bool) -> list[str]:
+        """Before the first step, or the first of a resumed run (before its checkpoint loads): what the task sets up
+        from the training split (regression: the targets' statistics, kept in the run folder by rank 0). Returns
+        lines for the start report."""
+        return []
+
+    def saving(self, model, state: Optional[dict] = None):
+        """A context around the save of the finished model (`state`: the weights gathered from a sharded one):
+        what the task folds into the saved weights and takes back after (regression: its targets' units)."""
+        return contextlib.nullcontext()
+
+    def run_summary(self, metrics: dict) -> dict:
+        """Entries of a finished run's summary.json; a "warnings" list is also printed."""
+        return {}
 
     # ------------------------------------------------------------ use
 

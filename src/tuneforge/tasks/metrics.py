@@ -125,15 +125,17 @@ class RegressionMetrics:
 
         n = self.n
         if n == 0:
-            return {"mse": 0.0, "mae": 0.0, "pearson": 0.0, "spearman": 0.0}
+            return {"mse": 0.0, "mae": 0.0, "pearson": 0.0, "spearman": 0.0, "pred_mean": 0.0, "pred_std": 0.0}
         sx, sy, sxx, syy, sxy, sabs = self.sums
         cov = sxy - sx * sy / n
         vx, vy = sxx - sx * sx / n, syy - sy * sy / n
         pearson = cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else 0.0
         xy = np.concatenate(self.pairs)
         spearman = float(spearmanr(xy[:, 0], xy[:, 1]).statistic) if n > 1 and vx > 0 and vy > 0 else 0.0
+        # The predictions' own mean and spread: a model that predicts about one value shows it here first.
         return {"mse": self.sq_err / n, "mae": float(sabs / n), "pearson": float(pearson),
-                "spearman": 0.0 if math.isnan(spearman) else spearman}
+                "spearman": 0.0 if math.isnan(spearman) else spearman, "pred_mean": float(sx / n),
+                "pred_std": math.sqrt(max(vx, 0.0) / n)}
 
 
 class CausalLMMetrics:
