@@ -253,10 +253,13 @@ def read_causal_examples(path, fmt: str, text_col: str, prompt_col: str, complet
                          train_on: str = "assistant") -> list[CausalExample]:
     """Rows of one file, by the columns present: chat (messages), prompt/completion, or plain text. Every row is
     checked; problems name the file, row and column."""
+    from .chat_formats import map_chat_format
     from .dataset import is_missing
     from .readers import read_table
 
     df = read_table(path, fmt)
+    # Published layouts (ShareGPT conversations, Alpaca instructions) mapped to the columns read below.
+    df, messages_col = map_chat_format(df, str(path), text_col, prompt_col, completion_col, messages_col)
     columns = list(map(str, df.columns))
     if messages_col in df.columns:
         kind = "chat"

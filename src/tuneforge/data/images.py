@@ -307,6 +307,12 @@ def is_idx(path: Path) -> bool:
 
 def read_image_examples(path: str | Path, fmt: str, image_col: str, label_col: Optional[str]) -> list[ImageExample]:
     """Any supported image source; `label_col` None reads images only (prediction)."""
+    from .sources import is_dataset_source
+
+    if is_dataset_source(path):
+        raise DataError([f"{path}: a datasets source (a save_to_disk folder or a Hub dataset); image-classification "
+                         "reads image files: a folder of class sub-folders, a table of image paths, .npz or idx "
+                         "files. Save the images as files (e.g. ds[i]['image'].save(...)) and list them in a table"])
     path = Path(path)
     with_labels = label_col is not None
     if path.is_dir():

@@ -15,9 +15,12 @@ import pandas as pd
 
 from ..errors import DataError
 from .rawfile import encoding_problem, sniff, wide_row_problem
+from .reading import skip_rows
+from .sources import dataset_table, read_arrow
+from .table_rows import not_data_rows, preamble_problem
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-              ".parquet": "parquet", ".pq": "parquet"}
+              ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -54,7 +57,11 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     # Everything as text: a label column "1"/"0" stays a label, and empty cells stay visible as "".
     # TSV has no quoting: a text that starts with '"' must not swallow the rows after it.
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    options = dict(sep=sep, dtype=str, keep_default_na=False, na_filter=False, quoting=quoting)
+    skip = skip_rows()
+    options = dict(sep=sep, dtype=str, keep_default_na=False, na_filter=False, quoting=quoting, skiprows=skip)
+    comments = preamble_problem(path, sep, quoting, skip)
+    if comments:
+        raise DataError([comments])
     try:
         # index_col=False: a first row wider than the header is an error, never silently an index column
         with warnings.catch_warnings():
@@ -64,7 +71,10 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
         raise DataError([f"{path}: no header line (the file holds only blank lines); the first line must name the "
                          f"columns, e.g. text{sep}label"]) from None
     except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
-        wide = wide_row_problem(path, sep, quoting)
+        notes = preamble_problem(path, sep, quoting, skip, narrow=True)
+        if notes:
+            raise DataError([notes]) from None
+        wide = wide_row_problem(path, sep, quoting) if not skip else None
         if wide:
             raise DataError([wide]) from None
         m = C_ERROR.search(str(e))
@@ -80,6 +90,9 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     named = [h for h in header if isinstance(h, str) and h.strip()]
     if len(set(named)) != len(named):
         raise _duplicate_columns(path, header)
+    not_data = not_data_rows(path, df, skip)
+    if not_data:
+        raise DataError(not_data)
     return df
 
 
@@ -178,15 +191,22 @@ READERS = {
     "json": _read_json,
     "jsonl": _read_jsonl,
     "parquet": _read_parquet,
+    "arrow": read_arrow,
 }
 
 
 def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """One table's rows: a data file by its format, or a datasets source (a save_to_disk folder, a Hub split)."""
+    table = dataset_table(path)  # data.format names file formats: a datasets source has its own
+    if table is not None:
+        return table
     path = Path(path)
     if not path.exists():
         raise DataError([f"{path}: no such file"])
     if path.is_dir():
-        raise DataError([f"{path}: a folder, not a file; give the path of one data file"])
+        raise DataError([f"{path}: a folder, not a file; give the path of one data file, or a folder written by "
+                         "datasets' save_to_disk (which holds state.json or dataset_dict.json; this one holds "
+                         "neither)"])
     if path.stat().st_size == 0:
         raise DataError([f"{path}: the file is empty"])
     kind = detect_format(path, fmt)

@@ -303,10 +303,13 @@ def read_qa_examples(path: str | Path, fmt: str = "auto", question_column: str =
     """Every question of one file, validated; raises DataError listing every problem (file, row or
     article/paragraph/question, column, value, fix). `with_answers=False` reads questions to predict:
     their `answers` are None and answer columns are not needed."""
+    from .sources import is_dataset_source
+
+    source = is_dataset_source(path)  # a save_to_disk folder or Hub split: rows of questions, read as a table
     path = Path(path)
     problems = _Problems()
     payload = None
-    if path.exists() and path.stat().st_size and detect_format(path, fmt) == "json":
+    if not source and path.exists() and path.stat().st_size and detect_format(path, fmt) == "json":
         with open(path, encoding="utf-8") as f:
             try:
                 payload = json.load(f)

@@ -53,6 +53,10 @@ def read_token_examples(path, fmt: str = "auto", tokens_column: str = "tokens",
                         tags_column: str | None = "tags") -> list[TokenExample]:
     """Sentences of one file. `tags_column=None` reads for prediction: tags are neither required nor read (a CoNLL
     line's first field is its token, other fields are ignored). Every problem is collected, then raised together."""
+    from .sources import is_dataset_source
+
+    if is_dataset_source(path):  # a save_to_disk folder or Hub split: rows of token and tag lists
+        return _read_rows(path, "auto", tokens_column, tags_column)
     path = Path(path)
     if not path.exists():
         raise DataError([f"{path}: no such file"])
@@ -67,8 +71,8 @@ def read_token_examples(path, fmt: str = "auto", tokens_column: str = "tokens",
                              f"{', '.join(CONLL_SUFFIXES)}, tables in {', '.join(EXTENSIONS)}; set data.format"])
         tsv_table = suffix == ".tsv" and _has_header(path, tokens_column)
         kind = "conll" if suffix in CONLL_SUFFIXES and not tsv_table else "auto"
-    elif fmt not in ("conll", "csv", "tsv", "json", "jsonl", "parquet"):
-        raise DataError([f"{path}: unknown format {fmt!r}; use auto, conll, csv, tsv, json, jsonl or parquet"])
+    elif fmt not in ("conll", "csv", "tsv", "json", "jsonl", "parquet", "arrow"):
+        raise DataError([f"{path}: unknown format {fmt!r}; use auto, conll, csv, tsv, json, jsonl, parquet or arrow"])
     if kind == "conll":
         return _read_conll(path, tags_column is not None)
     return _read_rows(path, kind, tokens_column, tags_column)

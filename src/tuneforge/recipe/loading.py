@@ -210,6 +210,16 @@ def _relative_to(base: Path, value: str) -> str:
     return str(candidate.resolve()) if candidate.exists() or not Path(value).exists() else value
 
 
+def _data_path(base: Path, value: str) -> str:
+    """A data file or save_to_disk folder, resolved as `_relative_to` does; a Hub dataset name (org/name) that is no
+    path, next to the recipe or here, stays a name."""
+    from ..data.sources import looks_like_hub_name
+
+    if Path(value).is_absolute() or (base / value).exists() or not looks_like_hub_name(value):
+        return _relative_to(base, value)
+    return value
+
+
 def _resolve_data_paths(data: Any, base: Path) -> Any:
     """Data files, and a grpo reward's file or run directory, relative to the recipe's folder; stored absolute in
     the run's recipe.yaml, so evaluate and resume work from any folder."""
@@ -217,10 +227,12 @@ def _resolve_data_paths(data: Any, base: Path) -> Any:
         return data
     out = dict(data)
     if isinstance(data.get("data"), dict):
+        from ..assets import DATASETS
         section = dict(data["data"])
-        for key in ("train", "validation", "test"):
-            if isinstance(section.get(key), str):
-                section[key] = _relative_to(base, section[key])
+        for key in ("train", "validation", "test", "dataset"):
+            value = section.get(key)
+            if isinstance(value, str) and not (key == "dataset" and value in DATASETS):
+                section[key] = _data_path(base, value)
         out["data"] = section
     weak = data.get("weak")
     if isinstance(weak, dict):

@@ -1,6 +1,8 @@
 """The recipe's model, task, data and output sections."""
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -156,12 +158,28 @@ class AugmentSpec(Section):
 
 
 class DataSpec(Section):
-    dataset: Optional[Literal["rotten-tomatoes", "fashion-mnist", "wnut-16", "squad"]] = Field(
-        None, description="a packaged dataset instead of files: rotten-tomatoes (sentiment), fashion-mnist (images), "
-        "wnut-16 (tweets tagged for 10 entity types), squad (SQuAD v1.1 questions)")
-    train: Optional[str] = None
-    validation: Optional[str] = None
-    test: Optional[str] = None
+    dataset: Optional[str] = Field(
+        None, description="the data by one name: a packaged dataset (rotten-tomatoes: sentiment, fashion-mnist: "
+        "images, wnut-16: tweets tagged for 10 entity types, squad: SQuAD v1.1 questions), a folder written by "
+        "datasets' save_to_disk, or a Hugging Face Hub dataset (org/name; offline, from the local Hugging Face "
+        "cache). Anything but a packaged name is read as data.train, with its splits")
+    dataset_config: Optional[str] = Field(None, description="Hub datasets: the configuration (subset) to load, e.g. "
+                                          "sst2 of nyu-mll/glue (load_dataset's second argument)")
+    train: Optional[str] = Field(None, description="the training data: a file (csv, tsv, json, jsonl, parquet, "
+                                 "arrow), a folder written by datasets' save_to_disk, or a Hub dataset (org/name); "
+                                 "a source of several splits also gives validation and test where it has them")
+    validation: Optional[str] = Field(None, description="validation data, as data.train (default: data.train's "
+                                      "validation split, else carved from train)")
+    test: Optional[str] = Field(None, description="test data, as data.train (default: data.train's test split, if "
+                                "any)")
+    train_split: str = Field("train", description="save_to_disk DatasetDicts and Hub datasets: the split trained on")
+    validation_split: Optional[str] = Field(None, description="save_to_disk DatasetDicts and Hub datasets: the split "
+                                            "validated on (default: the first of validation, valid, dev, val there "
+                                            "is)")
+    test_split: Optional[str] = Field(None, description="save_to_disk DatasetDicts and Hub datasets: the split tested "
+                                      "on (default: test, if there is one whose labels are not all -1)")
+    skip_rows: int = Field(0, ge=0, description="CSV/TSV files: lines above the header to skip (notes or comments "
+                           "that an export writes before the column names)")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from train (stratified) when no validation file")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="carved from train (stratified) when no test file")
     split_seed: int = 42
@@ -203,16 +221,39 @@ class DataSpec(Section):
     @classmethod
     def _names(cls, v):
         return None if v is None else [str(x) for x in v]
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "npz", "idx", "conll"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "arrow", "npz", "idx", "conll"] = Field(
+        "auto", description="the data files' format (default: from each file's extension); save_to_disk folders and "
+        "Hub datasets are read as what they are")
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="images: train-only augmentation")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training rows (after splitting)")
     limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N validation and test rows (after "
                                       "splitting): quicker evaluations on a large data set")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named_source(cls, data):
+        """A data.dataset that is no packaged name is a datasets source read as data.train: tasks keep their fixed
+        columns and splits for the packaged names alone, and the recipe's column options apply to the rest."""
+        if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+            return data
+        from ..assets import DATASETS
+
+        name = data["dataset"]
+        if name in DATASETS:
+            return data
+        if data.get("train") is not None:
+            raise ValueError(f"give data.train ({data['train']!r}) or data.dataset ({name!r}), not both")
+        close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.8)
+        if close and "/" not in name and not Path(name).exists():
+            raise ValueError(f"data.dataset {name!r} is no packaged dataset; did you mean {close[0]!r}? (packaged: "
+                             f"{', '.join(DATASETS)}; or give a save_to_disk folder or a Hub name, org/name)")
+        return {**data, "dataset": None, "train": name}
+
     @model_validator(mode="after")
     def _one_source(self):
         if self.dataset is None and self.train is None:
-            raise ValueError("give data.train (a file) or data.dataset (a packaged dataset, e.g. rotten-tomatoes)")
+            raise ValueError("give data.train (a file, a save_to_disk folder or a Hub dataset) or data.dataset (a "
+                             "packaged dataset, e.g. rotten-tomatoes)")
         if self.dataset is not None and self.train is not None:
             raise ValueError(f"give data.train ({self.train!r}) or data.dataset ({self.dataset!r}), not both")
         if self.validation_fraction + self.test_fraction >= 0.9:
