@@ -36,10 +36,19 @@ def apply_method(model, spec, groups, init_seed: int, task):
     """Freeze per the method's plan, or attach an adapter (of the task's PEFT task type). Returns (model to train,
     plan or None for adapters)."""
     if spec.is_adapter:
-        return attach_adapter(model, spec, groups, init_seed, task.peft_task_type), None
+        return _fp32_where_trained(attach_adapter(model, spec, groups, init_seed, task.peft_task_type)), None
     plan = build_plan(spec, groups)
     apply_plan(model, plan, 0)
-    return model, plan
+    return _fp32_where_trained(model), plan
+
+
+def _fp32_where_trained(model):
+    """Trained weights loaded in fp16 (model.dtype float16) are kept in fp32: the gradient scaler unscales only fp32
+    gradients, and AdamW's epsilon vanishes in fp16. The frozen rest stays fp16. (bf16 weights train as they are.)"""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.float16:
+            param.data = param.data.float()
+    return model
 
 
 def prepare_objective(recipe, task, model, tokenizer) -> Optional[str]:

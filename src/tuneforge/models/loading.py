@@ -182,6 +182,8 @@ def _from_pretrained(auto, name: str, path: Path, config, trust_remote_code: boo
 
 def _from_config(auto, name: str, config, trust_remote_code: bool, extra: dict,
                  unsupported: str = "has no sequence-classification head in transformers"):
+    if extra.get("dtype") == "auto":  # a model built from its config has no checkpoint dtype to follow
+        extra = {k: v for k, v in extra.items() if k != "dtype"}
     try:
         return auto.from_config(config, trust_remote_code=trust_remote_code, **extra)
     except (ValueError, ImportError) as e:
@@ -202,6 +204,16 @@ def _attention_error(name: str, extra: dict, e: Exception) -> TuneforgeError:
                         "Use auto (the fastest available), sdpa or eager"])
 
 
+LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_kwargs(recipe_model) -> dict:
+    """model.dtype as from_pretrained's `dtype`: float32 unless asked (transformers' own default is the checkpoint's
+    dtype, often bf16, in which small updates of trained weights are lost)."""
+    dtype = getattr(recipe_model, "dtype", "float32")
+    return {"dtype": "auto" if dtype == "auto" else LOAD_DTYPES[dtype]}
+
+
 def load_for_recipe(recipe, task, space, head_seed: int, runtime=None) -> LoadedModel:
     """The recipe's model with `task`'s head for `space` (the task decides which model and head), cut to the blocks
     model.keep_layers / keep_every name. `runtime`: where it will run, for the attention choice `auto` and a
@@ -211,7 +223,7 @@ def load_for_recipe(recipe, task, space, head_seed: int, runtime=None) -> Loaded
     from .truncate import truncate_for_recipe
 
     def load_kwargs(auto, config) -> dict:
-        return {**attention_kwargs(recipe.model, auto, config, runtime),
+        return {**dtype_kwargs(recipe.model), **attention_kwargs(recipe.model, auto, config, runtime),
                 **quantization_kwargs(recipe.model, auto, config, runtime)}
     loaded = task.load_model(recipe, space, head_seed, load_kwargs)
     loaded.kept_layers, loaded.blocks_before = truncate_for_recipe(loaded.model, recipe.model)

@@ -66,6 +66,25 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _half_precision_weights(self):
+        """Weights loaded in bf16/fp16 compute under autocast in that dtype (so a new fp32 head or adapter meets them
+        in one dtype): precision auto becomes it, and another precision is an error."""
+        half = {"bfloat16": "bf16", "float16": "fp16"}.get(self.model.dtype)
+        if half is None:
+            return self
+        precision = self.training.precision
+        if precision == "auto":
+            self.training.__dict__["precision"] = half  # not an assignment: that would validate again
+        elif precision != half:
+            raise ValueError(f"model.dtype {self.model.dtype} loads the weights in {half}, and training.precision is "
+                             f"{precision!r}; weights in one dtype compute under autocast in it: set training.precision "
+                             f"to {half} or auto, or load them in float32 (model.dtype: float32)")
+        if half == "fp16" and self.method.name == "gradual":
+            raise ValueError("model.dtype float16 with method gradual: blocks unfrozen later would train in fp16, "
+                             "which the gradient scaler cannot update; use bfloat16 or float32")
+        return self
+
+    @model_validator(mode="after")
     def _keys_of_the_task(self):
         """Options set for a task that does not read them are errors, not silently ignored."""
         kind = self.task.type
