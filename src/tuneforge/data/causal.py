@@ -139,13 +139,28 @@ def tokenize_chat(tokenizer, messages: list[dict], where: str, train_on: str = "
     return CausalTokens(out_ids, labels, where)
 
 
+# Between a prompt and its completion rendered as plain text, unless one side already has whitespace there:
+# without it `Country: Kenya` + `Nairobi` trains the model to write `Country: KenyaNairobi`.
+PLAIN_SEPARATOR = "\n"
+
+
+def plain_completion(prompt: str, completion: str) -> str:
+    """The completion as it follows the prompt in plain text: after the separator, which is the completion's (it has
+    loss), so the model learns to write it and a plain `prompt` given to any text-generation pipeline continues
+    on a new line."""
+    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
+        return completion
+    return PLAIN_SEPARATOR + completion
+
+
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, where: str,
                                train_on: str = "assistant") -> CausalTokens:
-    """Without a chat template: prompt tokens (no loss unless train_on is 'all'), then completion tokens and EOS."""
+    """Without a chat template: prompt tokens (no loss unless train_on is 'all'), then the separator, completion
+    tokens and EOS."""
     head = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     if head and head[-1] == tokenizer.eos_token_id:  # tokenizers that append EOS: the prompt does not end the text
         head = head[:-1]
-    tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos(tokenizer)]
+    tail = tokenizer(plain_completion(prompt, completion), add_special_tokens=False)["input_ids"] + [_eos(tokenizer)]
     prompt_labels = list(head) if train_on == "all" else [IGNORE] * len(head)
     return CausalTokens(head + tail, prompt_labels + tail, where)
 

@@ -72,7 +72,7 @@ def _sharegpt_messages(value: Any, where: str, problems: list[str], seen: dict[s
     return messages
 
 
-def _map_sharegpt(df: pd.DataFrame, path: str, column: str, target: str) -> pd.DataFrame:
+def _map_sharegpt(df: pd.DataFrame, path: str, column: str) -> pd.DataFrame:
     problems: list[str] = []
     seen: dict[str, str] = {}
     mapped = [_sharegpt_messages(v, f"{path} row {i}, column {column!r}", problems, seen)
@@ -82,8 +82,7 @@ def _map_sharegpt(df: pd.DataFrame, path: str, column: str, target: str) -> pd.D
     df = df.copy()
     df[column] = pd.Series(mapped, index=df.index, dtype=object)
     roles = ", ".join(f"{speaker} -> {role}" for speaker, role in seen.items())
-    into = "messages" if column == target else f"messages (data.messages_column {target!r})"
-    note(f"{path}: column {column!r} (ShareGPT: from/value) -> {into}; roles {roles}")
+    note(f"{path}: column {column!r} (ShareGPT: from/value) -> messages; roles {roles}")
     return df
 
 
@@ -128,13 +127,13 @@ def map_chat_format(df: pd.DataFrame, path: str, text_col: str, prompt_col: str,
     columns = set(map(str, df.columns))
     if messages_col in columns:
         if is_sharegpt(df[messages_col]):
-            return _map_sharegpt(df, path, messages_col, messages_col), messages_col
+            return _map_sharegpt(df, path, messages_col), messages_col
         return df, messages_col
     if prompt_col in columns:
         return df, messages_col
     if SHAREGPT_COLUMN in columns:
         if is_sharegpt(df[SHAREGPT_COLUMN]):
-            return _map_sharegpt(df, path, SHAREGPT_COLUMN, messages_col), SHAREGPT_COLUMN
+            return _map_sharegpt(df, path, SHAREGPT_COLUMN), SHAREGPT_COLUMN
         first = _first_turn(df[SHAREGPT_COLUMN])
         if first is not None and "role" in first and "content" in first:
             note(f"{path}: column {SHAREGPT_COLUMN!r} (role/content) -> messages")

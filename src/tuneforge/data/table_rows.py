@@ -80,11 +80,13 @@ def preamble_problem(path: Path, sep: str, quoting: int, skip: int, narrow: bool
         return None
     header_line = lines[count]
     first = skip + 1
+    real = sum(1 for line in lines[:count] if line.strip())  # blank lines are skipped, but are no notes
     span = f"line {first}" if count == 1 else f"lines {first}-{skip + count}"
-    what = "a comment" if lines[0].startswith("#") else "a note"
-    return (f"{path}: {span} ({lines[0][:60]!r}{', ...' if count > 1 else ''}) {'is' if count == 1 else 'are'} "
-            f"{what}{'' if count == 1 else 's'} before the header, not the header; the header is line {skip + count + 1} "
-            f"({header_line[:60]!r}). Set data.skip_rows: {skip + count} to skip the lines before it")
+    kind = "comment" if lines[0].startswith("#") else "note"
+    noun = f"a {kind}" if real == 1 else f"{real} {kind}s"
+    return (f"{path}: {span} above the header hold{'s' if count == 1 else ''} {noun} ({lines[0][:60]!r}"
+            f"{', ...' if real > 1 else ''}), not column names; the header is line {skip + count + 1} "
+            f"({header_line[:60]!r}). Set data.skip_rows: {skip + count} to skip the lines above it")
 
 
 def _all_cells(row: list, pattern: re.Pattern) -> bool:
