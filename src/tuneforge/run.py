@@ -31,6 +31,7 @@ from .report import console as default_console, print_summary, quiet_console
 from .rundir import check_shared_storage, check_writable, prepare_run_dir, save_model, write_text_atomic, writing
 from .stages import RunContext, stages_for
 from .tasks import task_for
+from .tracking import finish_run as finish_tracking
 from .training import best_weights, prepare_loop
 from .validation import check_fsdp, check_run, validate
 
@@ -287,6 +288,8 @@ def _finish(ctx: RunContext, stages, reference_mode) -> RunResult:
     summary["runtime"] = {"device": str(runtime.device), "precision": runtime.precision,
                           "world_size": runtime.world_size}
     write_text_atomic(ctx.run_dir / "summary.json", json.dumps(summary, indent=1))
+    # Experiment trackers (training.report_to): the saved model or adapter as an artefact, the run closed.
+    finish_tracking(ctx.run_dir, model_dir, ctx.metrics)
     print_summary(ctx.console, result)
     runtime.barrier()
     return result

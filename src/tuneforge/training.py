@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters.fused_lora import fuse_lora, unfuse_lora
-from .engine.callbacks import (DuringTraining, EarlyStopping, JsonlLogger, KeepBest, ProgressBar, TensorBoardLogger,
-                               tensorboard_available)
+from .engine.callbacks import DuringTraining, EarlyStopping, JsonlLogger, KeepBest, ProgressBar
 from .engine.dropout import fast_dropout, restore_dropout
 from .engine.loop import Loop
 from .engine.optim import make_scheduler, warmup_steps
 from .engine.prefix_cache import FrozenPrefixCache
 from .tasks import higher_is_better
+from .tracking import callbacks_for
 
 
 def best_weights(run_dir: Path) -> Path:
@@ -24,7 +24,7 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
                  checkpoints: bool = True) -> Loop:
     """A loop over `train` by the training settings `cfg`, with, in this order: `first`; the best step kept by
     cfg.metric (or the task's), with early stopping when cfg asks; `after_best`; on rank 0 only, `run_dir/metrics.jsonl`,
-    TensorBoard and the progress bar; then `callbacks` (on every rank, like the loop: one that writes asks
+    the experiment trackers of cfg.report_to (tracking/) and the progress bar; then `callbacks` (on every rank, like the loop: one that writes asks
     loop.runtime). Decisions (best step, early stopping) are taken on every rank from the same reduced metrics."""
     metric = cfg.metric or task.default_metric
     cbs: list = [*first, KeepBest(metric, higher_is_better(metric), cfg.early_stopping.min_delta if cfg.early_stopping
@@ -32,10 +32,11 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
     if cfg.early_stopping:
         cbs.append(EarlyStopping(cfg.early_stopping.patience))
     cbs.extend(after_best)
+    # Before anything is built: a tracker asked for but not installed is refused here, naming the key and the fix.
+    trackers = callbacks_for(getattr(cfg, "report_to", ["tensorboard"]), run_dir, runtime, console)
     if runtime.is_main:
         cbs.append(JsonlLogger(run_dir / "metrics.jsonl", cfg.log_every))
-        if tensorboard_available():
-            cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+        cbs.extend(trackers)
         if cfg.progress:
             cbs.append(ProgressBar(console))
     cbs.extend(callbacks)

@@ -1,4 +1,5 @@
-"""Callbacks on the loop's hooks: keep-best, early stopping, gradual unfreezing, JSONL/TensorBoard logs, progress."""
+"""Callbacks on the loop's hooks: keep-best, early stopping, gradual unfreezing, the JSONL log, progress. (TensorBoard
+and the other experiment trackers: tuneforge.tracking.)"""
 from __future__ import annotations
 
 import json
@@ -145,37 +146,6 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
         if record.get("step", 0) <= max_step:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
-
-
-class TensorBoardLogger:
-    """Scalars for TensorBoard, when the tensorboard package is installed (else this callback is not added)."""
-
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(log_dir))
-
-    def on_step_end(self, loop):
-        s = loop.state
-        if loop.logged:  # the loss of the logging window (training.log_every)
-            self.writer.add_scalar("train/loss", loop.last_loss, s.global_step)
-        self.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[-1], s.global_step)
-
-    def on_evaluate(self, loop, metrics):
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"validation/{k}", v, loop.state.global_step)
-
-    def on_train_end(self, loop):
-        self.writer.close()
-
-    on_train_abort = on_train_end  # (training stopped by an error: the same clean-up)
-
-
-def tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 class ProgressBar:

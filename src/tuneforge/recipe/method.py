@@ -139,8 +139,9 @@ class TrainingSpec(Section):
                                                "step is skipped and counted (summary.json: skipped_steps)")
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["tensorboard"], description="experiment trackers that receive the resolved recipe, "
-        "every logged metric and the final model or adapter: tensorboard (when installed), mlflow, wandb, trackio "
-        "(each needs its package; [] for none)")
+        "every logged metric and the final model or adapter, from rank 0: tensorboard (scalars in the run folder, "
+        "when installed), mlflow, wandb, trackio (each needs its package and is set up by its own environment "
+        "variables, e.g. MLFLOW_TRACKING_URI, WANDB_MODE; docs/tracking.md; [] for none)")
     progress: bool = True
 
     _every = field_validator("eval_every")(classmethod(lambda cls, v: epoch_or_steps(v)))
