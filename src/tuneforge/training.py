@@ -23,9 +23,10 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
                  threshold: float, pad_id: int, data_seed: int, saved_names, set_train_mode, first=(), after_best=(), callbacks=(),
                  checkpoints: bool = True) -> Loop:
     """A loop over `train` by the training settings `cfg`, with, in this order: `first`; the best step kept by
-    cfg.metric (or the task's), with early stopping when cfg asks; `after_best`; on rank 0 only, `run_dir/metrics.jsonl`,
-    the experiment trackers of cfg.report_to (tracking/) and the progress bar; then `callbacks` (on every rank, like the loop: one that writes asks
-    loop.runtime). Decisions (best step, early stopping) are taken on every rank from the same reduced metrics."""
+    cfg.metric (or the task's), with early stopping when cfg asks; `after_best`; on rank 0 only, the experiment
+    trackers of cfg.report_to (tracking/), `run_dir/metrics.jsonl` and the progress bar; then `callbacks` (on every
+    rank, like the loop: one that writes asks loop.runtime). Decisions (best step, early stopping) are taken on every
+    rank from the same reduced metrics."""
     metric = cfg.metric or task.default_metric
     cbs: list = [*first, KeepBest(metric, higher_is_better(metric), cfg.early_stopping.min_delta if cfg.early_stopping
                                   else 0.0, best_weights(run_dir), saved_names, write=runtime.is_main)]
@@ -35,8 +36,8 @@ def prepare_loop(*, model, optimizer, task, train, validation, cfg, run_dir: Pat
     # Before anything is built: a tracker asked for but not installed is refused here, naming the key and the fix.
     trackers = callbacks_for(getattr(cfg, "report_to", ["tensorboard"]), run_dir, runtime, console)
     if runtime.is_main:
+        cbs.extend(trackers)  # first: a tracker's start (a new database, a login) is not timed as training's speed
         cbs.append(JsonlLogger(run_dir / "metrics.jsonl", cfg.log_every))
-        cbs.extend(trackers)
         if cfg.progress:
             cbs.append(ProgressBar(console))
     cbs.extend(callbacks)
