@@ -307,9 +307,10 @@ def is_idx(path: Path) -> bool:
 
 def read_image_examples(path: str | Path, fmt: str, image_col: str, label_col: Optional[str]) -> list[ImageExample]:
     """Any supported image source; `label_col` None reads images only (prediction)."""
-    from .sources import is_dataset_source
+    from .sources import is_dataset_source, looks_like_hub_name
 
-    if is_dataset_source(path):
+    # A Hub split or saved folder; a missing image folder named like org/name is still reported as missing below.
+    if is_dataset_source(path) and not looks_like_hub_name(str(path)):
         raise DataError([f"{path}: a datasets source (a save_to_disk folder or a Hub dataset); image-classification "
                          "reads image files: a folder of class sub-folders, a table of image paths, .npz or idx "
                          "files. Save the images as files (e.g. ds[i]['image'].save(...)) and list them in a table"])
