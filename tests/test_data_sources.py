@@ -4,6 +4,9 @@ that are no data (notes before the header, type rows, repeated headers); classes
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,11 +246,8 @@ def test_a_hub_dataset_configuration_is_chosen_with_dataset_config(tiny_bert, hu
 
 def test_a_hub_dataset_missing_from_the_cache_is_one_line_that_says_how_to_fetch_it(tiny_bert, tmp_path, capsys):
     # A fresh process's view: HF_HOME points at an empty cache and nothing may be downloaded.
-    import subprocess
-    import sys
-
     path = _write_yaml(_recipe(tiny_bert, tmp_path / "run", dataset="acme/missing"), tmp_path / "recipe.yaml")
-    env = {**__import__("os").environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     done = subprocess.run([sys.executable, "-m", "tuneforge", "validate", str(path)], capture_output=True, text=True,

@@ -61,7 +61,7 @@ def _config_problem(name: str, config: Optional[str], error: Exception) -> Optio
     """The message for a configuration that is missing or unknown, listing the repository's configurations."""
     text = str(error)
     listed = re.search(r"\[([^\]]*)\]", text)
-    if "Config name is missing" in text or "not found" in text and "BuilderConfig" in text:
+    if "Config name is missing" in text or ("not found" in text and "BuilderConfig" in text):
         choices = listed[1].replace("'", "") if listed else "see the dataset's page"
         if config is None:
             return f"{name}: the dataset has several configurations ({choices}); choose one with data.dataset_config"
