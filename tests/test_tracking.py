@@ -2,6 +2,7 @@
 and files, against the run's metrics.jsonl; resume into the same run; failures; the missing-package error."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -144,6 +145,23 @@ def test_mlflow_resume_continues_the_same_run_with_one_point_per_step(tiny_bert,
             assert mlflow_history(client, run.info.run_id, key) == points, key
     assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")} == \
         {p.name for p in r.model_dir.iterdir()}
+
+
+def test_self_training_logs_into_the_run_under_its_stage(tiny_bert, sentiment_files, tmp_path, mlflow_env, request):
+    from test_weak import weak_recipe
+
+    client = mlflow_env
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path,
+                         self_training={"steps": 6, "update_every": 3, "threshold": 0.0, "lr": 1e-3})
+    recipe["training"]["report_to"] = ["mlflow"]
+    r = tuneforge.fine_tune(recipe)
+    [run] = mlflow_runs(client, request.node.name)  # one run for both stages
+    assert run.info.status == "FINISHED"
+    stage = expected_history(r.run_dir / "self-training")
+    assert [s for s, _ in stage["train/loss"]] == [2, 4, 6]
+    for key, points in stage.items():
+        assert mlflow_history(client, run.info.run_id, f"self-training/{key}") == points, key
+    assert mlflow_history(client, run.info.run_id, "train/loss") == expected_history(r.run_dir)["train/loss"]
 
 
 class Fails:
@@ -293,14 +311,24 @@ def test_wandb_offline_holds_the_recipe_every_metric_and_the_model(tiny_bert, se
 
 
 def test_trackio_when_installed(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
     pytest.importorskip("trackio", reason="trackio is not in the dev extra (it brings gradio); pip install trackio")
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    from trackio.api import Api
+    from trackio.sqlite_storage import SQLiteStorage
+
     monkeypatch.chdir(tmp_path)
     r = tuneforge.fine_tune(tiny_recipe(tiny_bert, sentiment_files, tmp_path / "run",
                                         training={"report_to": ["trackio"], "eval_every": 4}))
     assert json.loads((r.run_dir / "trackers.json").read_text())["trackio"] == {"project": "tuneforge",
                                                                                "name": str(r.run_dir)}
-    assert any((tmp_path / "trackio").rglob("*"))  # what trackio wrote, in the folder TRACKIO_DIR names
+    [run] = [x for x in Api().runs("tuneforge") if x.name == str(r.run_dir)]
+    assert run.config["training.lr"] == 0.001
+    logs = SQLiteStorage.get_logs("tuneforge", str(r.run_dir))
+    for key, points in expected_history(r.run_dir).items():
+        assert [(x["step"], x[key]) for x in logs if key in x] == points, key
+    # The model folder as an artefact: its files, content-addressed by their SHA-256.
+    blobs = {p.name for p in (tmp_path / "trackio" / "artifacts").rglob("*") if p.is_file()}
+    assert blobs == {hashlib.sha256(p.read_bytes()).hexdigest() for p in r.model_dir.iterdir()}
 
 
 # ---------------------------------------------------------------- refusals, ranks, stages
