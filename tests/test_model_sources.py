@@ -157,19 +157,43 @@ def test_two_processes_converting_one_file_at_once_get_one_folder(tmp_path):
 
 
 def test_a_gguf_without_a_chat_template_trains_on_prompt_completion_rows(tmp_path, monkeypatch):
+    """No template while data.chat_template stays true: a warning says the rows are plain text, and prompt and
+    completion are joined by a new line that the model learns to write, so a plain pipeline continues after it."""
+    from transformers import pipeline
+
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
     file, _, _ = tiny_gguf(tmp_path / "src", "qwen2", chat_template=None)
     rows = [{"prompt": "country: kenya", "completion": "nairobi"}, {"prompt": "country: france", "completion": "paris"}]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
     recipe = {"model": {"name": str(file), "max_length": 32}, "task": {"type": "causal-lm"},
-              "data": {"train": str(train), "validation": str(train), "chat_template": False},
+              "data": {"train": str(train), "validation": str(train)},
               "method": {"name": "full"}, "output": {"dir": str(tmp_path / "run")},
-              "training": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "progress": False}}
+              "training": {"epochs": 12, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "progress": False}}
+    warnings = tuneforge.validate(recipe)["warnings"]
+    assert any("has no chat template: prompt/completion rows are rendered as plain text" in w for w in warnings)
     result = tuneforge.fine_tune(recipe)
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["loss"] for r in records if r["split"] == "validation"]
-    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert len(evals) == 12 and evals[-1] < evals[0] / 4
+    generator = pipeline("text-generation", model=str(result.model_dir), device="cpu")
+    out = generator("country: kenya", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert out.startswith("country: kenya\nnairobi"), out
+    reply = tuneforge.generate(result.run_dir, "country: france", tuneforge.GenerationOptions(max_new_tokens=6))
+    assert reply == "paris"
+
+
+def test_plain_prompt_and_completion_are_joined_by_a_new_line_unless_spaced_already():
+    from tuneforge.data.causal import tokenize_prompt_completion
+    from gguf_files import byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    row = tokenize_prompt_completion(tok, "country: kenya", "nairobi", "r1")
+    assert tok.decode(row.input_ids) == "country: kenya\nnairobi<|im_end|>"
+    target = tok.decode([t for t in row.labels if t != -100])
+    assert target == "\nnairobi<|im_end|>"  # the separator is the completion's: the model learns to write it
+    spaced = tokenize_prompt_completion(tok, "country: kenya ", "nairobi", "r2")
+    assert tok.decode(spaced.input_ids) == "country: kenya nairobi<|im_end|>"
 
 
 def test_model_dtype_loads_the_frozen_base_in_half_precision_and_trains_fp32_where_fp16(tmp_path, sentiment):

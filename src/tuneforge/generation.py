@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .data.causal import stop_ids
+from .data.causal import PLAIN_SEPARATOR, stop_ids
 from .errors import RunDirError
 
 
@@ -57,7 +57,9 @@ def generate_ids(model, tokenizer, prompt: str, options: GenerationOptions, stre
 
 
 def decode(tokenizer, new_ids: list[int]) -> str:
-    return tokenizer.decode(new_ids, skip_special_tokens=True)
+    """The reply's text, without the separator a plain-text completion starts with (data/causal.py)."""
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    return text[len(PLAIN_SEPARATOR):] if text.startswith(PLAIN_SEPARATOR) else text
 
 
 class Generator:

@@ -54,6 +54,8 @@ def check_run(recipe: Recipe, task, space, splits, config, tokenizer, plan, worl
         broken = undecodable_images(splits)
         if broken:
             raise DataError(broken)
+    if splits.get("train"):
+        warnings.extend(task.tokenizer_warnings(recipe, tokenizer, splits["train"][0]))
     if plan is not None and plan.gradual:
         # The stage the last optimizer step trains at, by the schedule the loop itself uses.
         per_epoch, total = count_steps(len(splits["train"]), t, world_size)

@@ -133,6 +133,10 @@ class Task:
         """How prompts were rendered in training ('chat-template' or 'plain'; None: the task has no prompts)."""
         return None
 
+    def tokenizer_warnings(self, recipe, tokenizer, first) -> list[str]:
+        """What the tokenizer changes about how the rows are read (`first`: the first training example)."""
+        return []
+
     def metrics_for(self, split, num_labels: int, threshold: float = 0.5):
         """The metrics of an evaluation of `split`: those that decode per example need the split itself."""
         return self.make_metrics(num_labels, threshold)

@@ -45,6 +45,15 @@ class LanguageModelTask(Task):
             return f"{run_dir} is a {self.name} model: generate with `tuneforge generate`"
         return None
 
+    def tokenizer_warnings(self, recipe, tokenizer, first) -> list[str]:
+        prompted = getattr(first, "prompt", None) is not None and getattr(first, "messages", None) is None
+        if not (recipe.data.chat_template and prompted) or getattr(tokenizer, "chat_template", None):
+            return []
+        return [f"data.chat_template is true, but the tokenizer of {recipe.model.name!r} has no chat template: "
+                "prompt/completion rows are rendered as plain text (the prompt, a new line, the completion, end of "
+                "text), and `tuneforge generate` renders prompts the same way. Set data.chat_template: false to "
+                "say so, or train a model whose tokenizer has a template"]
+
     def prompt_format(self, recipe, tokenizer, first) -> str:
         """How the first training row's prompt was rendered ('chat-template' or 'plain'), so generation renders
         prompts the same way."""
