@@ -74,6 +74,8 @@ def _fine_tune(recipe: Recipe, resume: bool, overwrite: bool, callbacks, console
     runtime = runtime_for(recipe.training)  # device, precision and, under torchrun, the process group
     # A run another process is training: said now, before data and model load (rank 0 looks; all ranks hear).
     runtime.on_main(lambda: _refuse_output_dir(Path(recipe.output.dir)))
+    from .tracking import check_installed
+    runtime.on_main(lambda: check_installed(recipe.training.report_to))  # before --overwrite removes anything
     if runtime.fsdp:
         check_fsdp(recipe)  # before anything loads
     if recipe.training.threads:

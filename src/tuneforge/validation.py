@@ -75,6 +75,8 @@ def validate(recipe: RecipeLike, overrides: Optional[list[str]] = None) -> dict:
     from .models.weights_check import check_model_weights
 
     recipe = load_recipe(recipe, overrides)
+    from .tracking import check_installed
+    check_installed(recipe.training.report_to)  # a tracker asked for must be installed
     runtime = runtime_for(recipe.training, distributed=False)  # the device and precision must exist here
     if recipe.model.quantization:
         from .models.quantization import check_quantization
