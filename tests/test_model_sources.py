@@ -232,3 +232,25 @@ def test_half_weights_train_end_to_end(tmp_path, sentiment):
                                              method={"name": "lora"}, training={"epochs": 1}))
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["runtime"]["precision"] == "fp16"
+
+
+def test_a_classification_adapter_run_says_to_merge_and_the_merged_model_opens_in_a_pipeline(tmp_path, capsys):
+    """Three classes: the merged folder opens in transformers.pipeline with its labels and tuneforge's scores."""
+    from transformers import pipeline
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    rows = [{"text": f"the film was {w}", "label": label} for _ in range(10)
+            for w, label in (("good", "pos"), ("bad", "neg"), ("movie", "mid"))]
+    files = {"train": write_rows(tmp_path / "train.jsonl", rows), "validation": write_rows(tmp_path / "v.jsonl", rows[:9])}
+    result = tuneforge.fine_tune(tiny_recipe(bert, files, tmp_path / "run", method={"name": "lora"},
+                                             training={"epochs": 3, "lr": 1e-2}))
+    assert f"merge it first: tuneforge merge {result.run_dir} --out FOLDER" in capsys.readouterr().out.replace("\n", "")
+    merged = tmp_path / "merged"
+    tuneforge.merge(result.run_dir, merged)
+    texts = ["the film was good", "the film was bad", "the film was movie"]
+    outside = pipeline("text-classification", model=str(merged), device="cpu")(texts)
+    ours = tuneforge.predict(result.run_dir, texts=texts)
+    assert [o["label"] for o in outside] == [p["label"] for p in ours]
+    assert {o["label"] for o in outside} <= {"pos", "neg", "mid"}
+    for a, b in zip(outside, ours):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)

@@ -52,6 +52,16 @@ def print_summary(console: Console, result) -> None:
     what = ("adapter" if TASKS[result.task].generative else "adapter and head") if result.method in ADAPTER_METHODS \
         else "model"
     console.print(f"{what} saved to: {result.model_dir} ({format_bytes(result.stored_bytes)} of weights)")
+    if what == "adapter and head":
+        console.print(merge_first_note(result.run_dir))
+
+
+def merge_first_note(run_dir) -> str:
+    """A task head trained beside an adapter opens in tuneforge (predict, evaluate, serve) as it is; outside it,
+    transformers.pipeline and PEFT's AutoPeftModelFor... rebuild the base from its own config (2 labels) and fail on
+    the saved head, so other tools get the merged model."""
+    return (f"  to open it outside tuneforge (transformers.pipeline, AutoModelFor...), merge it first: "
+            f"tuneforge merge {run_dir} --out FOLDER; tuneforge predict/evaluate read the run as it is")
 
 
 def format_bytes(n: int) -> str:
