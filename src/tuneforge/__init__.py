@@ -14,7 +14,7 @@ from .scoring import Scorer, score
 from .studies import CompareResult, SeedStudy, TuneResult, compare, seed_study, tune
 from . import weak  # noqa: E402 - tuneforge.weak: labeling functions, label models, analysis
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 __all__ = ["fine_tune", "validate", "evaluate", "predict", "Predictor", "merge", "MergeReport", "compare",
            "CompareResult", "load_recipe", "Recipe", "RunResult", "TuneforgeError", "RecipeError", "DataError",
            "RunDirError", "MergeError", "generate", "Generator", "GenerationOptions", "score", "Scorer", "tune", "TuneResult",
