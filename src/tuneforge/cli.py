@@ -103,7 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help=DEVICE_HELP)
     _column_options(e, EVALUATE_KEYS)
 
-    pr = sub.add_parser("predict", help="predict with a finished run")
+    pr = sub.add_parser("predict", help="predict with a finished run", description=(
+        "Predict with a finished run: its model, or its base with the adapter and head it saved. A classification "
+        "adapter is read here as it is; to use it in transformers.pipeline or AutoPeftModelForSequenceClassification, "
+        "merge it first (tuneforge merge RUN --out FOLDER), since those rebuild the base with 2 labels."))
     pr.add_argument("run_dir")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="file with the run's text column(s)")
