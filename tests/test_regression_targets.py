@@ -86,12 +86,12 @@ def test_training_loss_is_the_mse_of_standardized_targets(tiny_bert, tmp_path):
     batch = {**enc, "labels": torch.tensor(targets)}
     loss, outputs = task.batch_loss(model, batch)
     # standardized targets t have sum 0 and sum of squares n = 4: sum (0.5 - t)^2 = 4 * 0.25 + 4 = 5
-    assert float(loss) == pytest.approx(5.0, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(5.0, rel=1e-6)
     # the outputs are in the targets' units: 3 + 0.5 * sqrt(3.5)
     assert torch.allclose(outputs.reshape(-1), torch.full((4,), 3 + 0.5 * math.sqrt(3.5)))
     # evaluation's loss is in the targets' units too: 3.5 * 5
     eval_loss, _ = task.batch_loss(model, batch, evaluating=True)
-    assert float(eval_loss) == pytest.approx(17.5, rel=1e-6)
+    assert float(eval_loss.detach()) == pytest.approx(17.5, rel=1e-6)
     assert (tmp_path / standard.FILE).exists()
 
 
@@ -280,7 +280,7 @@ def test_false_trains_on_the_targets_as_they_are(tiny_bert_no_dropout, tmp_path)
     batch = {**tok(["good film", "bad plot", "a"], return_tensors="pt", padding=True),
              "labels": torch.tensor([1.0, 2.0, 6.0])}
     loss, logits = task.batch_loss(model, batch)
-    assert float(loss) == pytest.approx(float(((logits.reshape(-1) - batch["labels"]) ** 2).sum()))
+    assert float(loss.detach()) == pytest.approx(float(((logits.reshape(-1) - batch["labels"]) ** 2).sum()))
 
 
 def test_standardizing_targets_of_mean_0_and_std_1_is_training_on_them_as_they_are(tiny_bert_no_dropout, tmp_path):
