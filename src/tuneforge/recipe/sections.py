@@ -114,8 +114,8 @@ class TaskSpec(Section):
     num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
     temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of those completions")
     standardize_targets: bool = Field(True, description="regression: train on (target - mean) / std of the training "
-                                      "targets, and map predictions back; metrics and predictions are in the "
-                                      "targets' own units")
+                                      "targets (a head without a bias: target / std); metrics, predictions and "
+                                      "the saved model give the targets' own units")
     # Token classification and question answering
     label_all_tokens: bool = Field(False, description="token-classification: every sub-token of a word carries its "
                                    "tag in the loss (B- turned into I- after the first); default: the first only")
