@@ -85,9 +85,7 @@ def test_a_revision_given_twice_differently_is_refused(tmp_path, sentiment):
         load_recipe(recipe)
 
 
-def test_a_model_missing_from_the_cache_offline_says_how_to_fetch_it(hub_cache, capsys):
-    from tuneforge.cli import main
-
+def test_a_model_missing_from_the_cache_offline_says_how_to_fetch_it(hub_cache):
     with pytest.raises(TuneforgeError) as e:
         resolve_model_path("tiny-org/absent@v3")
     text = str(e.value)
@@ -201,6 +199,7 @@ def test_model_dtype_loads_the_frozen_base_in_half_precision_and_trains_fp32_whe
     from tuneforge.preparation import apply_method
     from tuneforge.recipe import load_recipe
     from tuneforge.models.layers import find_layer_groups
+    from tuneforge.data.dataset import LabelSpace
 
     bert = make_tiny_bert(tmp_path / "bert")
     for dtype, expected in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
@@ -208,14 +207,13 @@ def test_model_dtype_loads_the_frozen_base_in_half_precision_and_trains_fp32_whe
                                          method={"name": "lora"}))
         assert recipe.training.precision == {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "auto")
         task = recipe.task_kind
-        from tuneforge.data.dataset import LabelSpace
         loaded = load_for_recipe(recipe, task, LabelSpace(["neg", "pos"]), 0)
         model, _ = apply_method(loaded.model, recipe.method, find_layer_groups(loaded.model), 0, task)
         frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
         trained = {p.dtype for p in model.parameters() if p.requires_grad}
         assert frozen == {expected}
-        assert trained == ({torch.float32} if dtype != "bfloat16" else {torch.float32, torch.bfloat16} & trained)
-        assert torch.float16 not in trained
+        # PEFT keeps LoRA's own weights in fp32; a bf16 head trains in bf16, an fp16 one is lifted to fp32.
+        assert trained == ({torch.float32, torch.bfloat16} if dtype == "bfloat16" else {torch.float32})
 
 
 def test_half_weights_with_another_precision_are_refused(tmp_path, sentiment):

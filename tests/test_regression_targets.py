@@ -189,13 +189,19 @@ def test_the_saved_head_is_folded_only_for_saving(tiny_bert, tmp_path):
 # ------------------------------------------------------------------ resume
 
 
-def test_resume_trains_with_the_statistics_the_run_started_with(tiny_bert_no_dropout, tmp_path):
-    files = _files(tmp_path)
+def _full_and_interrupted(model_dir, files, tmp_path):
+    """An uninterrupted run, and the same recipe stopped at step 6 (after its step-4 checkpoint)."""
     training = {"checkpoint_every": 4, "epochs": 2}
-    full = tuneforge.fine_tune(_recipe(tiny_bert_no_dropout, files, tmp_path / "full", training=training))
-    recipe = _recipe(tiny_bert_no_dropout, files, tmp_path / "cut", training=training)
+    full = tuneforge.fine_tune(_recipe(model_dir, files, tmp_path / "full", training=training))
+    recipe = _recipe(model_dir, files, tmp_path / "cut", training=training)
     with pytest.raises(KeyboardInterrupt):
         tuneforge.fine_tune(recipe, callbacks=[InterruptAt(6)])
+    return full, recipe
+
+
+def test_resume_trains_with_the_statistics_the_run_started_with(tiny_bert_no_dropout, tmp_path):
+    files = _files(tmp_path)
+    full, recipe = _full_and_interrupted(tiny_bert_no_dropout, files, tmp_path)
     started = json.loads((tmp_path / "cut" / standard.FILE).read_text())
     # the training file changes before the resume: the run keeps the statistics its checkpoint was trained under
     write_rows(files["train"], _rows(60, 1, scale=3.0))
@@ -206,12 +212,7 @@ def test_resume_trains_with_the_statistics_the_run_started_with(tiny_bert_no_dro
 
 
 def test_resume_with_unchanged_data_equals_an_uninterrupted_run(tiny_bert_no_dropout, tmp_path):
-    files = _files(tmp_path)
-    training = {"checkpoint_every": 4, "epochs": 2}
-    full = tuneforge.fine_tune(_recipe(tiny_bert_no_dropout, files, tmp_path / "full", training=training))
-    recipe = _recipe(tiny_bert_no_dropout, files, tmp_path / "cut", training=training)
-    with pytest.raises(KeyboardInterrupt):
-        tuneforge.fine_tune(recipe, callbacks=[InterruptAt(6)])
+    full, recipe = _full_and_interrupted(tiny_bert_no_dropout, _files(tmp_path), tmp_path)
     resumed = tuneforge.fine_tune(recipe, resume=True)
     assert resumed.metrics == full.metrics
 

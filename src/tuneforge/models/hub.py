@@ -36,6 +36,7 @@ def hub_cache_dir() -> Path:
 
 
 def offline() -> bool:
+    """HF_HUB_OFFLINE as it is now (huggingface_hub's is_offline_mode reads the value it had at import)."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
