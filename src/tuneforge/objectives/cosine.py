@@ -1,36 +1,45 @@
 """COSINE self-training (Yu et al., NAACL 2021, "Fine-Tuning Pre-trained Language Model with Weak Supervision: A
-Contrastive-Regularized Self-Training Approach"), term by term as the paper writes it.
+Contrastive-Regularized Self-Training Approach"), term by term, as the authors' released code computes it
+(github.com/yueyu1030/COSINE, trainer.py and utils.py), with the paper's wording kept where the two differ as
+options.
 
-Every few steps the current model labels every row (the teacher's predictions f); then, per batch:
-- soft pseudo-labels, sharpened and balanced across classes:   y~_ij = (f_ij^2 / F_j) / sum_j' (f_ij'^2 / F_j'),
-  F_j = sum_i f_ij over all rows labelled;
-- confidence of a pseudo-label:                                  w_i = 1 - H(y~_i) / log C;
-- only confident rows train:                                      selected = { i : w_i > xi };
-- classification loss on them:       L_c = 1/|sel| sum_{i in sel} w_i KL(y~_i || f(x_i));
-- contrastive regularizer on their encoder features v:
-      R_1 = 1/|sel|^2 sum_{i,j in sel} W_ij d_ij^2 + (1 - W_ij) max(0, gamma - d_ij)^2,
-      W_ij = 1 when the pseudo-labels' argmax agree, d_ij = ||v_i - v_j||^2 / dim (scaled Euclidean distance);
-- confidence regularizer, against over-confident predictions:   R_2 = 1/|sel| sum_{i in sel} KL(u || f(x_i)), u uniform;
+Every few steps the current model labels every row: the teacher's predicted probabilities p. Then, per batch:
+- soft pseudo-labels, sharpened and balanced across classes:   y~_ij = (p_ij^2 / F_j) / sum_j' (p_ij'^2 / F_j'),
+  F_j = sum_i p_ij over the batch (the authors; `balance="all"`: over every row labelled at the refresh);
+- confidence of a row:           w_i = 1 - H(p_i) / log C, of the teacher's prediction (the authors;
+  `confidence_from="pseudo_label"`: of y~_i, which sharpening makes more confident);
+- only confident rows train:     selected = { i : w_i > xi };
+- classification loss:           L_c = 1/|sel| sum_{i in sel} w_i KL(y~_i || f(x_i));
+- contrastive regularizer on the encoder features v of the selected rows, W_ij = 1 when rows i and j are of the
+  same class (the student's predicted class, as the authors; `agreement="pseudo_label"`: the pseudo-labels'):
+      pairs (i, pi(i)) for one random permutation pi of the selected rows (the authors; `pairs="all"`: every
+      ordered pair), with d_ij = sqrt(||v_i - v_j||^2 / dim) (the authors; `distance="squared"`: the paper's
+      d_ij = ||v_i - v_j||^2 / dim) and
+      R_1 = 1/(2 |pairs|) sum W_ij d_ij^2 + (1 - W_ij) max(0, gamma - d_ij)^2;
+- confidence regularizer:        R_2 = 1/|sel| sum_{i in sel} sum_j -log(C f_ij(x_i)) = C KL(u || f(x_i)) per row:
+  the authors' `-sum(log f)` over classes, which weighs it C times the per-class mean;
 - total: L_c + lambda_1 R_1 + lambda_2 R_2.
-The paper sums R_1 over pairs; the mean over pairs keeps its weight independent of the batch size.
+The authors sum L_c and R_2 over the batch; the means here keep the weights independent of the batch size.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 
-def sharpen(probs: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+def sharpen(probs: torch.Tensor, power: float = 2.0, frequency: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Soft pseudo-labels from predicted probabilities (n, C): raised to `power`, divided by each class's soft
-    frequency over the rows given (so a class the model over-predicts is damped), renormalized per row."""
-    frequency = probs.sum(0).clamp_min(1e-12)
-    scores = probs.pow(power) / frequency
+    frequency F (by default over the rows given; pass `frequency` for F over a larger set), renormalized per row:
+    a class the model over-predicts is damped."""
+    frequency = probs.sum(0) if frequency is None else frequency
+    scores = probs.pow(power) / frequency.clamp_min(1e-12)
     return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def confidence(targets: torch.Tensor) -> torch.Tensor:
-    """w = 1 - H(y)/log C: 1 for a one-hot pseudo-label, 0 for the uniform one."""
+    """w = 1 - H(y)/log C: 1 for a one-hot distribution, 0 for the uniform one."""
     classes = targets.shape[-1]
     entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1)
     return 1.0 - entropy / math.log(classes)
@@ -47,42 +56,61 @@ def classification_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights:
 
 
 def scaled_distances(features: torch.Tensor) -> torch.Tensor:
-    """d_ij = ||v_i - v_j||^2 / dim, for every pair of rows."""
+    """||v_i - v_j||^2 / dim, for every pair of rows."""
     diff = features.unsqueeze(1) - features.unsqueeze(0)
     return diff.pow(2).sum(-1) / features.shape[-1]
 
 
-def contrastive_regularizer(features: torch.Tensor, targets: torch.Tensor, selected: torch.Tensor,
-                            margin: float = 1.0) -> torch.Tensor:
-    """R_1 over every ordered pair of selected rows: rows with the same pseudo-label are pulled together, rows with
-    different ones pushed at least `margin` apart."""
+def contrastive_regularizer(features: torch.Tensor, classes: torch.Tensor, selected: torch.Tensor,
+                            margin: float = 1.0, pairs: str = "permutation", distance: str = "rms",
+                            permutation: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """R_1 over pairs of selected rows: rows of the same class (`classes`, one per row) are pulled together, rows of
+    different classes pushed at least `margin` apart. `pairs`: "permutation" pairs each selected row with one other
+    drawn by a random permutation (`permutation`, of the selected rows, to fix it), "all" with every selected row.
+    `distance`: "rms" sqrt(||v_i - v_j||^2 / dim), "squared" ||v_i - v_j||^2 / dim."""
     if selected.sum() < 2:
         return features.sum() * 0.0
-    v, classes = features[selected].float(), targets[selected].argmax(-1)
-    same = (classes.unsqueeze(1) == classes.unsqueeze(0)).float()
-    d = scaled_distances(v)
+    v, c = features[selected].float(), classes[selected]
+    if pairs == "all":
+        same = (c.unsqueeze(1) == c.unsqueeze(0)).float()
+        squared = scaled_distances(v)
+    else:
+        index = torch.randperm(len(v), device=v.device) if permutation is None else permutation
+        same = (c == c[index]).float()
+        squared = (v - v[index]).pow(2).sum(-1) / v.shape[-1]
+    # The square root's gradient is infinite at 0 (a row paired with itself): the epsilon keeps it finite.
+    d = (squared + 1e-9).sqrt() if distance == "rms" else squared
     pair_loss = same * d.pow(2) + (1 - same) * (margin - d).clamp_min(0).pow(2)
-    return pair_loss.mean()
+    return pair_loss.mean() / 2
 
 
 def confidence_regularizer(log_probs: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """R_2 = mean over selected rows of KL(u || f(x)) = -log C - mean_j log f_j(x)."""
+    """R_2 = mean over selected rows of sum_j -log(C f_j(x)) = C KL(u || f(x)), u uniform."""
     if not selected.any():
         return log_probs.sum() * 0.0
     lp = log_probs[selected]
-    return (-math.log(lp.shape[-1]) - lp.mean(-1)).mean()
+    classes = lp.shape[-1]
+    return (-lp.sum(-1) - classes * math.log(classes)).mean()
 
 
-def cosine_loss(logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, threshold: float,
-                contrastive_weight: float, margin: float, confidence_weight: float) -> dict[str, torch.Tensor]:
-    """The COSINE objective of one batch from the student's logits and features and the teacher's pseudo-labels
-    `targets`; returns the total and each term (for logging)."""
+def cosine_loss(logits: torch.Tensor, features: torch.Tensor, teacher_probs: torch.Tensor, threshold: float,
+                contrastive_weight: float, margin: float, confidence_weight: float, power: float = 2.0,
+                frequency: Optional[torch.Tensor] = None, confidence_from: str = "prediction",
+                pairs: str = "permutation", distance: str = "rms", agreement: str = "prediction") -> dict:
+    """The COSINE objective of one batch from the student's logits and features and the teacher's predicted
+    probabilities of the same rows; `frequency`: the classes' soft frequencies over every row (None: over this
+    batch). Returns the total and each term (for logging)."""
     log_probs = torch.log_softmax(logits.float(), -1)
-    weights = confidence(targets)
+    targets = sharpen(teacher_probs, power, frequency)
+    weights = confidence(teacher_probs if confidence_from == "prediction" else targets)
     selected = weights > threshold
+    if contrastive_weight:
+        classes = (logits if agreement == "prediction" else targets).detach().argmax(-1)
+        contrastive = contrastive_regularizer(features, classes, selected, margin, pairs, distance)
+    else:
+        contrastive = log_probs.sum() * 0.0
     terms = {"classification": classification_loss(log_probs, targets, weights, selected),
-             "contrastive": contrastive_regularizer(features, targets, selected, margin) if contrastive_weight
-             else log_probs.sum() * 0.0,
+             "contrastive": contrastive,
              "confidence": confidence_regularizer(log_probs, selected)}
     total = terms["classification"] + contrastive_weight * terms["contrastive"] + confidence_weight * terms["confidence"]
     return {"loss": total, **terms, "selected": selected.sum()}

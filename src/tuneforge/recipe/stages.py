@@ -29,20 +29,37 @@ class RuleSpec(Section):
 
 
 class SelfTrainingSpec(Section):
-    """COSINE (Yu et al., 2021) after the weak-label fine-tuning; defaults from the paper's released settings."""
+    """COSINE (Yu et al., 2021) after the weak-label fine-tuning; defaults from the authors' released code and
+    settings (github.com/yueyu1030/COSINE), the paper's wording kept as options where the two differ."""
     steps: int = Field(1000, gt=0, description="optimizer steps of self-training (the paper's T2)")
     update_every: int = Field(50, gt=0, description="steps between refreshes of the pseudo-labels by the current "
                               "model, on every row (T3)")
-    threshold: float = Field(0.6, ge=0, lt=1, description="rows whose pseudo-label confidence 1 - H/log C is at most "
-                             "this are left out of the step (xi)")
+    threshold: float = Field(0.6, ge=0, lt=1, description="rows whose confidence 1 - H/log C is at most this are left "
+                             "out of the step (xi)")
+    confidence_from: Literal["prediction", "pseudo_label"] = Field(
+        "prediction", description="whose entropy the confidence is of: the teacher's prediction (the authors' code) or "
+        "the sharpened pseudo-label (more confident: far more rows pass)")
     power: float = Field(2.0, gt=0, description="sharpening exponent of the soft pseudo-labels")
+    balance: Literal["batch", "all"] = Field(
+        "batch", description="over which rows the soft class frequencies that damp an over-predicted class are summed: "
+        "each batch (the authors' code) or every row at the refresh")
     contrastive_weight: float = Field(1.0, ge=0, description="weight of the contrastive regularizer on encoder "
                                       "features (lambda_1; 0 turns it off)")
-    margin: float = Field(1.0, gt=0, description="contrastive margin gamma: rows of different pseudo-labels are pushed "
-                          "at least this far apart (scaled squared Euclidean distance)")
-    confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer KL(uniform || "
-                                     "prediction) (lambda_2)")
+    margin: float = Field(1.0, gt=0, description="contrastive margin gamma: rows of different classes are pushed at "
+                          "least this far apart")
+    pairs: Literal["permutation", "all"] = Field(
+        "permutation", description="contrastive pairs: each confident row with one other drawn at random (the authors' "
+        "code) or every ordered pair of confident rows")
+    distance: Literal["rms", "squared"] = Field(
+        "rms", description="contrastive distance between features: sqrt(||v_i - v_j||^2 / dim) (the authors' code) or "
+        "||v_i - v_j||^2 / dim (the paper's formula)")
+    agreement: Literal["prediction", "pseudo_label"] = Field(
+        "prediction", description="which class decides whether a pair is alike: the student's prediction (the "
+        "authors' code) or the pseudo-label")
+    confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer, per row sum_j "
+                                     "-log(C f_j) = C KL(uniform || prediction) (lambda_2)")
     lr: Optional[LearningRate] = Field(None, description="learning rate of self-training (default: the run's)")
+    warmup_steps: int = Field(0, ge=0, description="warm-up steps of self-training's fresh schedule (the authors: 0)")
 
 
 class WeakSpec(Section):

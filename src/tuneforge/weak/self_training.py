@@ -21,7 +21,7 @@ from ..tasks.metrics import ClassificationMetrics
 class PseudoLabelSplit:
     """Every row of self-training, tokenized; each batch carries the rows' current pseudo-labels as `labels`."""
     rows: EncodedSplit
-    targets: torch.Tensor  # (n, C), replaced at each refresh
+    targets: torch.Tensor  # (n, C): the teacher's predicted probabilities, replaced at each refresh
     truncated: int = 0
 
     def __len__(self) -> int:
@@ -51,13 +51,19 @@ def sentence_features(hidden: torch.Tensor, attention_mask: torch.Tensor, poolin
 
 @dataclass
 class CosineTask:
-    """Training batches: the COSINE loss against the batch's pseudo-labels. Evaluation: plain cross-entropy
-    against gold labels, like the classification task."""
+    """Training batches: the COSINE loss against the teacher's predictions of the batch's rows. Evaluation: plain
+    cross-entropy against gold labels, like the classification task."""
     threshold: float = 0.6
     contrastive_weight: float = 1.0
     margin: float = 1.0
     confidence_weight: float = 0.1
     pooling: str = "cls"
+    power: float = 2.0
+    confidence_from: str = "prediction"
+    pairs: str = "permutation"
+    distance: str = "rms"
+    agreement: str = "prediction"
+    frequency: Optional[torch.Tensor] = None  # the classes' soft frequencies over every row (balance "all")
     name: str = "classification"
     problem_type: str = "single_label_classification"
     default_metric: str = "accuracy"
@@ -81,8 +87,10 @@ class CosineTask:
         out = model(**inputs, output_hidden_states=want_features)
         features = sentence_features(out.hidden_states[-1], batch["attention_mask"], self.pooling) if want_features \
             else out.logits
+        frequency = None if self.frequency is None else self.frequency.to(out.logits.device)
         terms = cosine_loss(out.logits, features, batch["labels"], self.threshold, self.contrastive_weight,
-                            self.margin, self.confidence_weight)
+                            self.margin, self.confidence_weight, self.power, frequency, self.confidence_from,
+                            self.pairs, self.distance, self.agreement)
         self.last_terms = {k: v.detach() for k, v in terms.items()}  # tensors: read back only when looked at
         # The loop divides by the batch's rows; the COSINE terms are means already.
         return terms["loss"] * len(batch["labels"]), out.logits
@@ -108,21 +116,25 @@ def predict_probs(model, split: EncodedSplit, batch_size: int, pad_id: int, runt
 
 
 class RefreshPseudoLabels:
-    """Every `every` steps (and before the first), the current model labels every row; the sharpened soft labels
-    become the targets until the next refresh. Records how many rows pass the confidence threshold and, where gold
-    labels of training rows are known, how often the pseudo-labels are right."""
+    """Every `every` steps (and before the first), the current model (the teacher) predicts every row; those
+    probabilities are the targets until the next refresh (sharpened per batch, or over every row with balance
+    "all"). Records how many rows pass the confidence threshold and, where gold labels of training rows are known,
+    how often the pseudo-labels are right (sharpened over every row: per batch they vary with the batch)."""
 
-    def __init__(self, split: PseudoLabelSplit, every: int, power: float, threshold: float, batch_size: int,
+    def __init__(self, split: PseudoLabelSplit, task: CosineTask, every: int, balance: str, batch_size: int,
                  pad_id: int, runtime, gold: Optional[np.ndarray] = None):
-        self.split, self.every, self.power, self.threshold = split, every, power, threshold
+        self.split, self.task, self.every, self.balance = split, task, every, balance
         self.batch_size, self.pad_id, self.runtime, self.gold = batch_size, pad_id, runtime, gold
         self.history: list[dict] = []
 
     def refresh(self, loop) -> None:
         probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.runtime)
-        targets = sharpen(probs, self.power)
-        self.split.targets = targets
-        confident = confidence(targets) > self.threshold
+        self.split.targets = probs
+        frequency = probs.sum(0)
+        self.task.frequency = frequency if self.balance == "all" else None
+        targets = sharpen(probs, self.task.power, frequency)
+        scored = probs if self.task.confidence_from == "prediction" else targets
+        confident = confidence(scored) > self.task.threshold
         record = {"step": loop.state.global_step, "confident": round(float(confident.float().mean()), 4)}
         if self.gold is not None:
             known = torch.as_tensor(self.gold >= 0)
@@ -145,12 +157,12 @@ class RefreshPseudoLabels:
             self.refresh(loop)
 
 
-def self_training_schedule(rows: int, steps: int, cfg):
-    """The run's training settings for self-training: `steps` optimizer steps over `rows` rows, no early stopping
-    (the paper trains for a fixed T2 steps; the best validation step is kept)."""
+def self_training_schedule(rows: int, steps: int, cfg, warmup_steps: int = 0):
+    """The run's training settings for self-training: `steps` optimizer steps over `rows` rows, `warmup_steps` of
+    warm-up, no early stopping (the paper trains for a fixed T2 steps; the best validation step is kept)."""
     per_epoch = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum)
     return cfg.model_copy(update={"epochs": max(1, math.ceil(steps / per_epoch)), "max_steps": steps,
-                                  "early_stopping": None})
+                                  "early_stopping": None, "warmup_steps": warmup_steps})
 
 
 def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling: str, optimizer, set_train_mode,
@@ -166,11 +178,11 @@ def run_self_training(*, recipe, model, rows: EncodedSplit, validation, pooling:
 
     st, t = recipe.weak.self_training, recipe.training
     runtime = runtime or CPU
-    cfg = self_training_schedule(len(rows), st.steps, t)
+    cfg = self_training_schedule(len(rows), st.steps, t, st.warmup_steps)
     split = PseudoLabelSplit(rows, torch.zeros(len(rows), num_labels), rows.truncated)
-    task = CosineTask(st.threshold, st.contrastive_weight, st.margin, st.confidence_weight, pooling)
-    refresh = RefreshPseudoLabels(split, st.update_every, st.power, st.threshold, t.eval_batch_size, pad_id,
-                                  runtime, gold)
+    task = CosineTask(st.threshold, st.contrastive_weight, st.margin, st.confidence_weight, pooling, st.power,
+                      st.confidence_from, st.pairs, st.distance, st.agreement)
+    refresh = RefreshPseudoLabels(split, task, st.update_every, st.balance, t.eval_batch_size, pad_id, runtime, gold)
     best_path = best_weights(run_dir)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
