@@ -95,16 +95,50 @@ def test_contrastive_regularizer_over_every_pair_with_the_papers_distance():
     assert r1(3.0, torch.tensor([True, False, True])) == pytest.approx(2 * 1.0 / 8)
 
 
+def test_contrastive_regularizer_with_the_cosine_distance():
+    features = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+    classes = torch.tensor([0, 0, 1])
+    everyone = torch.tensor([True, True, True])
+    # Pairs (0,1), (1,2), (2,0). d = 1 - cos: (0,1) 1 - 1/sqrt2 = 0.292893 (same class: d^2 = 0.085786);
+    # (1,2) 1 - 1/sqrt2 = 0.292893 (different: (1 - d)^2 = 0.5); (2,0) 1 - 0 = 1 (different: 0).
+    value = contrastive_regularizer(features, classes, everyone, 1.0, distance="cosine",
+                                    permutation=torch.tensor([1, 2, 0]))
+    d = 1 - 1 / math.sqrt(2)
+    assert value.item() == pytest.approx((d ** 2 + (1 - d) ** 2 + 0.0) / 3 / 2, rel=1e-5)
+    # The scale of a feature does not matter to the cosine distance.
+    assert contrastive_regularizer(features * 7, classes, everyone, 1.0, distance="cosine",
+                                   permutation=torch.tensor([1, 2, 0])).item() == pytest.approx(value.item(), rel=1e-5)
+
+
 def test_confidence_regularizer():
     log_probs = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
-    # Per row -(log f_1 + log f_2) - C log C: [.5,.5] -> 2 log 2 - 2 log 2 = 0;
-    # [.9,.1] -> 0.105361 + 2.302585 - 1.386294 = 1.021651 = 2 KL(u || [.9,.1]) (KL = 0.510826).
+    # Per row KL(u || f) = sum_j 1/C log((1/C) / f_j): [.5,.5] -> 0;
+    # [.9,.1] -> 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1) = -0.293893 + 0.804719 = 0.510826.
     kl = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
-    row = -(math.log(0.9) + math.log(0.1)) - 2 * math.log(2)
-    assert row == pytest.approx(2 * kl) and row == pytest.approx(1.021651, abs=1e-6)
+    assert kl == pytest.approx(0.510826, abs=1e-6)
     both = torch.tensor([True, True])
-    assert confidence_regularizer(log_probs, both).item() == pytest.approx(row / 2, rel=1e-5)
-    assert confidence_regularizer(log_probs, torch.tensor([False, True])).item() == pytest.approx(row, rel=1e-5)
+    assert confidence_regularizer(log_probs, both).item() == pytest.approx(kl / 2, rel=1e-5)
+    assert confidence_regularizer(log_probs, torch.tensor([False, True])).item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_confidence_regularizer_weight_sets_the_students_optimum():
+    # min_f w KL(y || f) + lambda KL(u || f) has f_j = (w y_j + lambda / C) / (w + lambda): for a one-hot y, w = 1,
+    # lambda = 0.1, C = 6: f = 1.0167/1.1 = 0.9242 on the class (confidence 0.78, above the 0.6 threshold).
+    logits = torch.zeros(1, 6, requires_grad=True)
+    y, lam = torch.nn.functional.one_hot(torch.tensor([2]), 6).float(), 0.1
+    opt = torch.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12)
+    selected = torch.tensor([True])
+
+    def closure():
+        opt.zero_grad()
+        lp = torch.log_softmax(logits, -1)
+        loss = classification_loss(lp, y, torch.ones(1), selected) + lam * confidence_regularizer(lp, selected)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    f = torch.softmax(logits, -1)[0]
+    assert f[2].item() == pytest.approx((1 + lam / 6) / (1 + lam), abs=1e-4)
+    assert confidence(f.detach()).item() == pytest.approx(0.7818, abs=1e-3)
 
 
 def test_confidence_is_the_teachers_not_the_sharpened_labels():

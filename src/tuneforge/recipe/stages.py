@@ -50,14 +50,15 @@ class SelfTrainingSpec(Section):
     pairs: Literal["permutation", "all"] = Field(
         "permutation", description="contrastive pairs: each confident row with one other drawn at random (the authors' "
         "code) or every ordered pair of confident rows")
-    distance: Literal["rms", "squared"] = Field(
-        "rms", description="contrastive distance between features: sqrt(||v_i - v_j||^2 / dim) (the authors' code) or "
-        "||v_i - v_j||^2 / dim (the paper's formula)")
+    distance: Literal["rms", "squared", "cosine"] = Field(
+        "rms", description="contrastive distance between features: sqrt(||v_i - v_j||^2 / dim) (the authors' code's "
+        "default), ||v_i - v_j||^2 / dim (the paper's formula) or 1 - cos(v_i, v_j) (the authors' AGNews script)")
     agreement: Literal["prediction", "pseudo_label"] = Field(
         "prediction", description="which class decides whether a pair is alike: the student's prediction (the "
         "authors' code) or the pseudo-label")
-    confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer, per row sum_j "
-                                     "-log(C f_j) = C KL(uniform || prediction) (lambda_2)")
+    confidence_weight: float = Field(0.1, ge=0, description="weight of the confidence regularizer KL(uniform || "
+                                     "prediction) per row (lambda_2, the paper's; the authors' code sums over the C "
+                                     "classes, C times stronger, which empties the confident set)")
     lr: Optional[LearningRate] = Field(None, description="learning rate of self-training (default: the run's)")
     warmup_steps: int = Field(0, ge=0, description="warm-up steps of self-training's fresh schedule (the authors: 0)")
 
