@@ -1,15 +1,12 @@
-"""Weak supervision measured on TREC-6 with MiniLM: fine-tuning on the rules' majority vote (a), the same followed
-by COSINE self-training (b), (b) without its contrastive term (ablation), and fine-tuning on gold labels (c, the
-ceiling). Validation (early stopping, best step) and test are gold in every case.
+"""Weak supervision on TREC-6 with MiniLM from hand-written rules: fine-tuning on the labels of the rules in
+examples/trec_rules.py (one-coin label model; they label 56.5% of the training rows) (d), then COSINE
+self-training on every row (e). Validation (early stopping, best step) and test are gold.
 
     python benchmarks/weak_trec.py [--seeds 42,43] [--out docs/results/weak-trec]
 
-(a) is read from the first stage of the (b) runs: the same model, measured on test before self-training starts.
-(d) and (e) are the same two stages on the labels of the rules in examples/trec_rules.py (one-coin label model),
-which label 56.5% of the training rows; the rest are self-training's unlabelled rows.
-Runs go seed by seed, the configurations of a seed one after the other, alone on the machine. Then the
-labeling functions of examples/trec_rules.py are measured against gold: each rule's coverage, overlaps,
-conflicts and accuracy, and the label models against the majority vote.
+(d) is read from the first stage of the (e) runs. Then the labeling functions are measured against gold: each
+rule's coverage, overlaps, conflicts and accuracy, and the label models against the majority vote. The benchmark's
+own weak labels (`major`) and the gold ceiling are in benchmarks/cosine_reproduction.py.
 """
 from __future__ import annotations
 
@@ -18,49 +15,19 @@ import json
 import statistics
 from pathlib import Path
 
+from cosine_reproduction import train  # same folder: how a study runs and digests a recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "examples" / "trec-weak.yaml"
 RULES_RECIPE = ROOT / "examples" / "trec-rules.yaml"
-CONFIGS = {  # name (no commas: --configs is a comma-separated list) -> (recipe, overrides)
-    "cosine": (RECIPE, []),
-    "cosine-no-contrastive": (RECIPE, ["weak.self_training.contrastive_weight=0"]),
-    "gold": (RECIPE, ["weak=null"]),
-    "rules": (RULES_RECIPE, []),
-}
-LABELS = {"cosine": "(b) (a) + COSINE self-training",
-          "cosine-no-contrastive": "(b') (a) + COSINE without the contrastive term",
-          "gold": "(c) gold labels (ceiling)",
-          "rules": "(e) (d) + COSINE self-training"}
-STAGE_ONE = {"cosine": "(a) weak labels (major), early stopping",
-             "rules": "(d) our rules + one-coin label model (56.5% of rows), early stopping"}
+CONFIGS = {"rules": (RULES_RECIPE, [])}  # name (no commas: --configs is a comma-separated list) -> (recipe, overrides)
+LABELS = {"rules": "(e) (d) + COSINE self-training"}
+STAGE_ONE = {"rules": "(d) our rules + one-coin label model (56.5% of rows), early stopping"}
 
 
 def run(name: str, seed: int, work: Path, reuse: bool) -> dict:
-    import tuneforge
-
     recipe, extra = CONFIGS[name]
-    run_dir = work / f"{name}-{seed}"
-    overrides = [f"training.seed={seed}", "training.progress=false", "training.threads=2", f"output.dir={run_dir}",
-                 *extra]
-    if not (reuse and (run_dir / "summary.json").exists()):
-        tuneforge.fine_tune(recipe, overrides, overwrite=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    out = {"config": name, "seed": seed, "test_accuracy": summary["metrics"]["test"]["accuracy"],
-           "validation_accuracy": summary["metrics"]["validation"]["accuracy"], "seconds": summary["train_seconds"],
-           "steps": summary["steps"]}
-    weak = summary.get("weak")
-    if weak:
-        first = weak["stage_one"]
-        out["stage_one"] = {"test_accuracy": first["metrics"]["test"]["accuracy"],
-                            "validation_accuracy": first["metrics"]["validation"]["accuracy"],
-                            "best_step": first["best_step"], "steps": first["steps"], "seconds": first["seconds"]}
-        st = weak.get("self_training")
-        if st:
-            out["self_training"] = {"best_step": st["best_step"], "improved": st.get("improved", True),
-                                    "steps": st["steps"], "seconds": st["seconds"],
-                                    "pseudo_labels": st["pseudo_labels"],
-                                    "validation_curve": [(h["step"], round(h["accuracy"], 4)) for h in st["history"]]}
-    return out
+    overrides = [f"training.seed={seed}", "training.progress=false", "training.threads=2", *extra]
+    return {"config": name, "seed": seed, **train(recipe, overrides, work / f"{name}-{seed}", reuse)}
 
 
 def rules_report() -> dict:

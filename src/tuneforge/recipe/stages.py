@@ -31,9 +31,10 @@ class RuleSpec(Section):
 class SelfTrainingSpec(Section):
     """COSINE (Yu et al., 2021) after the weak-label fine-tuning; defaults from the authors' released code and
     settings (github.com/yueyu1030/COSINE), the paper's wording kept as options where the two differ."""
-    steps: int = Field(1000, gt=0, description="optimizer steps of self-training (the paper's T2)")
-    update_every: int = Field(50, gt=0, description="steps between refreshes of the pseudo-labels by the current "
-                              "model, on every row (T3)")
+    steps: int = Field(2500, gt=0, description="optimizer steps of self-training (the paper's T2; the authors' script: "
+                       "2500)")
+    update_every: int = Field(250, gt=0, description="steps between refreshes of the pseudo-labels by the current "
+                              "model, on every row (T3; the authors' script: 250)")
     threshold: float = Field(0.6, ge=0, lt=1, description="rows whose confidence 1 - H/log C is at most this are left "
                              "out of the step (xi)")
     confidence_from: Literal["prediction", "pseudo_label"] = Field(

@@ -1,0 +1,222 @@
+"""COSINE (Yu et al., NAACL 2021) reproduced on the weak labels the authors released: TREC-6 and ChemProt from
+`../shared/data/weak-supervision`, each with its `major` column (the majority vote of the benchmark's rules) as the
+weak labels and gold validation and test sets. Per model, data set and seed, four configurations:
+
+    weak-labels            fine-tuned on `major` alone: the first stage of the `cosine` run, measured before
+                           self-training starts
+    cosine                 the same first stage, then COSINE self-training
+    cosine-no-contrastive  the same, with the contrastive term off (contrastive_weight 0)
+    gold                   fine-tuned on the gold labels with the first stage's settings (the ceiling)
+
+    python benchmarks/cosine_reproduction.py [--models minilm-l6,mpnet-base] [--datasets trec,chemprot]
+        [--seeds 42,43,44] [--configs weak-labels,cosine,cosine-no-contrastive,gold] [--reuse]
+
+Writes docs/results/cosine-reproduction.json (one row per run: model, dataset, config, seed, test_accuracy),
+cosine-reproduction-details.json (every run's stages, validation curve, pseudo-label accuracy and confident
+share at each refresh, wall time) and cosine-reproduction.md (the tables). Runs go one after the other, alone
+on the machine, with `training.threads` set to the machine's cores. What is shortened for 2 CPU cores is in
+SHORTENED and in the report; with a GPU, `--full` runs the authors' max_length (128), every block trained and the
+recipe's step counts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"trec": ROOT / "examples" / "trec-weak.yaml", "chemprot": ROOT / "examples" / "chemprot-weak.yaml"}
+CONFIGS = {"cosine": [], "cosine-no-contrastive": ["weak.self_training.contrastive_weight=0"], "gold": ["weak=null"]}
+# What 2 CPU cores can do, per model (the recipes hold the rest). mpnet-base is 5x MiniLM's compute per token:
+# TREC's questions fit 32 tokens (15 of 4,585 are cut), the lower 6 of 12 blocks are frozen, and its first stage
+# runs at 5e-5 (MiniLM's 1e-4 is high for a 12-layer model).
+SHORTENED = {
+    "minilm-l6": [],
+    "mpnet-base": ["model.name=mpnet-base", "model.max_length=32", "method.name=freeze", "method.freeze_layers=6",
+                   "training.lr=5e-5", "weak.self_training.steps=900"],
+}
+FULL = ["model.max_length=128"]  # with a GPU: the authors' length, every block trained, the recipe's steps
+KEEP_IN_FULL = ("model.name=", "training.lr=")
+RUN_ONLY = ("training.seed=", "training.progress=", "training.threads=", "output.dir=")  # not settings
+
+
+def overrides_for(model: str, full: bool) -> list[str]:
+    if model not in SHORTENED:
+        raise SystemExit(f"--models: {model!r} is not one of {', '.join(SHORTENED)}")
+    base = [o for o in SHORTENED[model] if o.startswith(KEEP_IN_FULL)] if full else SHORTENED[model]
+    return base + (FULL if full else [])
+
+
+def digest(summary: dict) -> dict:
+    """What a study keeps of a run's summary.json: metrics, wall time and, for a weak run, both stages."""
+    out = {"test_accuracy": summary["metrics"]["test"]["accuracy"],
+           "validation_accuracy": summary["metrics"]["validation"]["accuracy"],
+           "seconds": summary["train_seconds"], "steps": summary["steps"]}
+    weak = summary.get("weak")
+    if weak:
+        first = weak["stage_one"]
+        out["stage_one"] = {"test_accuracy": first["metrics"]["test"]["accuracy"],
+                            "validation_accuracy": first["metrics"]["validation"]["accuracy"],
+                            "best_step": first["best_step"], "steps": first["steps"], "seconds": first["seconds"]}
+        st = weak.get("self_training")
+        if st:
+            out["self_training"] = {"best_step": st["best_step"], "improved": st.get("improved", True),
+                                    "steps": st["steps"], "seconds": st["seconds"],
+                                    "pseudo_labels": st["pseudo_labels"],
+                                    "validation_curve": [(h["step"], round(h["accuracy"], 4)) for h in st["history"]]}
+    return out
+
+
+def train(recipe: Path, overrides: list[str], run_dir: Path, reuse: bool) -> dict:
+    """Runs the recipe into `run_dir` (or, with `reuse`, reads the run finished there) and digests it."""
+    import tuneforge
+
+    if not (reuse and (run_dir / "summary.json").exists()):
+        tuneforge.fine_tune(recipe, [*overrides, f"output.dir={run_dir}"], overwrite=True)
+    return digest(json.loads((run_dir / "summary.json").read_text()))
+
+
+def run(model: str, dataset: str, config: str, seed: int, work: Path, reuse: bool, full: bool) -> dict:
+    overrides = [f"training.seed={seed}", "training.progress=false", f"training.threads={os.cpu_count() or 1}",
+                 *overrides_for(model, full), *CONFIGS[config]]
+    run_dir = work / f"{model}-{dataset}-{config}-{seed}"
+    result = train(RECIPES[dataset], overrides, run_dir, reuse)
+    if "self_training" in result:
+        import yaml
+
+        max_length = yaml.safe_load((run_dir / "recipe.yaml").read_text())["model"]["max_length"]
+        result["class_shift"] = class_shift(run_dir, dataset, max_length)
+    return {"model": model, "dataset": dataset, "config": config, "seed": seed, "overrides": overrides, **result}
+
+
+def rows_of(runs: list[dict]) -> list[dict]:
+    """The per-seed results: the `cosine` runs give `weak-labels` too (their first stage)."""
+    rows = []
+    for r in runs:
+        key = {"model": r["model"], "dataset": r["dataset"]}
+        if r["config"] == "cosine":
+            rows.append({**key, "config": "weak-labels", "seed": r["seed"],
+                         "test_accuracy": r["stage_one"]["test_accuracy"]})
+        rows.append({**key, "config": r["config"], "seed": r["seed"], "test_accuracy": r["test_accuracy"]})
+    return rows
+
+
+def tables(runs: list[dict]) -> list[str]:
+    rows = rows_of(runs)
+    lines = []
+    for model, dataset in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
+        picked = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
+        seeds = sorted({r["seed"] for r in picked})
+        settings = next(r["overrides"] for r in runs if r["model"] == model and r["dataset"] == dataset)
+        changed = [o for o in settings if not o.startswith(RUN_ONLY)]
+        header = "| configuration | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
+        lines += [f"### {dataset}, {model}", "", f"Overrides of {RECIPES[dataset].relative_to(ROOT)}: "
+                  f"{', '.join(f'`{o}`' for o in changed) or 'none'}.", "", header,
+                  "|---|" + "---|" * (len(seeds) + 1)]
+        weak = [r["test_accuracy"] for r in picked if r["config"] == "weak-labels"]
+        for config in ("weak-labels", "cosine", "cosine-no-contrastive", "gold"):
+            by_seed = {r["seed"]: r["test_accuracy"] for r in picked if r["config"] == config}
+            if not by_seed:
+                continue
+            mean = statistics.mean(by_seed.values())
+            gain = f" ({100 * (mean - statistics.mean(weak)):+.1f})" if weak and config.startswith("cosine") else ""
+            lines.append(f"| {config} | " + " | ".join(f"{by_seed[s]:.4f}" if s in by_seed else "-" for s in seeds) +
+                         f" | {mean:.4f}{gain} |")
+        lines += ["", "Pseudo-labels at each refresh (cosine runs): step, share of confident rows, accuracy of the "
+                  "pseudo-labels on the training rows (all / confident), and wall time:", ""]
+        for r in runs:
+            if r["model"] == model and r["dataset"] == dataset and "self_training" in r:
+                st = r["self_training"]
+                refreshes = "; ".join(
+                    f"{p['step']}: {p['confident']:.1%}, {p.get('pseudo_label_accuracy', float('nan')):.1%}"
+                    f"/{p.get('confident_accuracy', float('nan')):.1%}" for p in st["pseudo_labels"])
+                lines.append(f"- {r['config']} seed {r['seed']}: stage one {r['stage_one']['seconds']:.0f} s "
+                             f"(best step {r['stage_one']['best_step']}), self-training {st['seconds']:.0f} s "
+                             f"(best step {st['best_step']}); refreshes {refreshes}")
+                for split, models in r.get("class_shift", {}).items():
+                    before, after = (models[k]["confusion"] for k in ("stage_one", "kept"))
+                    right = ", ".join(f"{c}: {before[c][c]}->{after[c][c]}/{sum(before[c])}" for c in range(len(before))
+                                      if sum(before[c]))
+                    lines.append(f"  - {split}, rows right per gold class (stage one -> kept / rows): {right}")
+        lines.append("")
+    return lines
+
+
+def class_shift(run_dir: Path, dataset: str, max_length: int) -> dict:
+    """Where self-training moved the predictions: per gold class of validation and test, how many rows the first
+    stage's model (checkpoints/best) and the kept model get right, and the confusion matrices. Reads the data
+    folder's own files; test is only reported, never used to choose."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = ROOT.parent / "shared" / "data" / "weak-supervision" / dataset
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    models = {"stage_one": AutoModelForSequenceClassification.from_pretrained(run_dir / "model"),
+              "kept": AutoModelForSequenceClassification.from_pretrained(run_dir / "model")}
+    missing = models["stage_one"].load_state_dict(load_file(run_dir / "checkpoints" / "best" / "model.safetensors"),
+                                                  strict=False).missing_keys
+    if missing:
+        raise SystemExit(f"{run_dir}/checkpoints/best lacks {len(missing)} weights (e.g. {missing[0]})")
+    report = {}
+    for split in ("dev", "test"):
+        rows = json.loads((folder / f"{split}_data.json").read_text())
+        gold = np.array([r["label"] for r in rows])
+        report[split] = {}
+        for name, model in models.items():
+            model.eval()
+            predicted = []
+            with torch.no_grad():
+                for i in range(0, len(rows), 64):
+                    batch = tokenizer([r["text"] for r in rows[i:i + 64]], padding=True, truncation=True,
+                                      max_length=max_length, return_tensors="pt")
+                    predicted += model(**batch).logits.argmax(-1).tolist()
+            predicted = np.array([int(model.config.id2label[p]) for p in predicted])
+            classes = int(max(gold.max(), predicted.max())) + 1
+            confusion = np.zeros((classes, classes), dtype=int)
+            np.add.at(confusion, (gold, predicted), 1)
+            report[split][name] = {"accuracy": float((predicted == gold).mean()),
+                                   "confusion": confusion.tolist()}  # rows: gold class, columns: predicted
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="minilm-l6,mpnet-base")
+    ap.add_argument("--datasets", default="trec")
+    ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--configs", default="cosine,cosine-no-contrastive,gold",
+                    help="weak-labels comes with every cosine run")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "cosine-reproduction"))
+    ap.add_argument("--work", default="runs/cosine-reproduction")
+    ap.add_argument("--full", action="store_true", help="the authors' lengths (for a GPU)")
+    ap.add_argument("--reuse", action="store_true", help="read runs finished under --work instead of training again")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    details = out.with_name(out.name + "-details.json")
+    runs = json.loads(details.read_text())["runs"] if details.exists() else []
+    configs = [c for c in args.configs.split(",") if c != "weak-labels"]
+    for unknown in set(configs) - set(CONFIGS):
+        raise SystemExit(f"--configs: {unknown!r} is not one of weak-labels, {', '.join(CONFIGS)}")
+    for dataset in args.datasets.split(","):
+        for model in args.models.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                for config in configs:
+                    result = run(model, dataset, config, seed, Path(args.work), args.reuse, args.full)
+                    runs = [r for r in runs if (r["model"], r["dataset"], r["config"], r["seed"]) !=
+                            (model, dataset, config, seed)] + [result]
+                    # Written as it grows: an interrupted study keeps what it finished.
+                    details.write_text(json.dumps({"shortened": SHORTENED, "full": args.full, "runs": runs},
+                                                  indent=1))
+                    out.with_suffix(".json").write_text(json.dumps(rows_of(runs), indent=1))
+    lines = tables(runs)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
