@@ -14,13 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
+from .formats import EXTENSIONS
 from .rawfile import encoding_problem, sniff, wide_row_problem
 from .reading import skip_rows
 from .sources import dataset_table, read_arrow
 from .table_rows import not_data_rows, preamble_problem
-
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-              ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..errors import DataError
+from .formats import EXTENSIONS
 from .hub import HUB_NAME, load_hub_dataset, quiet
 
 SAVED_DATASET = "state.json"        # what Dataset.save_to_disk writes beside its .arrow shards
@@ -37,8 +38,6 @@ def is_saved_dict(path) -> bool:
 
 def looks_like_hub_name(value: str) -> bool:
     """org/name that is no existing path and does not end like a data file (data/train.csv is a missing file)."""
-    from .readers import EXTENSIONS
-
     value = str(value)
     if not HUB_NAME.fullmatch(value) or Path(value).exists():
         return False

@@ -62,7 +62,7 @@ def read_token_examples(path, fmt: str = "auto", tokens_column: str = "tokens",
         raise DataError([f"{path}: no such file"])
     if path.stat().st_size == 0:
         raise DataError([f"{path}: the file is empty"])
-    from .readers import EXTENSIONS
+    from .formats import EXTENSIONS
 
     kind, suffix = fmt, path.suffix.lower()
     if fmt == "auto":
