@@ -15,7 +15,9 @@ Every few steps the current model labels every row: the teacher's predicted prob
       pairs (i, pi(i)) for one random permutation pi of the selected rows (the authors; `pairs="all"`: every
       ordered pair), with d_ij = sqrt(||v_i - v_j||^2 / dim) (the authors' default; `distance="squared"`: the
       paper's d_ij = ||v_i - v_j||^2 / dim; `distance="cosine"`: 1 - cos(v_i, v_j), the authors' AGNews script) and
-      R_1 = 1/(2 |pairs|) sum W_ij d_ij^2 + (1 - W_ij) max(0, gamma - d_ij)^2;
+      R_1 = 1/(2 |pairs|) sum W_ij d_ij^2 + (1 - W_ij) max(0, gamma - d_ij)^2.
+  The features are the student's, so R_1 trains the encoder; the released code takes the teacher's, whose
+  parameters are frozen, which makes its R_1 a constant (`contrastive_weight` 0 is that objective);
 - confidence regularizer:        R_2 = 1/|sel| sum_{i in sel} KL(u || f(x_i)), u uniform (the paper). The authors'
   code sums -log f over the classes, C times this: lambda_2 C here reproduces it. At that weight the student's
   best answer to a one-hot pseudo-label of weight 1 is f = (1 + lambda_2) / (1 + C lambda_2) on its class,
