@@ -92,14 +92,17 @@ def run(model: str, dataset: str, config: str, seed: int, work: Path, reuse: boo
 
 
 def rows_of(runs: list[dict]) -> list[dict]:
-    """The per-seed results: the `cosine` runs give `weak-labels` too (their first stage)."""
-    rows = []
-    for r in runs:
-        key = {"model": r["model"], "dataset": r["dataset"]}
-        if r["config"] == "cosine":
-            rows.append({**key, "config": "weak-labels", "seed": r["seed"],
-                         "test_accuracy": r["stage_one"]["test_accuracy"]})
-        rows.append({**key, "config": r["config"], "seed": r["seed"], "test_accuracy": r["test_accuracy"]})
+    """The per-seed results. `weak-labels` is the first stage of that seed's `cosine` run (or, without one, of its
+    `cosine-no-contrastive` run: the same first stage)."""
+    rows, first_stage = [], {}
+    for r in sorted(runs, key=lambda r: r["config"] != "cosine"):
+        key = (r["model"], r["dataset"], r["seed"])
+        if "stage_one" in r and key not in first_stage:
+            first_stage[key] = r["stage_one"]["test_accuracy"]
+            rows.append({"model": key[0], "dataset": key[1], "config": "weak-labels", "seed": key[2],
+                         "test_accuracy": first_stage[key]})
+        rows.append({"model": key[0], "dataset": key[1], "config": r["config"], "seed": key[2],
+                     "test_accuracy": r["test_accuracy"]})
     return rows
 
 
@@ -110,7 +113,8 @@ def tables(runs: list[dict]) -> list[str]:
         picked = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in picked})
         settings = next(r["overrides"] for r in runs if r["model"] == model and r["dataset"] == dataset)
-        changed = [o for o in settings if not o.startswith(RUN_ONLY)]
+        per_config = {o for extra in CONFIGS.values() for o in extra}
+        changed = [o for o in settings if not o.startswith(RUN_ONLY) and o not in per_config]
         header = "| configuration | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
         lines += [f"### {dataset}, {model}", "", f"Overrides of {RECIPES[dataset].relative_to(ROOT)}: "
                   f"{', '.join(f'`{o}`' for o in changed) or 'none'}.", "", header,
