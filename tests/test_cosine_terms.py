@@ -79,7 +79,8 @@ def test_contrastive_regularizer_on_random_pairs_with_rms_distance():
 def test_contrastive_regularizer_over_every_pair_with_the_papers_distance():
     features = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
     # d_ij = ||v_i - v_j||^2 / 2: d01 = 0.5, d02 = 2.0, d12 = (1 + 4) / 2 = 2.5.
-    torch.testing.assert_close(scaled_distances(features), torch.tensor([[0, 0.5, 2.0], [0.5, 0, 2.5], [2.0, 2.5, 0]]))
+    torch.testing.assert_close(scaled_distances(features.unsqueeze(1), features.unsqueeze(0)),
+                               torch.tensor([[0, 0.5, 2.0], [0.5, 0, 2.5], [2.0, 2.5, 0]]))
     classes = torch.tensor([0, 0, 1])
     everyone = torch.tensor([True, True, True])
 

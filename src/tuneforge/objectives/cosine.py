@@ -60,10 +60,10 @@ def classification_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights:
     return (weights[selected] * kl).mean()
 
 
-def scaled_distances(features: torch.Tensor) -> torch.Tensor:
-    """||v_i - v_j||^2 / dim, for every pair of rows."""
-    diff = features.unsqueeze(1) - features.unsqueeze(0)
-    return diff.pow(2).sum(-1) / features.shape[-1]
+def scaled_distances(v: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """||v - other||^2 / dim over the last axis (broadcast: v (n, 1, dim) against other (1, n, dim) gives every
+    pair)."""
+    return (v - other).pow(2).sum(-1) / v.shape[-1]
 
 
 def contrastive_regularizer(features: torch.Tensor, classes: torch.Tensor, selected: torch.Tensor,
@@ -87,7 +87,7 @@ def contrastive_regularizer(features: torch.Tensor, classes: torch.Tensor, selec
     if distance == "cosine":
         d = 1 - torch.nn.functional.cosine_similarity(v, other, dim=-1, eps=1e-8)
     else:
-        squared = (v - other).pow(2).sum(-1) / v.shape[-1]
+        squared = scaled_distances(v, other)
         # The square root's gradient is infinite at 0 (a row paired with itself): the epsilon keeps it finite.
         d = (squared + 1e-9).sqrt() if distance == "rms" else squared
     pair_loss = same * d.pow(2) + (1 - same) * (margin - d).clamp_min(0).pow(2)
