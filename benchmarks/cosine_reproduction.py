@@ -8,8 +8,18 @@ weak labels and gold validation and test sets. Per model, data set and seed, fou
     cosine-no-contrastive  the same, with the contrastive term off (contrastive_weight 0)
     gold                   fine-tuned on the gold labels with the first stage's settings (the ceiling)
 
+and one diagnostic, which reads the training rows' gold labels and so is a measurement, never a method:
+
+    oracle-selection       cosine-no-contrastive whose confident set holds only right pseudo-labels: at each
+                           refresh, rows whose teacher prediction is wrong get uniform targets (confidence 0,
+                           outside every term). What self-training reaches if confidence picked out exactly the
+                           right pseudo-labels
+    oracle-selection-50    the same for a fixed random half of the training rows (a quarter for -25): wrong
+                           pseudo-labels of the other rows stay, as confident as the teacher makes them. How
+                           precise the confident set must be for a given gain
+
     python benchmarks/cosine_reproduction.py [--models minilm-l6,mpnet-base] [--datasets trec,chemprot]
-        [--seeds 42,43,44] [--configs weak-labels,cosine,cosine-no-contrastive,gold] [--reuse]
+        [--seeds 42,43,44] [--configs weak-labels,cosine,cosine-no-contrastive,gold,oracle-selection] [--reuse]
 
 Writes docs/results/cosine-reproduction.json (one row per run: model, dataset, config, seed, test_accuracy),
 cosine-reproduction-details.json (every run's stages, validation curve, pseudo-label accuracy and confident
@@ -24,11 +34,15 @@ import argparse
 import json
 import os
 import statistics
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"trec": ROOT / "examples" / "trec-weak.yaml", "chemprot": ROOT / "examples" / "chemprot-weak.yaml"}
-CONFIGS = {"cosine": [], "cosine-no-contrastive": ["weak.self_training.contrastive_weight=0"], "gold": ["weak=null"]}
+CONFIGS = {"cosine": [], "cosine-no-contrastive": ["weak.self_training.contrastive_weight=0"], "gold": ["weak=null"],
+           **{f"oracle-selection{suffix}": ["weak.self_training.contrastive_weight=0"] for suffix in ("", "-50", "-25")}}
+ORACLE_SHARE = {"oracle-selection": 1.0, "oracle-selection-50": 0.5, "oracle-selection-25": 0.25}
+REPORTED = ("weak-labels", "cosine", "cosine-no-contrastive", "gold")  # cosine-reproduction.json's configurations
 # What 2 CPU cores can do, per model (the recipes hold the rest). mpnet-base is 5x MiniLM's compute per token:
 # TREC's questions fit 32 tokens (15 of 4,585 are cut), the lower 6 of 12 blocks are frozen, and its first stage
 # runs at 5e-5 (MiniLM's 1e-4 is high for a 12-layer model).
@@ -69,12 +83,42 @@ def digest(summary: dict) -> dict:
     return out
 
 
-def train(recipe: Path, overrides: list[str], run_dir: Path, reuse: bool) -> dict:
+@contextmanager
+def oracle_selection(share: float, seed: int):
+    """While open, each pseudo-label refresh gives uniform targets to the training rows whose gold label is known
+    and differs from the teacher's prediction, among a fixed random `share` of the rows (drawn once, from `seed`):
+    their confidence is 0, so no term of the loss reads them. Records the share removed with the refresh."""
+    import torch
+    from tuneforge.objectives.cosine import confidence
+    from tuneforge.weak import self_training
+
+    original = self_training.RefreshPseudoLabels.refresh
+
+    def refresh(self, loop):
+        original(self, loop)
+        gold = torch.as_tensor(self.gold)
+        watched = torch.rand(len(gold), generator=torch.Generator().manual_seed(seed)) < share
+        wrong = watched & (gold >= 0) & (self.split.targets.argmax(-1) != gold)
+        self.split.targets[wrong] = 1.0 / self.split.targets.shape[1]
+        self.history[-1]["oracle_removed"] = round(float(wrong.float().mean()), 4)
+        self.history[-1]["oracle_confident"] = round(float((confidence(self.split.targets) > self.task.threshold)
+                                                           .float().mean()), 4)
+
+    self_training.RefreshPseudoLabels.refresh = refresh
+    try:
+        yield
+    finally:
+        self_training.RefreshPseudoLabels.refresh = original
+
+
+def train(recipe: Path, overrides: list[str], run_dir: Path, reuse: bool, oracle_share: float = 0.0,
+          seed: int = 0) -> dict:
     """Runs the recipe into `run_dir` (or, with `reuse`, reads the run finished there) and digests it."""
     import tuneforge
 
     if not (reuse and (run_dir / "summary.json").exists()):
-        tuneforge.fine_tune(recipe, [*overrides, f"output.dir={run_dir}"], overwrite=True)
+        with oracle_selection(oracle_share, seed) if oracle_share else nullcontext():
+            tuneforge.fine_tune(recipe, [*overrides, f"output.dir={run_dir}"], overwrite=True)
     return digest(json.loads((run_dir / "summary.json").read_text()))
 
 
@@ -82,7 +126,7 @@ def run(model: str, dataset: str, config: str, seed: int, work: Path, reuse: boo
     overrides = [f"training.seed={seed}", "training.progress=false", f"training.threads={os.cpu_count() or 1}",
                  *overrides_for(model, full), *CONFIGS[config]]
     run_dir = work / f"{model}-{dataset}-{config}-{seed}"
-    result = train(RECIPES[dataset], overrides, run_dir, reuse)
+    result = train(RECIPES[dataset], overrides, run_dir, reuse, ORACLE_SHARE.get(config, 0.0), seed)
     if "self_training" in result:
         import yaml
 
@@ -95,7 +139,7 @@ def rows_of(runs: list[dict]) -> list[dict]:
     """The per-seed results. `weak-labels` is the first stage of that seed's `cosine` run (or, without one, of its
     `cosine-no-contrastive` run: the same first stage)."""
     rows, first_stage = [], {}
-    for r in sorted(runs, key=lambda r: r["config"] != "cosine"):
+    for r in sorted(runs, key=lambda r: (r["config"] != "cosine", r["config"] not in REPORTED)):
         key = (r["model"], r["dataset"], r["seed"])
         if "stage_one" in r and key not in first_stage:
             first_stage[key] = r["stage_one"]["test_accuracy"]
@@ -120,12 +164,13 @@ def tables(runs: list[dict]) -> list[str]:
                   f"{', '.join(f'`{o}`' for o in changed) or 'none'}.", "", header,
                   "|---|" + "---|" * (len(seeds) + 1)]
         weak = [r["test_accuracy"] for r in picked if r["config"] == "weak-labels"]
-        for config in ("weak-labels", "cosine", "cosine-no-contrastive", "gold"):
+        for config in (*REPORTED, *ORACLE_SHARE):
             by_seed = {r["seed"]: r["test_accuracy"] for r in picked if r["config"] == config}
             if not by_seed:
                 continue
             mean = statistics.mean(by_seed.values())
-            gain = f" ({100 * (mean - statistics.mean(weak)):+.1f})" if weak and config.startswith("cosine") else ""
+            gain = f" ({100 * (mean - statistics.mean(weak)):+.1f})" if weak and config not in ("weak-labels", "gold") \
+                else ""
             lines.append(f"| {config} | " + " | ".join(f"{by_seed[s]:.4f}" if s in by_seed else "-" for s in seeds) +
                          f" | {mean:.4f}{gain} |")
         lines += ["", "Pseudo-labels at each refresh (cosine runs): step, share of confident rows, accuracy of the "
@@ -216,7 +261,8 @@ def main() -> None:
                     # Written as it grows: an interrupted study keeps what it finished.
                     details.write_text(json.dumps({"shortened": SHORTENED, "full": args.full, "runs": runs},
                                                   indent=1))
-                    out.with_suffix(".json").write_text(json.dumps(rows_of(runs), indent=1))
+                    out.with_suffix(".json").write_text(json.dumps(
+                        [r for r in rows_of(runs) if r["config"] in REPORTED], indent=1))
     lines = tables(runs)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
