@@ -44,8 +44,8 @@ CONFIGS = {"cosine": [], "cosine-no-contrastive": ["weak.self_training.contrasti
 ORACLE_SHARE = {"oracle-selection": 1.0, "oracle-selection-50": 0.5, "oracle-selection-25": 0.25}
 REPORTED = ("weak-labels", "cosine", "cosine-no-contrastive", "gold")  # cosine-reproduction.json's configurations
 # What 2 CPU cores can do, per model (the recipes hold the rest). mpnet-base is 5x MiniLM's compute per token:
-# TREC's questions fit 32 tokens (15 of 4,585 are cut), the lower 6 of 12 blocks are frozen, and its first stage
-# runs at 5e-5 (MiniLM's 1e-4 is high for a 12-layer model).
+# TREC's questions fit 32 tokens (15 of 4,585 are cut), the lower 6 of 12 blocks are frozen (the embeddings
+# train), and its first stage runs at 5e-5 (MiniLM's 1e-4 is high for a 12-layer model).
 SHORTENED = {
     "minilm-l6": [],
     "mpnet-base": ["model.name=mpnet-base", "model.max_length=32", "method.name=freeze", "method.freeze_layers=6",
@@ -163,14 +163,15 @@ def tables(runs: list[dict]) -> list[str]:
         lines += [f"### {dataset}, {model}", "", f"Overrides of {RECIPES[dataset].relative_to(ROOT)}: "
                   f"{', '.join(f'`{o}`' for o in changed) or 'none'}.", "", header,
                   "|---|" + "---|" * (len(seeds) + 1)]
-        weak = [r["test_accuracy"] for r in picked if r["config"] == "weak-labels"]
+        weak = {r["seed"]: r["test_accuracy"] for r in picked if r["config"] == "weak-labels"}
         for config in (*REPORTED, *ORACLE_SHARE):
             by_seed = {r["seed"]: r["test_accuracy"] for r in picked if r["config"] == config}
             if not by_seed:
                 continue
             mean = statistics.mean(by_seed.values())
-            gain = f" ({100 * (mean - statistics.mean(weak)):+.1f})" if weak and config not in ("weak-labels", "gold") \
-                else ""
+            gain = ""  # against the first stage of the same seeds
+            if config not in ("weak-labels", "gold") and set(by_seed) <= set(weak):
+                gain = f" ({100 * (mean - statistics.mean(weak[s] for s in by_seed)):+.1f})"
             lines.append(f"| {config} | " + " | ".join(f"{by_seed[s]:.4f}" if s in by_seed else "-" for s in seeds) +
                          f" | {mean:.4f}{gain} |")
         lines += ["", "Pseudo-labels at each refresh (cosine runs): step, share of confident rows, accuracy of the "
