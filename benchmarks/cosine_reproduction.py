@@ -174,6 +174,8 @@ def tables(runs: list[dict]) -> list[str]:
                 gain = f" ({100 * (mean - statistics.mean(weak[s] for s in by_seed)):+.1f})"
             lines.append(f"| {config} | " + " | ".join(f"{by_seed[s]:.4f}" if s in by_seed else "-" for s in seeds) +
                          f" | {mean:.4f}{gain} |")
+        if any(r["config"] in ORACLE_SHARE for r in picked):
+            lines += ["", "oracle-selection rows read the training rows' gold labels: diagnostics, never methods."]
         lines += ["", "Pseudo-labels at each refresh (cosine runs): step, share of confident rows, accuracy of the "
                   "pseudo-labels on the training rows (all / confident), and wall time:", ""]
         for r in runs:
