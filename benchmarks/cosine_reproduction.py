@@ -39,9 +39,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"trec": ROOT / "examples" / "trec-weak.yaml", "chemprot": ROOT / "examples" / "chemprot-weak.yaml"}
+ORACLE_SHARE = {"oracle-selection": 1.0, "oracle-selection-50": 0.5, "oracle-selection-25": 0.25}  # of the rows
 CONFIGS = {"cosine": [], "cosine-no-contrastive": ["weak.self_training.contrastive_weight=0"], "gold": ["weak=null"],
-           **{f"oracle-selection{suffix}": ["weak.self_training.contrastive_weight=0"] for suffix in ("", "-50", "-25")}}
-ORACLE_SHARE = {"oracle-selection": 1.0, "oracle-selection-50": 0.5, "oracle-selection-25": 0.25}
+           **{name: ["weak.self_training.contrastive_weight=0"] for name in ORACLE_SHARE}}
+PER_CONFIG = {o for extra in CONFIGS.values() for o in extra}  # overrides that name a configuration, not a setting
 REPORTED = ("weak-labels", "cosine", "cosine-no-contrastive", "gold")  # cosine-reproduction.json's configurations
 # What 2 CPU cores can do, per model (the recipes hold the rest). mpnet-base is 5x MiniLM's compute per token:
 # TREC's questions fit 32 tokens (15 of 4,585 are cut), the lower 6 of 12 blocks are frozen (the embeddings
@@ -93,12 +94,14 @@ def oracle_selection(share: float, seed: int):
     from tuneforge.weak import self_training
 
     original = self_training.RefreshPseudoLabels.refresh
+    watched = {}  # the rows the oracle judges, drawn at the first refresh (when the row count is known)
 
     def refresh(self, loop):
         original(self, loop)
         gold = torch.as_tensor(self.gold)
-        watched = torch.rand(len(gold), generator=torch.Generator().manual_seed(seed)) < share
-        wrong = watched & (gold >= 0) & (self.split.targets.argmax(-1) != gold)
+        if "rows" not in watched:
+            watched["rows"] = torch.rand(len(gold), generator=torch.Generator().manual_seed(seed)) < share
+        wrong = watched["rows"] & (gold >= 0) & (self.split.targets.argmax(-1) != gold)
         self.split.targets[wrong] = 1.0 / self.split.targets.shape[1]
         self.history[-1]["oracle_removed"] = round(float(wrong.float().mean()), 4)
         self.history[-1]["oracle_confident"] = round(float((confidence(self.split.targets) > self.task.threshold)
@@ -157,8 +160,7 @@ def tables(runs: list[dict]) -> list[str]:
         picked = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in picked})
         settings = next(r["overrides"] for r in runs if r["model"] == model and r["dataset"] == dataset)
-        per_config = {o for extra in CONFIGS.values() for o in extra}
-        changed = [o for o in settings if not o.startswith(RUN_ONLY) and o not in per_config]
+        changed = [o for o in settings if not o.startswith(RUN_ONLY) and o not in PER_CONFIG]
         header = "| configuration | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
         lines += [f"### {dataset}, {model}", "", f"Overrides of {RECIPES[dataset].relative_to(ROOT)}: "
                   f"{', '.join(f'`{o}`' for o in changed) or 'none'}.", "", header,
