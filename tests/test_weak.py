@@ -257,3 +257,23 @@ def test_self_training_trains_the_encoder_and_head(tiny_bert, sentiment_files, t
         finals[name] = load_file(tuneforge.fine_tune(recipe).model_dir / "model.safetensors")
     moved = [k for k in finals["without"] if not torch.equal(finals["without"][k], finals["with"][k])]
     assert any(k.startswith("bert.encoder") for k in moved) and "classifier.weight" in moved
+
+
+def test_every_pseudo_label_refresh_reads_the_frozen_prefix_cache(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    from tuneforge.weak import self_training
+
+    served = []
+    original = self_training.RefreshPseudoLabels.refresh
+
+    def refresh(self, loop):
+        cache = loop.prefix_cache
+        hits, misses = cache.hits, cache.misses
+        original(self, loop)
+        served.append((cache.hits - hits, cache.misses - misses))
+
+    monkeypatch.setattr(self_training.RefreshPseudoLabels, "refresh", refresh)
+    recipe = weak_recipe(tiny_bert, sentiment_files, tmp_path, self_training={"steps": 4, "update_every": 2})
+    recipe["method"] = {"name": "freeze", "freeze_embeddings": True, "freeze_layers": 1}
+    tuneforge.fine_tune(recipe)
+    assert len(served) == 2  # before step 1 and after step 2
+    assert all(hits > 0 and misses == 0 for hits, misses in served), served

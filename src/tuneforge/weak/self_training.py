@@ -128,6 +128,9 @@ class RefreshPseudoLabels:
         self.history: list[dict] = []
 
     def refresh(self, loop) -> None:
+        # The training modes first: they build the frozen-prefix cache, which the first refresh (before the loop's
+        # first epoch) would otherwise miss, computing the frozen blocks over every row once more.
+        loop.set_train_mode()
         probs = predict_probs(loop.model, self.split.rows, self.batch_size, self.pad_id, self.runtime)
         self.split.targets = probs
         frequency = probs.sum(0)
